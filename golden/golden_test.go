@@ -1,0 +1,108 @@
+// golden_test.go runs every reference case of the golden directory through
+// the real code and prints one line per case. It fails on any case over
+// tolerance; a kind whose issue is still open reports "unsupported".
+package golden
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Runner runs one case and returns what the implementation produced.
+type Runner func(c *Case) (Result, error)
+
+// runners wires each case kind to the code that computes it (run_*_test.go).
+var runners = map[string]Runner{
+	"unet":            runUNet,
+	"unet_controlnet": runUNetControlNet,
+	"controlnet":      runControlNet,
+	"vae_decode":      runVAEDecode,
+	"vae_encode":      runVAEEncode,
+	"clip_text":       runCLIPText,
+	"t5_encoder":      runT5Encoder,
+	"ella":            runELLA,
+	"lora_merge":      runLoRAMerge,
+	"txt2img":         runTxt2Img,
+}
+
+// corpora wires tokenizer corpora (cases/<file>) to their checkers; each
+// returns how many prompts mismatched out of how many.
+var corpora = map[string]func(root, path string) (bad, total int, err error){
+	"clip_tokenize.jsonl": checkCLIPTokenize,
+	"t5_tokenize.jsonl":   checkT5Tokenize,
+}
+
+func TestGolden(t *testing.T) {
+	root := Dir()
+	idx, err := os.ReadFile(filepath.Join(root, "cases", "index.json"))
+	if err != nil {
+		t.Fatalf("golden directory %s: %v (set SDBRIDGE_GOLDEN_DIR)", root, err)
+	}
+	var index struct {
+		Cases []string `json:"cases"`
+	}
+	if err := json.Unmarshal(idx, &index); err != nil {
+		t.Fatalf("index.json: %v", err)
+	}
+	var passed, failed, unsupported int
+	report := func(name, kind string, rel float64, err error) {
+		status := "ok"
+		switch {
+		case errors.Is(err, ErrUnsupported):
+			status = "unsupported"
+			unsupported++
+		case err != nil:
+			status = "FAIL"
+			failed++
+			t.Errorf("golden: %s: %v", name, err)
+		default:
+			passed++
+		}
+		fmt.Printf("golden: %s %s rel_l2=%.3g %s\n", name, kind, rel, status)
+	}
+	for _, name := range index.Cases {
+		c, err := Load(root, name)
+		if err != nil {
+			report(name, "?", 0, err)
+			continue
+		}
+		run, ok := runners[c.Kind]
+		if !ok {
+			report(name, c.Kind, 0, fmt.Errorf("no runner for kind %q", c.Kind))
+			c.Close()
+			continue
+		}
+		got, err := run(c)
+		rel := 0.0
+		if err == nil {
+			rel, err = c.Compare(got)
+		}
+		report(name, c.Kind, rel, err)
+		c.Close()
+	}
+	files, _ := filepath.Glob(filepath.Join(root, "cases", "*_tokenize.jsonl"))
+	for _, path := range files {
+		base := filepath.Base(path)
+		kind := strings.TrimSuffix(base, ".jsonl")
+		check, ok := corpora[base]
+		if !ok {
+			report(base, kind, 0, fmt.Errorf("no checker for corpus %s", base))
+			continue
+		}
+		bad, total, err := check(root, path)
+		rel := 0.0
+		if total > 0 {
+			rel = float64(bad) / float64(total)
+		}
+		if err == nil && bad > 0 {
+			err = fmt.Errorf("%d of %d prompts tokenized differently", bad, total)
+		}
+		report(kind, kind, rel, err)
+	}
+	fmt.Printf("golden: %d passed, %d failed, %d unsupported\n", passed, failed, unsupported)
+}

@@ -1,0 +1,4 @@
+package golden
+
+// runELLA runs a "ella" case. Unsupported until its issue lands.
+func runELLA(c *Case) (Result, error) { return nil, ErrUnsupported }
