@@ -1,0 +1,4 @@
+package main
+
+// runDemo implements 'sdbridge demo'.
+func runDemo(args []string) error { return errNotYet }

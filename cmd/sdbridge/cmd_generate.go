@@ -1,0 +1,4 @@
+package main
+
+// runGenerate implements 'sdbridge generate'.
+func runGenerate(args []string) error { return errNotYet }

@@ -1,0 +1,4 @@
+package main
+
+// runInspect implements 'sdbridge inspect'.
+func runInspect(args []string) error { return errNotYet }

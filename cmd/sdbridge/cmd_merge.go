@@ -1,0 +1,4 @@
+package main
+
+// runMerge implements 'sdbridge merge'.
+func runMerge(args []string) error { return errNotYet }

@@ -1,0 +1,4 @@
+package main
+
+// runPlugin implements 'sdbridge plugin'.
+func runPlugin(args []string) error { return errNotYet }
