@@ -141,7 +141,7 @@ func ParseHeader(js []byte, dataLen int64) (*Header, error) {
 	if _, err := dec.Token(); err != nil {
 		return nil, invalid("header: %v", err)
 	}
-	if rest, _ := dec.Token(); rest != nil {
+	if rest := bytes.TrimRight(js[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
 		return nil, invalid("trailing data after the header object")
 	}
 	if err := h.checkLayout(dataLen); err != nil {
