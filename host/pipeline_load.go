@@ -1,0 +1,127 @@
+// pipeline_load.go builds a Pipeline from a single-file SD1.x checkpoint:
+// U-Net, VAE decoder (from the checkpoint or a separate --vae file), CLIP
+// text encoder and tokenizer, and the noise schedule (the checkpoint's
+// alphas_cumprod when stored, else SD1.5's). It refuses SDXL and other
+// non-SD1 checkpoints by name and says how to supply a missing VAE. It does
+// not apply LoRAs or start plugins.
+package host
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/sdbridge/sdbridge/models"
+	"github.com/sdbridge/sdbridge/safetensors"
+	"github.com/sdbridge/sdbridge/tokenizer"
+)
+
+// LoadOptions says where the parts that a checkpoint may lack come from.
+type LoadOptions struct {
+	VAEPath string // a separate VAE file; "" uses the checkpoint's
+	// CLIPVocab and CLIPMerges name the tokenizer files directly; else
+	// CLIPTokenizerDir (--clip-tokenizer) and the places FindCLIPTokenizer
+	// searches.
+	CLIPVocab, CLIPMerges string
+	CLIPTokenizerDir      string
+	ClipSkip              int
+	PromptMode            PromptMode
+}
+
+// Loaded is a Pipeline with the files it maps; Close releases them.
+type Loaded struct {
+	*Pipeline
+	Tokenizer *tokenizer.CLIP
+	files     []io.Closer
+}
+
+// Close unmaps the model files.
+func (l *Loaded) Close() error {
+	var errs []error
+	for _, f := range l.files {
+		errs = append(errs, f.Close())
+	}
+	l.files = nil
+	return errors.Join(errs...)
+}
+
+// ErrSDXL marks a checkpoint of the SDXL family, which is not supported.
+var ErrSDXL = errors.New("SDXL checkpoints are not supported (only SD 1.x)")
+
+// LoadPipeline loads a checkpoint for txt2img.
+func LoadPipeline(checkpoint string, opt LoadOptions) (*Loaded, error) {
+	f, err := safetensors.Open(checkpoint)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", checkpoint, err)
+	}
+	l := &Loaded{Pipeline: &Pipeline{LatentChannels: 4, Downscale: 8}, files: []io.Closer{f}}
+	if err := l.load(checkpoint, f, opt); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Loaded) load(checkpoint string, f *safetensors.File, opt LoadOptions) error {
+	if _, ok := f.Lookup("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"); ok {
+		return fmt.Errorf("checkpoint %s: %w (it has SDXL's conditioner.embedders.* text encoders)", checkpoint, ErrSDXL)
+	}
+	if _, ok := f.Lookup("model.diffusion_model.label_emb.0.0.weight"); ok {
+		return fmt.Errorf("checkpoint %s: %w (its U-Net has SDXL's label_emb)", checkpoint, ErrSDXL)
+	}
+	w := models.NewWeights(f)
+	unet, err := models.LoadUNet(w.Sub("model.diffusion_model."))
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: %w", checkpoint, err)
+	}
+	l.UNet = unet
+	l.Downscale = unet.Config.Downscale()
+	l.LatentChannels = unet.Config.InChannels
+	if unet.Config.InChannels != 4 {
+		return fmt.Errorf("checkpoint %s: U-Net takes %d input channels (an inpainting or instruct model?); txt2img needs 4", checkpoint, unet.Config.InChannels)
+	}
+
+	vaeSrc, vaeName := models.Source(f), checkpoint
+	if opt.VAEPath != "" {
+		vf, err := safetensors.Open(opt.VAEPath)
+		if err != nil {
+			return fmt.Errorf("vae %s: %w", opt.VAEPath, err)
+		}
+		l.files = append(l.files, vf)
+		vaeSrc, vaeName = vf, opt.VAEPath
+	}
+	vae, err := models.LoadVAEDecoder(models.NewWeights(vaeSrc), 0)
+	if errors.Is(err, models.ErrNoVAE) && opt.VAEPath == "" {
+		return fmt.Errorf("checkpoint %s has no VAE (first_stage_model.*): pass a VAE file with --vae FILE (e.g. vae-ft-mse-840000-ema-pruned.safetensors): %w", checkpoint, err)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", vaeName, err)
+	}
+	l.VAE = vae
+
+	clip, err := models.LoadCLIPText(models.NewWeights(f), models.CLIPTextOptions{})
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: %w", checkpoint, err)
+	}
+	vocab, merges := opt.CLIPVocab, opt.CLIPMerges
+	if vocab == "" || merges == "" {
+		if vocab, merges, err = tokenizer.FindCLIPTokenizer(opt.CLIPTokenizerDir, checkpoint); err != nil {
+			return err
+		}
+	}
+	if l.Tokenizer, err = tokenizer.LoadCLIP(vocab, merges); err != nil {
+		return fmt.Errorf("clip tokenizer: %w", err)
+	}
+	l.Prompts = &CLIPPrompts{Tokenizer: l.Tokenizer, Model: clip, ClipSkip: opt.ClipSkip, Mode: opt.PromptMode}
+
+	ac := SD15AlphasCumprod()
+	if t, err := f.Get("alphas_cumprod"); err == nil {
+		if ac, err = t.Float32(); err != nil {
+			return fmt.Errorf("checkpoint %s: alphas_cumprod: %w", checkpoint, err)
+		}
+	}
+	if l.Schedule, err = NewDiscreteSchedule(ac); err != nil {
+		return fmt.Errorf("checkpoint %s: alphas_cumprod: %w", checkpoint, err)
+	}
+	return nil
+}

@@ -1,0 +1,99 @@
+// attention.go: scaled dot-product attention computed per (batch, head) in
+// blocks of query rows, so the score matrix held at once is [block, Lk]
+// per worker rather than [heads, Lq, Lk]: scores = Q_blk K^T (GEMM),
+// + bias, row softmax, out_blk = P V (GEMM). Q, K, V and the output stay in
+// their [B, L, heads*d] layout; the GEMMs read heads through row strides.
+// It does not implement causal masking (pass it in Bias) or dropout.
+package nn
+
+import (
+	"math"
+	"sync"
+)
+
+// AttentionOpts modifies ScaledDotProductAttention.
+type AttentionOpts struct {
+	// Scale multiplies q·k; 0 means 1/sqrt(head_dim). T5 uses 1 (set NoScale).
+	Scale   float32
+	NoScale bool
+	// Bias is added to the scores: [1 or B, heads (or 1), Lq, Lk] (T5
+	// position bias plus mask), or nil.
+	Bias *Tensor
+}
+
+// attnBlock is the number of query rows per task.
+const attnBlock = 256
+
+var scorePool sync.Pool
+
+// ScaledDotProductAttention computes softmax(q k^T * scale + bias) v per head.
+// q [B, Lq, heads*d], k and v [B, Lk, heads*d]; returns [B, Lq, heads*d].
+func ScaledDotProductAttention(q, k, v *Tensor, heads int, opt AttentionOpts) *Tensor {
+	b, lq, c := q.Shape[0], q.Shape[1], q.Shape[2]
+	lk := k.Shape[1]
+	d := c / heads
+	scale := opt.Scale
+	if scale == 0 {
+		scale = float32(1 / math.Sqrt(float64(d)))
+	}
+	if opt.NoScale {
+		scale = 1
+	}
+	out := New(b, lq, c) // [B, Lq, C]
+	bq := min(attnBlock, lq)
+	nblk := (lq + bq - 1) / bq
+	var bias []float32
+	biasB, biasH := 0, 0
+	if opt.Bias != nil {
+		bias = opt.Bias.Data
+		biasB, biasH = opt.Bias.Shape[0], opt.Bias.Shape[1]
+	}
+	viaBLAS := blasOK()
+	task := func(t int, gemm func(bool, bool, int, int, int, float32, []float32, int, []float32, int, float32, []float32, int)) {
+		n, h, blk := t/(heads*nblk), t/nblk%heads, t%nblk
+		i0 := blk * bq
+		rows := min(bq, lq-i0)
+		sp, _ := scorePool.Get().(*[]float32)
+		if sp == nil || cap(*sp) < bq*lk {
+			s := make([]float32, bq*lk)
+			sp = &s
+		}
+		scores := (*sp)[:rows*lk] // [rows, Lk]
+		qo := (n*lq+i0)*c + h*d
+		ko := n*lk*c + h*d
+		gemm(false, true, rows, lk, d, scale, q.Data[qo:], c, k.Data[ko:], c, 0, scores, lk)
+		if bias != nil {
+			bn, bh := n, h
+			if biasB == 1 {
+				bn = 0
+			}
+			if biasH == 1 {
+				bh = 0
+			}
+			bo := ((bn*biasH+bh)*lq + i0) * lk
+			bs := bias[bo : bo+rows*lk]
+			for i := range scores {
+				scores[i] += bs[i]
+			}
+		}
+		if viaBLAS {
+			Softmax(scores, lk)
+		} else {
+			for r := 0; r < rows; r++ {
+				softmaxRow(scores[r*lk : (r+1)*lk])
+			}
+		}
+		gemm(false, false, rows, d, lk, 1, scores, lk, v.Data[ko:], c, 0, out.Data[qo:], c)
+		scorePool.Put(sp)
+	}
+	ntask := b * heads * nblk
+	if viaBLAS {
+		// OpenBLAS threads each product itself; run tasks in order.
+		for t := 0; t < ntask; t++ {
+			task(t, Gemm)
+		}
+		return out
+	}
+	parallelTasks(ntask, bq*lk*(2*d+actCost), func(t int) { task(t, gemmSerial) })
+	return out
+}

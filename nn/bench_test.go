@@ -1,0 +1,72 @@
+// bench_test.go: benchmarks at SD 1.5 shapes (GEMM 1024^3 on each backend,
+// a 3x3 conv at 64x64x320, attention at 4096 tokens, GroupNorm) reporting
+// GFLOP/s where it means something. Run with -benchtime=3x on shared
+// machines; they do not check results (kernels_test.go does).
+package nn
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+func benchGemm(b *testing.B, n int, gemm func(bool, bool, int, int, int, float32, []float32, int, []float32, int, float32, []float32, int)) {
+	r := rand.New(rand.NewPCG(1, 1))
+	a, bb, c := randSlice(r, n*n), randSlice(r, n*n), make([]float32, n*n)
+	b.SetBytes(int64(3 * 4 * n * n))
+	b.ReportAllocs()
+	for b.Loop() {
+		gemm(false, false, n, n, n, 1, a, n, bb, n, 0, c, n)
+	}
+	b.ReportMetric(2*float64(n)*float64(n)*float64(n)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+func BenchmarkGemm1024(b *testing.B) {
+	b.Run("openblas", func(b *testing.B) {
+		if !blasOK() {
+			b.Skip("OpenBLAS not loaded: " + blas.err)
+		}
+		benchGemm(b, 1024, blasSgemm)
+	})
+	saved := kern
+	defer func() { kern = saved }()
+	for _, k := range availableKernels() {
+		kern = k
+		b.Run("go-"+k.name, func(b *testing.B) { benchGemm(b, 1024, GemmGo) })
+	}
+}
+
+func BenchmarkConv2dSD(b *testing.B) {
+	r := rand.New(rand.NewPCG(2, 2))
+	x := randTensor(r, 2, 320, 64, 64)
+	c := &Conv2d{Weight: randTensor(r, 320, 320, 3, 3), Bias: randTensor(r, 320), Stride: 1, Padding: 1}
+	b.SetBytes(int64(4 * x.Numel()))
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Forward(x)
+	}
+	flops := 2.0 * 2 * 320 * 64 * 64 * 320 * 9
+	b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+func BenchmarkAttentionSD(b *testing.B) {
+	r := rand.New(rand.NewPCG(3, 3))
+	q, k, v := randTensor(r, 2, 4096, 320), randTensor(r, 2, 4096, 320), randTensor(r, 2, 4096, 320)
+	b.SetBytes(int64(4 * 3 * q.Numel()))
+	b.ReportAllocs()
+	for b.Loop() {
+		ScaledDotProductAttention(q, k, v, 8, AttentionOpts{})
+	}
+	flops := 2.0 * 2 * 2 * 4096 * 4096 * 320
+	b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+func BenchmarkGroupNormSD(b *testing.B) {
+	r := rand.New(rand.NewPCG(4, 4))
+	x := randTensor(r, 2, 320, 64, 64)
+	g := &GroupNorm{Groups: 32, Eps: 1e-5, Weight: randTensor(r, 320), Bias: randTensor(r, 320)}
+	b.SetBytes(int64(4 * x.Numel()))
+	b.ReportAllocs()
+	for b.Loop() {
+		g.ForwardSiLU(x)
+	}
+}

@@ -1,0 +1,101 @@
+// blas.go: OpenBLAS loaded at run time through purego (no cgo, works with
+// CGO_ENABLED=0). The library is looked up once, on first use, under its
+// common sonames; SDBRIDGE_BLAS=go (or a missing library) keeps everything
+// on the pure-Go kernel. It binds only cblas_sgemm and does not configure
+// OpenBLAS's own thread count (set OPENBLAS_NUM_THREADS for that).
+package nn
+
+import (
+	"os"
+	"sync"
+
+	"github.com/ebitengine/purego"
+)
+
+// cblas enums (cblas.h).
+const (
+	cblasRowMajor = 101
+	cblasNoTrans  = 111
+	cblasTrans    = 112
+)
+
+var blas struct {
+	once  sync.Once
+	ok    bool
+	name  string
+	err   string
+	sgemm func(order, transA, transB, m, n, k int32, alpha float32, a *float32, lda int32, b *float32, ldb int32, beta float32, c *float32, ldc int32)
+}
+
+// blasNames are the sonames tried in order.
+var blasNames = []string{
+	"libopenblas.so.0",
+	"libopenblas.so",
+	"libopenblasp.so.0",
+	"libopenblaso.so.0",
+	"/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+	"/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+	"/usr/lib64/libopenblas.so.0",
+	"/usr/local/lib/libopenblas.so.0",
+	"/usr/local/lib/libopenblas.so",
+}
+
+func loadBLAS() {
+	if os.Getenv("SDBRIDGE_BLAS") == "go" {
+		blas.err = "disabled by SDBRIDGE_BLAS=go"
+		return
+	}
+	for _, name := range blasNames {
+		lib, err := purego.Dlopen(name, purego.RTLD_NOW|purego.RTLD_GLOBAL)
+		if err != nil {
+			blas.err = err.Error()
+			continue
+		}
+		sym, err := purego.Dlsym(lib, "cblas_sgemm")
+		if err != nil {
+			blas.err = name + ": " + err.Error()
+			continue
+		}
+		purego.RegisterFunc(&blas.sgemm, sym)
+		blas.ok, blas.name, blas.err = true, name, ""
+		return
+	}
+}
+
+func blasOK() bool {
+	blas.once.Do(loadBLAS)
+	return blas.ok
+}
+
+// GemmBackend names the GEMM implementation Gemm uses for large products:
+// "openblas (<soname>)" or "go (<micro-kernel>)" with the reason OpenBLAS
+// is not used.
+func GemmBackend() string {
+	if blasOK() {
+		return "openblas (" + blas.name + ")"
+	}
+	return "go (" + kern.name + "; openblas: " + blas.err + ")"
+}
+
+// GemmGoKernel names the pure-Go backend's micro-kernel.
+func GemmGoKernel() string { return kern.name }
+
+func blasSgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	ta, tb := int32(cblasNoTrans), int32(cblasNoTrans)
+	// Touch the last element each operand needs so a short slice panics in
+	// Go instead of corrupting memory in C.
+	if transA {
+		ta = cblasTrans
+		_ = a[(k-1)*lda+m-1]
+	} else {
+		_ = a[(m-1)*lda+k-1]
+	}
+	if transB {
+		tb = cblasTrans
+		_ = b[(n-1)*ldb+k-1]
+	} else {
+		_ = b[(k-1)*ldb+n-1]
+	}
+	_ = c[(m-1)*ldc+n-1]
+	blas.sgemm(cblasRowMajor, ta, tb, int32(m), int32(n), int32(k), alpha, &a[0], int32(lda), &b[0], int32(ldb), beta, &c[0], int32(ldc))
+}

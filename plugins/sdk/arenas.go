@@ -1,0 +1,121 @@
+// arenas.go: the plugin side of shared arenas. The host sends each arena's
+// memfd on the side socket and then calls MapArena; the plugin maps it once
+// (read-only unless the host marked it writable) and binds every TensorRef
+// of later requests to that mapping, checking bounds and write grants.
+//
+// It does not create arenas (host/arena.go, sdktest) and cannot stop a
+// plugin from writing a writable arena outside its grants; the host checks
+// what the plugin reports and the kernel enforces read-only arenas.
+package sdk
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/sdbridge/sdbridge/plugins/sdk/shm"
+	"golang.org/x/sys/unix"
+)
+
+type mappedArena struct {
+	mem      []byte
+	writable bool
+}
+
+// arenaTable holds the plugin's mappings, by arena id.
+type arenaTable struct {
+	mu     sync.RWMutex
+	side   int // side socket fd, -1 if none
+	arenas map[uint32]*mappedArena
+}
+
+func newArenaTable(side int) *arenaTable {
+	return &arenaTable{side: side, arenas: map[uint32]*mappedArena{}}
+}
+
+// receive takes the next fd from the side socket, which must be arena id.
+func (a *arenaTable) receive(id uint32, size uint64, writable bool) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.side < 0 {
+		return fmt.Errorf("arena %d: plugin has no side socket (not started by the sdbridge host?)", id)
+	}
+	if _, ok := a.arenas[id]; ok {
+		return fmt.Errorf("arena %d is already mapped", id)
+	}
+	h, fd, err := shm.Recv(a.side)
+	if err != nil {
+		return fmt.Errorf("arena %d: %w", id, err)
+	}
+	defer unix.Close(fd) // the mapping keeps the memory alive
+	if h.ID != id || h.Size != size || h.Writable != writable {
+		return fmt.Errorf("arena %d: side socket delivered arena %d (size %d, writable %v), want size %d writable %v", id, h.ID, h.Size, h.Writable, size, writable)
+	}
+	mem, err := shm.Map(fd, int(size), writable)
+	if err != nil {
+		return fmt.Errorf("arena %d: %w", id, err)
+	}
+	a.arenas[id] = &mappedArena{mem: mem, writable: writable}
+	return nil
+}
+
+func (a *arenaTable) unmap(id uint32) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m, ok := a.arenas[id]
+	if !ok {
+		return fmt.Errorf("arena %d is not mapped", id)
+	}
+	delete(a.arenas, id)
+	return shm.Unmap(m.mem)
+}
+
+func (a *arenaTable) closeAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, m := range a.arenas {
+		shm.Unmap(m.mem)
+		delete(a.arenas, id)
+	}
+}
+
+// bind resolves a ref to a view. A writable ref must lie in a writable
+// arena; mustWrite demands a writable grant (outputs).
+func (a *arenaTable) bind(ref TensorRef, mustWrite bool) (*Tensor, error) {
+	if mustWrite && !ref.Writable {
+		return nil, fmt.Errorf("tensor %q: output not granted writable", ref.Name)
+	}
+	a.mu.RLock()
+	m, ok := a.arenas[ref.Arena]
+	a.mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("tensor %q: arena %d is not mapped", ref.Name, ref.Arena)
+	}
+	if ref.Writable && !m.writable {
+		return nil, fmt.Errorf("tensor %q: writable grant in read-only arena %d", ref.Name, ref.Arena)
+	}
+	return BindTensor(ref, m.mem)
+}
+
+func (a *arenaTable) bindAll(refs []TensorRef, mustWrite bool) ([]*Tensor, error) {
+	out := make([]*Tensor, len(refs))
+	seen := make(map[string]bool, len(refs))
+	for i, r := range refs {
+		if seen[r.Name] {
+			return nil, fmt.Errorf("tensor %q given twice", r.Name)
+		}
+		seen[r.Name] = true
+		t, err := a.bind(r, mustWrite)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = t
+	}
+	return out, nil
+}
+
+func (a *arenaTable) bindOpt(r *TensorRef, mustWrite bool) (*Tensor, error) {
+	if r == nil || (r.Name == "" && r.DType == "" && len(r.Shape) == 0) {
+		return nil, nil
+	}
+	return a.bind(*r, mustWrite)
+}
