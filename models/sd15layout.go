@@ -94,76 +94,20 @@ func (l Layout) Specs(dt safetensors.DType) []safetensors.Spec {
 
 func (l Layout) unetSpecs(s *specList, p string) {
 	c := l.ModelChannels
-	temb := 4 * c
-	s.linear(p+"time_embed.0", c, temb, true)
-	s.linear(p+"time_embed.2", temb, temb, true)
-	s.conv(p+"input_blocks.0.0", l.InChannels, c, 3)
-	res := func(key string, in, out int) {
-		s.norm(key+".in_layers.0", in)
-		s.conv(key+".in_layers.2", in, out, 3)
-		s.linear(key+".emb_layers.1", temb, out, true)
-		s.norm(key+".out_layers.0", out)
-		s.conv(key+".out_layers.3", out, out, 3)
-		if in != out {
-			s.conv(key+".skip_connection", in, out, 1)
-		}
-	}
-	st := func(key string, ch int) {
-		s.norm(key+".norm", ch)
-		s.conv(key+".proj_in", ch, ch, 1)
-		b := key + ".transformer_blocks.0."
-		for _, a := range []string{"attn1", "attn2"} {
-			kv := ch
-			if a == "attn2" {
-				kv = l.ContextDim
-			}
-			s.linear(b+a+".to_q", ch, ch, false)
-			s.linear(b+a+".to_k", kv, ch, false)
-			s.linear(b+a+".to_v", kv, ch, false)
-			s.linear(b+a+".to_out.0", ch, ch, true)
-		}
-		s.linear(b+"ff.net.0.proj", ch, 2*l.TransformerFF*ch, true)
-		s.linear(b+"ff.net.2", l.TransformerFF*ch, ch, true)
-		for _, n := range []string{"norm1", "norm2", "norm3"} {
-			s.norm(b+n, ch)
-		}
-		s.conv(key+".proj_out", ch, ch, 1)
-	}
-	ch := c
-	skips := []int{c}
-	block := 1
-	for lvl, m := range l.ChannelMult {
-		for r := 0; r < l.NumResBlocks; r++ {
-			key := fmt.Sprintf("%sinput_blocks.%d", p, block)
-			res(key+".0", ch, m*c)
-			ch = m * c
-			if l.AttnLevels[lvl] {
-				st(key+".1", ch)
-			}
-			skips = append(skips, ch)
-			block++
-		}
-		if lvl != len(l.ChannelMult)-1 {
-			s.conv(fmt.Sprintf("%sinput_blocks.%d.0.op", p, block), ch, ch, 3)
-			skips = append(skips, ch)
-			block++
-		}
-	}
-	res(p+"middle_block.0", ch, ch)
-	st(p+"middle_block.1", ch)
-	res(p+"middle_block.2", ch, ch)
-	block = 0
+	skips := l.unetEncoderSpecs(s, p)
+	ch := skips[len(skips)-1]
+	block := 0
 	for lvl := len(l.ChannelMult) - 1; lvl >= 0; lvl-- {
 		m := l.ChannelMult[lvl]
 		for r := 0; r <= l.NumResBlocks; r++ {
 			key := fmt.Sprintf("%soutput_blocks.%d", p, block)
 			skip := skips[len(skips)-1]
 			skips = skips[:len(skips)-1]
-			res(key+".0", ch+skip, m*c)
+			l.resSpecs(s, key+".0", ch+skip, m*c)
 			ch = m * c
 			idx := 1
 			if l.AttnLevels[lvl] {
-				st(key+".1", ch)
+				l.transformerSpecs(s, key+".1", ch)
 				idx = 2
 			}
 			if lvl != 0 && r == l.NumResBlocks {
@@ -174,6 +118,92 @@ func (l Layout) unetSpecs(s *specList, p string) {
 	}
 	s.norm(p+"out.0", c)
 	s.conv(p+"out.2", c, 4, 3)
+}
+
+// unetEncoderSpecs lists time_embed, input_blocks and middle_block (the part
+// a ControlNet copies) and returns the channels of every skip connection.
+func (l Layout) unetEncoderSpecs(s *specList, p string) []int {
+	c := l.ModelChannels
+	temb := 4 * c
+	s.linear(p+"time_embed.0", c, temb, true)
+	s.linear(p+"time_embed.2", temb, temb, true)
+	s.conv(p+"input_blocks.0.0", l.InChannels, c, 3)
+	ch := c
+	skips := []int{c}
+	block := 1
+	for lvl, m := range l.ChannelMult {
+		for r := 0; r < l.NumResBlocks; r++ {
+			key := fmt.Sprintf("%sinput_blocks.%d", p, block)
+			l.resSpecs(s, key+".0", ch, m*c)
+			ch = m * c
+			if l.AttnLevels[lvl] {
+				l.transformerSpecs(s, key+".1", ch)
+			}
+			skips = append(skips, ch)
+			block++
+		}
+		if lvl != len(l.ChannelMult)-1 {
+			s.conv(fmt.Sprintf("%sinput_blocks.%d.0.op", p, block), ch, ch, 3)
+			skips = append(skips, ch)
+			block++
+		}
+	}
+	l.resSpecs(s, p+"middle_block.0", ch, ch)
+	l.transformerSpecs(s, p+"middle_block.1", ch)
+	l.resSpecs(s, p+"middle_block.2", ch, ch)
+	return skips
+}
+
+func (l Layout) resSpecs(s *specList, key string, in, out int) {
+	s.norm(key+".in_layers.0", in)
+	s.conv(key+".in_layers.2", in, out, 3)
+	s.linear(key+".emb_layers.1", 4*l.ModelChannels, out, true)
+	s.norm(key+".out_layers.0", out)
+	s.conv(key+".out_layers.3", out, out, 3)
+	if in != out {
+		s.conv(key+".skip_connection", in, out, 1)
+	}
+}
+
+func (l Layout) transformerSpecs(s *specList, key string, ch int) {
+	s.norm(key+".norm", ch)
+	s.conv(key+".proj_in", ch, ch, 1)
+	b := key + ".transformer_blocks.0."
+	for _, a := range []string{"attn1", "attn2"} {
+		kv := ch
+		if a == "attn2" {
+			kv = l.ContextDim
+		}
+		s.linear(b+a+".to_q", ch, ch, false)
+		s.linear(b+a+".to_k", kv, ch, false)
+		s.linear(b+a+".to_v", kv, ch, false)
+		s.linear(b+a+".to_out.0", ch, ch, true)
+	}
+	s.linear(b+"ff.net.0.proj", ch, 2*l.TransformerFF*ch, true)
+	s.linear(b+"ff.net.2", l.TransformerFF*ch, ch, true)
+	for _, n := range []string{"norm1", "norm2", "norm3"} {
+		s.norm(b+n, ch)
+	}
+	s.conv(key+".proj_out", ch, ch, 1)
+}
+
+// ControlNetSpecs lists the tensors of a ControlNet for this U-Net layout in
+// the cldm key layout under prefix ("control_model." or ""): a copy of the
+// U-Net encoder, the hint encoder (8 convs, 3 -> 16 -> 16 -> 32 -> 32 -> 96
+// -> 96 -> 256 -> model_channels), one zero conv per skip and middle_block_out.
+func (l Layout) ControlNetSpecs(dt safetensors.DType, prefix string) []safetensors.Spec {
+	s := &specList{dt: dt}
+	skips := l.unetEncoderSpecs(s, prefix)
+	hint := []int{3, 16, 16, 32, 32, 96, 96, 256, l.ModelChannels}
+	for i := 0; i+1 < len(hint); i++ {
+		s.conv(fmt.Sprintf("%sinput_hint_block.%d", prefix, 2*i), hint[i], hint[i+1], 3)
+	}
+	for i, ch := range skips {
+		s.conv(fmt.Sprintf("%szero_convs.%d.0", prefix, i), ch, ch, 1)
+	}
+	mid := skips[len(skips)-1]
+	s.conv(prefix+"middle_block_out.0", mid, mid, 1)
+	return s.specs
 }
 
 func (l Layout) vaeSpecs(s *specList, p string) {

@@ -76,3 +76,27 @@ func TestWriteRandomRoundTrip(t *testing.T) {
 		t.Error("random weights are constant")
 	}
 }
+
+// The ControlNet layout must reproduce the golden tiny ControlNet exactly.
+func TestControlNetLayoutMatchesGolden(t *testing.T) {
+	path := filepath.Join("..", "..", "shared", "golden", "models", "controlnet-tiny.safetensors")
+	f, err := safetensors.Open(path)
+	if err != nil {
+		t.Skipf("golden tiny ControlNet not available: %v", err)
+	}
+	defer f.Close()
+	specs := Tiny(49408).ControlNetSpecs(safetensors.F16, "control_model.")
+	if len(specs) != len(f.Tensors) {
+		t.Errorf("layout has %d tensors, golden file %d", len(specs), len(f.Tensors))
+	}
+	for _, s := range specs {
+		info, ok := f.Lookup(s.Name)
+		if !ok {
+			t.Errorf("layout key %q not in the golden file", s.Name)
+			continue
+		}
+		if !slices.Equal(info.Shape, s.Shape) || info.DType != s.DType {
+			t.Errorf("%s: layout %s%v, golden %s%v", s.Name, s.DType, s.Shape, info.DType, info.Shape)
+		}
+	}
+}
