@@ -1,0 +1,166 @@
+// demo_models.go makes the demo's models: a CLIP vocabulary of its own
+// (byte-pair merges learned from a few prompts), a tiny SD1.5-structured
+// checkpoint with random weights in the real key layout, a kohya LoRA for it
+// and a ControlNet. Nothing is downloaded; the files are small (a few MB).
+// The weights are random, so the image is structured noise, not a picture.
+package main
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/sdbridge/sdbridge/models"
+	"github.com/sdbridge/sdbridge/plugins/lora"
+	"github.com/sdbridge/sdbridge/safetensors"
+	"github.com/sdbridge/sdbridge/tokenizer"
+)
+
+// demoCorpus is what the demo vocabulary is learned from.
+const demoCorpus = `a photo of a red fox in a snowy forest at dawn, soft light, detailed fur
+a watercolor painting of a lighthouse on a cliff above a stormy sea
+a cozy cabin in the mountains under a starry night sky, warm windows
+blurry, low quality, watermark, text`
+
+type demoFiles struct {
+	Dir, Checkpoint, Vocab, Merges, LoRA, ControlNet string
+	VocabSize                                        int
+}
+
+// trainMerges learns n byte-pair merges from the words of text, the way a
+// BPE vocabulary is built: repeatedly merge the most frequent adjacent pair
+// (ties broken by the pair's spelling, so the result is deterministic).
+func trainMerges(text string, n int) [][2]string {
+	counts := map[string]int{}
+	for _, w := range strings.FieldsFunc(strings.ToLower(text), func(r rune) bool { return r < 'a' || r > 'z' }) {
+		counts[w]++
+	}
+	words := map[string][]string{}
+	for w := range counts {
+		var syms []string
+		for i, r := range w {
+			s := string(r)
+			if i == len(w)-1 {
+				s += "</w>"
+			}
+			syms = append(syms, s)
+		}
+		words[w] = syms
+	}
+	var merges [][2]string
+	for len(merges) < n {
+		pairs := map[[2]string]int{}
+		for w, syms := range words {
+			for i := 0; i+1 < len(syms); i++ {
+				pairs[[2]string{syms[i], syms[i+1]}] += counts[w]
+			}
+		}
+		if len(pairs) == 0 {
+			break
+		}
+		var best [2]string
+		bestN := 0
+		for p, c := range pairs {
+			if c > bestN || c == bestN && p[0]+" "+p[1] < best[0]+" "+best[1] {
+				best, bestN = p, c
+			}
+		}
+		merges = append(merges, best)
+		for w, syms := range words {
+			var out []string
+			for i := 0; i < len(syms); i++ {
+				if i+1 < len(syms) && syms[i] == best[0] && syms[i+1] == best[1] {
+					out = append(out, best[0]+best[1])
+					i++
+					continue
+				}
+				out = append(out, syms[i])
+			}
+			words[w] = out
+		}
+	}
+	return merges
+}
+
+// writeDemoModels writes every demo file into dir.
+func writeDemoModels(dir string) (*demoFiles, error) {
+	d := &demoFiles{Dir: dir,
+		Checkpoint: filepath.Join(dir, "tiny-sd15.safetensors"),
+		Vocab:      filepath.Join(dir, "vocab.json"), Merges: filepath.Join(dir, "merges.txt"),
+		LoRA: filepath.Join(dir, "tiny-lora.safetensors"), ControlNet: filepath.Join(dir, "tiny-controlnet.safetensors")}
+	vocab, merges := tokenizer.VocabFromMerges(trainMerges(demoCorpus, 200))
+	d.VocabSize = len(vocab)
+	vb, err := json.Marshal(vocab)
+	if err != nil {
+		return nil, err
+	}
+	var mb strings.Builder
+	mb.WriteString("#version: 0.2\n")
+	for _, m := range merges {
+		mb.WriteString(m[0] + " " + m[1] + "\n")
+	}
+	if err := os.WriteFile(d.Vocab, vb, 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(d.Merges, []byte(mb.String()), 0o644); err != nil {
+		return nil, err
+	}
+	layout := models.Tiny(d.VocabSize)
+	meta := map[string]string{"format": "pt", "sdbridge.demo": "random weights, SD1.5 key layout"}
+	if err := models.WriteRandom(d.Checkpoint, layout.Specs(safetensors.F16), 1, meta); err != nil {
+		return nil, err
+	}
+	if err := models.WriteRandom(d.ControlNet, layout.ControlNetSpecs(safetensors.F16, "control_model."), 2, meta); err != nil {
+		return nil, err
+	}
+	if err := writeDemoLoRA(d.LoRA, layout); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// writeDemoLoRA writes a rank-4 kohya LoRA (diffusers-style names, F32) on
+// every attention projection of the U-Net and the text encoder's q/k/v/out.
+func writeDemoLoRA(path string, layout models.Layout) error {
+	const rank = 4
+	var ts []safetensors.TensorData
+	seed := uint64(7)
+	random := func(n int, scale float64) []byte {
+		b := make([]byte, 0, 4*n)
+		for range n {
+			seed = seed*6364136223846793005 + 1442695040888963407
+			v := (float64(seed>>40)/float64(1<<24)*2 - 1) * scale
+			b = binary.LittleEndian.AppendUint32(b, math.Float32bits(float32(v)))
+		}
+		return b
+	}
+	add := func(module string, in, out int) {
+		ts = append(ts,
+			safetensors.TensorData{Spec: safetensors.Spec{Name: module + ".lora_down.weight", DType: safetensors.F32, Shape: []int{rank, in}}, Data: random(rank*in, 1/math.Sqrt(float64(in)))},
+			safetensors.TensorData{Spec: safetensors.Spec{Name: module + ".lora_up.weight", DType: safetensors.F32, Shape: []int{out, rank}}, Data: random(out*rank, 0.5)},
+			safetensors.TensorData{Spec: safetensors.Spec{Name: module + ".alpha", DType: safetensors.F32, Shape: []int{}}, Data: binary.LittleEndian.AppendUint32(nil, math.Float32bits(rank))})
+	}
+	const unet = "model.diffusion_model."
+	for _, s := range layout.Specs(safetensors.F16) {
+		if !strings.HasPrefix(s.Name, unet) || !strings.Contains(s.Name, ".attn") || len(s.Shape) != 2 {
+			continue
+		}
+		diff, ok := lora.LDMToDiffusers(strings.TrimPrefix(s.Name, unet))
+		if !ok {
+			return fmt.Errorf("demo lora: no diffusers name for %s", s.Name)
+		}
+		add("lora_unet_"+strings.ReplaceAll(strings.TrimSuffix(diff, ".weight"), ".", "_"), s.Shape[1], s.Shape[0])
+	}
+	for i := range layout.CLIPLayers {
+		for _, p := range []string{"q_proj", "k_proj", "v_proj", "out_proj"} {
+			add(fmt.Sprintf("lora_te_text_model_encoder_layers_%d_self_attn_%s", i, p), layout.CLIPHidden, layout.CLIPHidden)
+		}
+	}
+	slices.SortFunc(ts, func(a, b safetensors.TensorData) int { return strings.Compare(a.Name, b.Name) })
+	return safetensors.WriteFile(path, ts, map[string]string{"ss_network_module": "networks.lora", "ss_network_dim": "4", "ss_base_model_version": "sd_v1"})
+}
