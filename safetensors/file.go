@@ -67,11 +67,13 @@ func Open(path string) (*File, error) {
 	if _, err := fd.ReadAt(prefix[:], 0); err != nil && size >= 8 {
 		return nil, fmt.Errorf("safetensors: %s: %w", path, err)
 	}
-	if err := refusePickleBytes(path, prefix[:]); err != nil {
-		return nil, err
-	}
 	hlen, err := HeaderLen(prefix[:], size)
 	if err != nil {
+		// Only a file that is not valid safetensors is checked for pickle
+		// magic: a real header length can start with the same bytes.
+		if perr := refusePickleBytes(path, prefix[:]); perr != nil {
+			return nil, perr
+		}
 		return nil, fmt.Errorf("safetensors: %s: %w", path, err)
 	}
 	data, err := unix.Mmap(int(fd.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
@@ -151,8 +153,9 @@ func refusePickleName(path string) error {
 }
 
 func refusePickleBytes(path string, prefix []byte) error {
-	// A torch zip archive starts with "PK\x03\x04"; a raw pickle with 0x80 (protocol 2+).
-	if len(prefix) >= 4 && string(prefix[:4]) == "PK\x03\x04" || len(prefix) >= 2 && prefix[0] == 0x80 && prefix[1] <= 5 {
+	// A torch zip archive starts with "PK\x03\x04"; a raw pickle with 0x80
+	// and its protocol number (2-5).
+	if len(prefix) >= 4 && string(prefix[:4]) == "PK\x03\x04" || len(prefix) >= 2 && prefix[0] == 0x80 && prefix[1] >= 2 && prefix[1] <= 5 {
 		return pickleError(path)
 	}
 	return nil

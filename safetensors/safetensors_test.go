@@ -330,3 +330,23 @@ func TestWriterChecks(t *testing.T) {
 		t.Error("duplicate names accepted")
 	}
 }
+
+// A header of 1152 bytes starts "80 04 ...", like a pickle: still accepted.
+func TestHeaderLengthThatLooksLikePickle(t *testing.T) {
+	name := strings.Repeat("x", 1152-len(`{"":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}`))
+	hdr := `{"` + name + `":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}`
+	if len(hdr) != 1152 {
+		t.Fatalf("header is %d bytes", len(hdr))
+	}
+	p := rawFile(t, hdr, f32bytes(1))
+	f, err := Open(p)
+	if err != nil {
+		t.Fatalf("valid file refused: %v", err)
+	}
+	f.Close()
+	raw := filepath.Join(t.TempDir(), "model.safetensors")
+	os.WriteFile(raw, []byte("\x80\x02}q\x00(X\x05\x00\x00\x00state"), 0o644)
+	if _, err := Open(raw); !errors.Is(err, ErrPickle) {
+		t.Errorf("raw pickle: err = %v, want ErrPickle", err)
+	}
+}
