@@ -4,6 +4,10 @@
 package golden
 
 import (
+	"fmt"
+	"strings"
+	"testing"
+
 	"github.com/sdbridge/sdbridge/models"
 	"github.com/sdbridge/sdbridge/safetensors"
 )
@@ -36,8 +40,8 @@ func loadCaseControlNet(c *Case) (*models.ControlNet, error) {
 	return models.NewControlNet(w, cfg)
 }
 
-// caseResiduals runs the case ControlNet on the case inputs.
-func caseResiduals(c *Case, cn *models.ControlNet) (models.Residuals, error) {
+// controlNetCaseResiduals runs the case ControlNet on the case inputs.
+func controlNetCaseResiduals(c *Case, cn *models.ControlNet) (models.Residuals, error) {
 	x, ts, ctx, err := caseUNetInputs(c)
 	if err != nil {
 		return nil, err
@@ -55,7 +59,7 @@ func runControlNet(c *Case) (Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := caseResiduals(c, cn)
+	res, err := controlNetCaseResiduals(c, cn)
 	if err != nil {
 		return nil, err
 	}
@@ -64,4 +68,112 @@ func runControlNet(c *Case) (Result, error) {
 		out["out.residual."+name] = Array{Shape: t.Shape, Data: t.Data}
 	}
 	return out, nil
+}
+
+// controlNetDiffusersView presents an ldm ControlNet file (keys under prefix) under
+// the diffusers ControlNetModel names of models.ControlNetDiffusersTable, so
+// the diffusers loading path is checked against the reference outputs.
+type controlNetDiffusersView struct {
+	f        *safetensors.File
+	toStored map[string]string
+	names    []string
+}
+
+func newControlNetDiffusersView(f *safetensors.File, prefix string) (*controlNetDiffusersView, error) {
+	toDiff := map[string]string{}
+	for _, p := range models.ControlNetDiffusersTable(4, 2, 6) {
+		toDiff[p.LDM] = p.Diffusers
+	}
+	v := &controlNetDiffusersView{f: f, toStored: map[string]string{}}
+	for _, n := range f.Names() {
+		k, ok := strings.CutPrefix(n, prefix)
+		if !ok {
+			continue
+		}
+		d := ""
+		for i := len(k); i > 0 && d == ""; i = strings.LastIndexByte(k[:i], '.') {
+			if to, ok := toDiff[k[:i]]; ok {
+				d = to + k[i:]
+			}
+		}
+		if d == "" {
+			return nil, fmt.Errorf("no diffusers name for %q", n)
+		}
+		v.toStored[d] = n
+		v.names = append(v.names, d)
+	}
+	return v, nil
+}
+
+func (v *controlNetDiffusersView) Get(name string) (safetensors.Tensor, error) {
+	return v.f.Get(v.toStored[name])
+}
+
+func (v *controlNetDiffusersView) Lookup(name string) (*safetensors.Info, bool) {
+	s, ok := v.toStored[name]
+	if !ok {
+		return nil, false
+	}
+	return v.f.Lookup(s)
+}
+
+func (v *controlNetDiffusersView) Names() []string { return v.names }
+
+// TestControlNetDiffusersLayout runs the controlnet_forward reference case
+// with its ControlNet renamed to the diffusers layout.
+func TestControlNetDiffusersLayout(t *testing.T) {
+	c, err := Load(Dir(), "controlnet_forward")
+	if err != nil {
+		t.Skipf("golden case not available: %v", err)
+	}
+	defer c.Close()
+	var uc unetCaseConfig
+	if err := c.ConfigInto("unet", &uc); err != nil {
+		t.Fatal(err)
+	}
+	path, err := c.File("controlnet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := safetensors.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	view, err := newControlNetDiffusersView(f, "control_model.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, layout, err := models.ControlNetWeights(view)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if layout != models.ControlNetDiffusers {
+		t.Errorf("layout %q, want %q", layout, models.ControlNetDiffusers)
+	}
+	cfg, err := models.InferControlNetConfig(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.NumHeads = uc.NumHeads
+	cn, err := models.NewControlNet(w, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cn.Unused) != 0 {
+		t.Errorf("unused keys: %v", cn.Unused)
+	}
+	res, err := controlNetCaseResiduals(c, cn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := Result{}
+	for name, r := range res {
+		got["out.residual."+name] = Array{Shape: r.Shape, Data: r.Data}
+	}
+	rel, err := c.Compare(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("diffusers layout: rel_l2 %.3g", rel)
 }

@@ -25,7 +25,7 @@ func runUNetControlNet(c *Case) (Result, error) {
 	if len(strength) != 1 {
 		return nil, fmt.Errorf("in.strength has %d values, want 1", len(strength))
 	}
-	res, err := caseResiduals(c, cn)
+	res, err := controlNetCaseResiduals(c, cn)
 	if err != nil {
 		return nil, err
 	}

@@ -114,7 +114,8 @@ func (c *ControlNet) Forward(x, hint *nn.Tensor, timesteps []float32, ctx *nn.Te
 
 // ForwardEncoded returns the 13 residuals (input_blocks.0..11, middle_block)
 // given the encoded hint guided [B or 1, mc, h, w] from HintEncode. Strength
-// is not applied.
+// is not applied. x is the U-Net's input for this step; for a 9-channel
+// inpainting U-Net pass its first 4 channels (A1111 hook.py does the same).
 func (c *ControlNet) ForwardEncoded(x, guided *nn.Tensor, timesteps []float32, ctx *nn.Tensor) (Residuals, error) {
 	if err := checkConditioning("controlnet", c.Config, x, timesteps, ctx); err != nil {
 		return nil, err

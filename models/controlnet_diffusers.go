@@ -75,6 +75,9 @@ func ControlNetDiffusersTable(levels, resBlocks, hintBlocks int) []NamePair {
 	return t
 }
 
+// maxDiffusersBlocks bounds every block count read from diffusers names.
+const maxDiffusersBlocks = 16
+
 // renamedSource presents a Source under other names (canonical -> stored).
 // Stored keys the table does not cover keep their own names, so they show
 // up in Weights.Unused.
@@ -116,6 +119,11 @@ func diffusersControlNetSource(src Source) (Source, error) {
 	hintBlocks := maxIndex(names, "controlnet_cond_embedding.blocks.") + 1
 	if levels == 0 || resBlocks == 0 {
 		return nil, fmt.Errorf("diffusers ControlNet without down_blocks.N.resnets.M tensors")
+	}
+	// The counts come from untrusted names: bound them before building a
+	// table of that size (SD 1.5: 4 levels, 2 res blocks, 6 hint blocks).
+	if levels > maxDiffusersBlocks || resBlocks > maxDiffusersBlocks || hintBlocks > maxDiffusersBlocks {
+		return nil, fmt.Errorf("diffusers ControlNet with %d down blocks, %d resnets, %d hint blocks: not an SD 1.x layout", levels, resBlocks, hintBlocks)
 	}
 	fromDiff := map[string]string{}
 	for _, p := range ControlNetDiffusersTable(levels, resBlocks, hintBlocks) {

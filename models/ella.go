@@ -105,7 +105,7 @@ func LoadELLA(w *Weights, heads int) (*ELLA, error) {
 		Channels: ct,
 	}
 	c := w.Sub("connector.")
-	e.Latents = c.Tensor("latents", q, wd)
+	e.Latents = c.Tensor("latents", q, wd) // [Q, W]
 	e.TimeAware = c.Linear("time_aware_linear", emb, wd, true)
 	e.ProjIn = c.Linear("proj_in", din, wd, true)
 	e.Blocks = make([]ELLABlock, layers)
@@ -198,7 +198,7 @@ func (e *ELLA) Conditioning(text *ELLAText, t []float32) (*nn.Tensor, error) {
 	bo := max(b, len(t))
 	temb := e.Time.Forward(t) // [T, E]
 	nn.SiLU(temb)             // [T, E] s = silu(temb); every consumer takes the activated form
-	s := temb
+	s := temb                 // [T, E]
 	if len(t) != bo {
 		s = repeatRows(temb, bo) // [Bo, E]
 	}
@@ -207,7 +207,7 @@ func (e *ELLA) Conditioning(text *ELLAText, t []float32) (*nn.Tensor, error) {
 	lat := nn.New(bo, q, w) // [Bo, Q, W] latents[None] + time_aware_linear(silu(temb))
 	for i := range bo {
 		for j := range q {
-			dst := lat.Data[(i*q+j)*w : (i*q+j+1)*w]
+			dst := lat.Data[(i*q+j)*w : (i*q+j+1)*w] // [W] latent j of item i
 			for c := range dst {
 				dst[c] = e.Latents.Data[j*w+c] + ta.Data[i*w+c]
 			}

@@ -296,6 +296,9 @@ func TestT5EncodeMask(t *testing.T) {
 	if d := maxAbsDiff(second.Data, withMask.Data[64:]); d > 1e-5 {
 		t.Errorf("batch row 1 differs from its own encode: max diff %g", d)
 	}
+	if d := maxAbsDiff(second.Data, t5Encode(t, dir, padded, nil).Data[64:]); d > 1e-5 {
+		t.Errorf("unmasked batch row 1 differs from its own encode: max diff %g", d)
+	}
 	for i, v := range withMask.Data[rows:64] {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 			t.Fatalf("pad row output %d is %v; pad rows must still be computed", i, v)

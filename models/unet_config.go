@@ -35,7 +35,7 @@ type UNetConfig struct {
 	Attention        []bool
 	TransformerDepth int  // 1 BasicTransformerBlock per SpatialTransformer
 	ContextDim       int  // 768: attn2.to_k in-width (CLIP ViT-L/14)
-	UseLinearProj    bool // proj_in/proj_out stored as Linear [C, C] (SD 2.x style) instead of 1x1 conv
+	UseLinearProj    bool // ldm use_linear_in_transformer: proj_in/proj_out stored as Linear [C, C] (SD 2.x), not 1x1 conv (SD 1.x)
 	NumHeads         int  // 8 (SD1Heads); head dim = channels / NumHeads
 }
 

@@ -1,3 +1,6 @@
+// unet_config_test.go pins U-Net config inference on real SD 1.5 shapes
+// (shapes only, nothing allocated) and the refusal of other architectures
+// and of malformed files, by the key at fault.
 package models
 
 import (
@@ -133,5 +136,34 @@ func TestResidualNames(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, ResidualNames(cfg)); diff != "" {
 		t.Errorf("ResidualNames (-want +got):\n%s", diff)
+	}
+}
+
+func TestResidualShapesSD15(t *testing.T) {
+	cfg, err := InferUNetConfig(NewWeights(newShapeSource(unetSpecs(SD15(), safetensors.F16))).Sub("model.diffusion_model."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// specs/controlnet.md §2 at 512x512 (latent 64), plus an odd-level case
+	// (latent 72x40: 36x20, 18x10, 9x5).
+	got := ResidualShapes(cfg, 2, 64, 64)
+	total := 0
+	for _, s := range got {
+		total += s[1] * s[2] * s[3]
+	}
+	if total != 6717440 {
+		t.Errorf("residual elements per image at 512x512 = %d, want 6717440", total)
+	}
+	for name, want := range map[string][]int{
+		"input_blocks.0": {2, 320, 64, 64}, "input_blocks.3": {2, 320, 32, 32}, "input_blocks.4": {2, 640, 32, 32},
+		"input_blocks.6": {2, 640, 16, 16}, "input_blocks.7": {2, 1280, 16, 16}, "input_blocks.11": {2, 1280, 8, 8},
+		"middle_block": {2, 1280, 8, 8},
+	} {
+		if diff := cmp.Diff(want, got[name]); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", name, diff)
+		}
+	}
+	if diff := cmp.Diff([]int{1, 1280, 9, 5}, ResidualShapes(cfg, 1, 72, 40)["middle_block"]); diff != "" {
+		t.Errorf("middle_block at 72x40 (-want +got):\n%s", diff)
 	}
 }

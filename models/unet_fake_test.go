@@ -63,7 +63,9 @@ func controlNetSpecs(l Layout, dt safetensors.DType, p string) []safetensors.Spe
 			out = append(out, safetensors.Spec{Name: p + k, DType: dt, Shape: s.Shape})
 		}
 	}
-	add := func(k string, shape ...int) { out = append(out, safetensors.Spec{Name: p + k, DType: dt, Shape: shape}) }
+	add := func(k string, shape ...int) {
+		out = append(out, safetensors.Spec{Name: p + k, DType: dt, Shape: shape})
+	}
 	widths := []int{3, 16, 16, 32, 32, 96, 96, 256, l.ModelChannels}
 	for k := range 8 {
 		add(fmt.Sprintf("input_hint_block.%d.weight", 2*k), widths[k+1], widths[k], 3, 3)

@@ -34,6 +34,29 @@ func ResidualNames(cfg UNetConfig) []string {
 	return append(names, MiddleBlockResidual)
 }
 
+// ResidualShapes returns the shape of every residual for a batch of b
+// latents of h x w (the host sizes its residual buffers with it): input
+// block i's output, then the middle block's. SD 1.5 at 64x64: 320 ch at
+// 64, 32 and 16 px ... 1280 ch at 8 px.
+func ResidualShapes(cfg UNetConfig, b, h, w int) map[string][]int {
+	out := map[string][]int{InputBlockResidual(0): {b, cfg.ModelChannels, h, w}}
+	i, ch := 1, cfg.ModelChannels
+	for l, mult := range cfg.ChannelMult {
+		ch = cfg.ModelChannels * mult
+		for range cfg.NumResBlocks {
+			out[InputBlockResidual(i)] = []int{b, ch, h, w}
+			i++
+		}
+		if l != cfg.Levels()-1 {
+			h, w = (h+1)/2, (w+1)/2 // 3x3 stride-2 conv, pad 1: ceil
+			out[InputBlockResidual(i)] = []int{b, ch, h, w}
+			i++
+		}
+	}
+	out[MiddleBlockResidual] = []int{b, ch, h, w}
+	return out
+}
+
 // Scale multiplies every residual by s in place (ControlNet strength).
 func (r Residuals) Scale(s float32) {
 	for _, t := range r {

@@ -48,8 +48,7 @@ func ScaledDotProductAttention(q, k, v *Tensor, heads int, opt AttentionOpts) *T
 		bias = opt.Bias.Data
 		biasB, biasH = opt.Bias.Shape[0], opt.Bias.Shape[1]
 	}
-	viaBLAS := blasOK()
-	task := func(t int, gemm func(bool, bool, int, int, int, float32, []float32, int, []float32, int, float32, []float32, int)) {
+	task := func(t int) {
 		n, h, blk := t/(heads*nblk), t/nblk%heads, t%nblk
 		i0 := blk * bq
 		rows := min(bq, lq-i0)
@@ -61,7 +60,7 @@ func ScaledDotProductAttention(q, k, v *Tensor, heads int, opt AttentionOpts) *T
 		scores := (*sp)[:rows*lk] // [rows, Lk]
 		qo := (n*lq+i0)*c + h*d
 		ko := n*lk*c + h*d
-		gemm(false, true, rows, lk, d, scale, q.Data[qo:], c, k.Data[ko:], c, 0, scores, lk)
+		gemmSerial(false, true, rows, lk, d, scale, q.Data[qo:], c, k.Data[ko:], c, 0, scores, lk)
 		if bias != nil {
 			bn, bh := n, h
 			if biasB == 1 {
@@ -76,24 +75,13 @@ func ScaledDotProductAttention(q, k, v *Tensor, heads int, opt AttentionOpts) *T
 				scores[i] += bs[i]
 			}
 		}
-		if viaBLAS {
-			Softmax(scores, lk)
-		} else {
-			for r := 0; r < rows; r++ {
-				softmaxRow(scores[r*lk : (r+1)*lk])
-			}
+		for r := 0; r < rows; r++ {
+			softmaxRow(scores[r*lk : (r+1)*lk])
 		}
-		gemm(false, false, rows, d, lk, 1, scores, lk, v.Data[ko:], c, 0, out.Data[qo:], c)
+		gemmSerial(false, false, rows, d, lk, 1, scores, lk, v.Data[ko:], c, 0, out.Data[qo:], c)
 		scorePool.Put(sp)
 	}
 	ntask := b * heads * nblk
-	if viaBLAS {
-		// OpenBLAS threads each product itself; run tasks in order.
-		for t := 0; t < ntask; t++ {
-			task(t, Gemm)
-		}
-		return out
-	}
-	parallelTasks(ntask, bq*lk*(2*d+actCost), func(t int) { task(t, gemmSerial) })
+	parallelTasks(ntask, bq*lk*(2*d+actCost), task)
 	return out
 }

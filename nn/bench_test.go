@@ -5,6 +5,7 @@
 package nn
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 )
@@ -25,6 +26,15 @@ func BenchmarkGemm1024(b *testing.B) {
 		if !blasOK() {
 			b.Skip("OpenBLAS not loaded: " + blas.err)
 		}
+		benchGemm(b, 1024, Gemm)
+	})
+	// OpenBLAS's own figure: one call, its own threads over all cores.
+	b.Run("openblas-native-threads", func(b *testing.B) {
+		if !blasOK() || blas.setThreads == nil {
+			b.Skip("OpenBLAS not loaded or no openblas_set_num_threads")
+		}
+		blas.setThreads(int32(workers()))
+		defer blas.setThreads(1)
 		benchGemm(b, 1024, blasSgemm)
 	})
 	saved := kern
@@ -68,5 +78,19 @@ func BenchmarkGroupNormSD(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		g.ForwardSiLU(x)
+	}
+}
+
+// BenchmarkGemmBlocking sweeps the Go kernel's block sizes at 1024^3.
+func BenchmarkGemmBlocking(b *testing.B) {
+	kc0, mc0, nc0 := gemmKC, gemmMC, gemmNC
+	defer func() { gemmKC, gemmMC, gemmNC = kc0, mc0, nc0 }()
+	for _, kc := range []int{128, 192, 256, 384, 512} {
+		for _, mc := range []int{96, 192, 384} {
+			for _, nc := range []int{1024, 2048, 4096} {
+				gemmKC, gemmMC, gemmNC = kc, mc, nc
+				b.Run(fmt.Sprintf("kc%d_mc%d_nc%d", kc, mc, nc), func(b *testing.B) { benchGemm(b, 1024, GemmGo) })
+			}
+		}
 	}
 }

@@ -1,8 +1,9 @@
 // blas.go: OpenBLAS loaded at run time through purego (no cgo, works with
 // CGO_ENABLED=0). The library is looked up once, on first use, under its
 // common sonames; SDBRIDGE_BLAS=go (or a missing library) keeps everything
-// on the pure-Go kernel. It binds only cblas_sgemm and does not configure
-// OpenBLAS's own thread count (set OPENBLAS_NUM_THREADS for that).
+// on the pure-Go kernel. It binds only cblas_sgemm (and sets OpenBLAS to
+// one thread per call: Gemm splits work over cores itself, as for the Go
+// kernel). It does not bind any other BLAS or LAPACK routine.
 package nn
 
 import (
@@ -20,11 +21,13 @@ const (
 )
 
 var blas struct {
-	once  sync.Once
-	ok    bool
-	name  string
-	err   string
-	sgemm func(order, transA, transB, m, n, k int32, alpha float32, a *float32, lda int32, b *float32, ldb int32, beta float32, c *float32, ldc int32)
+	once sync.Once
+	ok   bool
+	name string
+	err  string
+	// setThreads is openblas_set_num_threads, or nil.
+	setThreads func(int32)
+	sgemm      func(order, transA, transB, m, n, k int32, alpha float32, a *float32, lda int32, b *float32, ldb int32, beta float32, c *float32, ldc int32)
 }
 
 // blasNames are the sonames tried in order.
@@ -57,6 +60,13 @@ func loadBLAS() {
 			continue
 		}
 		purego.RegisterFunc(&blas.sgemm, sym)
+		// One OpenBLAS thread per call: Gemm already splits big products
+		// over the cores, and idle OpenBLAS workers spin (sched_yield) and
+		// steal the cores from the Go kernels that run between GEMMs.
+		if set, err := purego.Dlsym(lib, "openblas_set_num_threads"); err == nil {
+			purego.RegisterFunc(&blas.setThreads, set)
+			blas.setThreads(1)
+		}
 		blas.ok, blas.name, blas.err = true, name, ""
 		return
 	}

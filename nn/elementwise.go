@@ -88,10 +88,7 @@ func SiLU(t *Tensor) { siluSlice(t.Data) }
 
 func siluSlice(d []float32) {
 	parallelFor(len(d), actCost, func(lo, hi int) {
-		x := d[lo:hi]
-		for i, v := range x {
-			x[i] = v / (1 + expf(-v))
-		}
+		vecSiLUAffine(d[lo:hi], d[lo:hi], 1, 0)
 	})
 }
 

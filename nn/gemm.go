@@ -17,15 +17,8 @@ import (
 // Gemm computes C = alpha*op(A)*op(B) + beta*C for row-major matrices.
 // op(A) is [m, k], op(B) is [k, n], C is [m, n]; lda/ldb/ldc are row strides.
 func Gemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
-	if m <= 0 || n <= 0 {
-		return
-	}
-	if k <= 0 || alpha == 0 {
-		scaleC(m, n, beta, c, ldc)
-		return
-	}
 	if blasOK() && m*n*k >= blasMinWork {
-		blasSgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		gemmSplit(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 16, 16, blasSgemm)
 		return
 	}
 	GemmGo(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
@@ -37,6 +30,16 @@ const blasMinWork = 16 * 16 * 16
 // GemmGo is Gemm on the pure-Go backend regardless of OpenBLAS (same
 // contract); it uses all cores for large products.
 func GemmGo(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	gemmSplit(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, kern.mr, kern.nr, goGemmSerial)
+}
+
+// gemmFunc is the Gemm signature, shared by the serial backends.
+type gemmFunc func(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int)
+
+// gemmSplit cuts C into one block of rows (or columns, when C is wide) per
+// core, aligned to mr/nr, and runs serial on each block in parallel. Small
+// products run inline.
+func gemmSplit(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int, mr, nr int, serial gemmFunc) {
 	if m <= 0 || n <= 0 {
 		return
 	}
@@ -44,30 +47,37 @@ func GemmGo(transA, transB bool, m, n, k int, alpha float32, a []float32, lda in
 		scaleC(m, n, beta, c, ldc)
 		return
 	}
-	g := gemmArgs{transA, transB, alpha, a, lda, b, ldb, beta, c, ldc}
-	p := workers()
 	work := m * n * k
-	if p <= 1 || work < gemmParallelWork {
-		g.run(0, m, 0, n, k)
+	if workers() <= 1 || work < gemmParallelWork {
+		serial(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return
 	}
-	mr, nr := kern.mr, kern.nr
-	// Split the longer side into p chunks aligned to the register tile.
 	if m/mr >= n/nr || n < 2*nr {
 		tiles := (m + mr - 1) / mr
 		parallelFor(tiles, work/tiles, func(lo, hi int) {
-			g.run(lo*mr, min(hi*mr, m), 0, n, k)
+			i0, i1 := lo*mr, min(hi*mr, m)
+			ao := i0 * lda
+			if transA {
+				ao = i0
+			}
+			serial(transA, transB, i1-i0, n, k, alpha, a[ao:], lda, b, ldb, beta, c[i0*ldc:], ldc)
 		})
-	} else {
-		tiles := (n + nr - 1) / nr
-		parallelFor(tiles, work/tiles, func(lo, hi int) {
-			g.run(0, m, lo*nr, min(hi*nr, n), k)
-		})
+		return
 	}
+	tiles := (n + nr - 1) / nr
+	parallelFor(tiles, work/tiles, func(lo, hi int) {
+		j0, j1 := lo*nr, min(hi*nr, n)
+		bo := j0
+		if transB {
+			bo = j0 * ldb
+		}
+		serial(transA, transB, m, j1-j0, k, alpha, a, lda, b[bo:], ldb, beta, c[j0:], ldc)
+	})
 }
 
-// gemmSerial is GemmGo on the calling goroutine only (for kernels that
-// already run in parallel over independent products).
+// gemmSerial is Gemm on the calling goroutine only, for kernels that
+// already run in parallel over independent products (OpenBLAS runs
+// single-threaded; see blas.go).
 func gemmSerial(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if m <= 0 || n <= 0 {
 		return
@@ -76,27 +86,25 @@ func gemmSerial(transA, transB bool, m, n, k int, alpha float32, a []float32, ld
 		scaleC(m, n, beta, c, ldc)
 		return
 	}
+	if blasOK() && m*n*k >= blasMinWork {
+		blasSgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		return
+	}
+	goGemmSerial(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+// goGemmSerial is the packed Go kernel on one goroutine (m, n > 0).
+func goGemmSerial(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	if k <= 0 || alpha == 0 {
+		scaleC(m, n, beta, c, ldc)
+		return
+	}
 	g := gemmArgs{transA, transB, alpha, a, lda, b, ldb, beta, c, ldc}
 	g.run(0, m, 0, n, k)
 }
 
-// gemmParallelWork is the m*n*k below which GemmGo stays on one core.
+// gemmParallelWork is the m*n*k below which a product stays on one core.
 const gemmParallelWork = 64 * 64 * 64
-
-func scaleC(m, n int, beta float32, c []float32, ldc int) {
-	for i := 0; i < m; i++ {
-		row := c[i*ldc : i*ldc+n]
-		if beta == 0 {
-			clear(row)
-			continue
-		}
-		if beta != 1 {
-			for j := range row {
-				row[j] *= beta
-			}
-		}
-	}
-}
 
 type gemmArgs struct {
 	transA, transB bool
@@ -111,8 +119,9 @@ type gemmArgs struct {
 }
 
 // Block sizes (in elements): KC deep slices of k, MC rows of A and NC
-// columns of B per packed block.
-const (
+// columns of B per packed block. MC must be a multiple of every kernel's
+// MR and NC of every NR. Variables only so a benchmark can sweep them.
+var (
 	gemmKC = 256
 	gemmMC = 192
 	gemmNC = 2048
@@ -182,6 +191,22 @@ func (g *gemmArgs) run(i0, i1, j0, j1, k int) {
 						}
 					}
 				}
+			}
+		}
+	}
+}
+
+// scaleC does C *= beta (C = 0 when beta is 0, so NaNs in C do not leak).
+func scaleC(m, n int, beta float32, c []float32, ldc int) {
+	for i := 0; i < m; i++ {
+		row := c[i*ldc : i*ldc+n]
+		if beta == 0 {
+			clear(row)
+			continue
+		}
+		if beta != 1 {
+			for j := range row {
+				row[j] *= beta
 			}
 		}
 	}
@@ -262,9 +287,9 @@ func goKernel4x8(k int, a, b, c []float32, ldc int, load bool) {
 	var c30, c31, c32, c33, c34, c35, c36, c37 float32
 	a = a[:4*k]
 	b = b[:8*k]
-	for l := 0; l < k; l++ {
-		av := a[l*4 : l*4+4 : l*4+4]
-		bv := b[l*8 : l*8+8 : l*8+8]
+	for len(a) >= 4 && len(b) >= 8 {
+		av, bv := a[:4:4], b[:8:8]
+		a, b = a[4:], b[8:]
 		b0, b1, b2, b3, b4, b5, b6, b7 := bv[0], bv[1], bv[2], bv[3], bv[4], bv[5], bv[6], bv[7]
 		a0 := av[0]
 		c00 += a0 * b0
@@ -311,6 +336,53 @@ func goKernel4x8(k int, a, b, c []float32, ldc int, load bool) {
 	}
 	for i := range rows {
 		dst := c[i*ldc : i*ldc+8 : i*ldc+8]
+		if load {
+			for j, v := range rows[i] {
+				dst[j] += v
+			}
+		} else {
+			copy(dst, rows[i][:])
+		}
+	}
+}
+
+// goKernel4x4 is the smaller portable micro-kernel (16 accumulators, so
+// it fits CPUs with 16 float registers without spilling).
+func goKernel4x4(k int, a, b, c []float32, ldc int, load bool) {
+	var c00, c01, c02, c03, c10, c11, c12, c13 float32
+	var c20, c21, c22, c23, c30, c31, c32, c33 float32
+	a = a[:4*k]
+	b = b[:4*k]
+	for len(a) >= 4 && len(b) >= 4 {
+		av, bv := a[:4:4], b[:4:4]
+		a, b = a[4:], b[4:]
+		b0, b1, b2, b3 := bv[0], bv[1], bv[2], bv[3]
+		a0, a1, a2, a3 := av[0], av[1], av[2], av[3]
+		c00 += a0 * b0
+		c01 += a0 * b1
+		c02 += a0 * b2
+		c03 += a0 * b3
+		c10 += a1 * b0
+		c11 += a1 * b1
+		c12 += a1 * b2
+		c13 += a1 * b3
+		c20 += a2 * b0
+		c21 += a2 * b1
+		c22 += a2 * b2
+		c23 += a2 * b3
+		c30 += a3 * b0
+		c31 += a3 * b1
+		c32 += a3 * b2
+		c33 += a3 * b3
+	}
+	rows := [4][4]float32{
+		{c00, c01, c02, c03},
+		{c10, c11, c12, c13},
+		{c20, c21, c22, c23},
+		{c30, c31, c32, c33},
+	}
+	for i := range rows {
+		dst := c[i*ldc : i*ldc+4 : i*ldc+4]
 		if load {
 			for j, v := range rows[i] {
 				dst[j] += v

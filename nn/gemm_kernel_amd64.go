@@ -26,7 +26,8 @@ var (
 		_, _, _ = a[6*k-1], b[16*k-1], c[5*ldc+15]
 		sgemmKernel6x16AVX2(k, &a[0], &b[0], &c[0], ldc, load)
 	}}
-	kernGo = microKernel{mr: 4, nr: 8, name: "go-4x8", fn: goKernel4x8}
+	kernGo   = microKernel{mr: 4, nr: 8, name: "go-4x8", fn: goKernel4x8}
+	kernGo44 = microKernel{mr: 4, nr: 4, name: "go-4x4", fn: goKernel4x4}
 )
 
 // pickKernel returns the fastest kernel the CPU runs; SDBRIDGE_GEMM_KERNEL
@@ -52,5 +53,5 @@ func availableKernels() []microKernel {
 	if cpu.X86.HasAVX2 && cpu.X86.HasFMA {
 		ks = append(ks, kernAVX2)
 	}
-	return append(ks, kernGo)
+	return append(ks, kernGo, kernGo44)
 }

@@ -394,3 +394,48 @@ func TestGEGLUAndElementwise(t *testing.T) {
 	AddBatchChannelBias(y, bias)
 	assertClose(t, y.Data, wantB.Data, 0, 0)
 }
+
+func TestVecHelpers(t *testing.T) {
+	for _, n := range []int{1, 15, 16, 17, 33, 100, 4096} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			r := rand.New(rand.NewPCG(23, uint64(n)))
+			x := randSlice(r, n)
+			for i := range x {
+				x[i] *= 20
+			}
+			x[0] = -95
+			if n > 1 {
+				x[1] = 95
+			}
+			if got, want := vecMax(x), vecMaxGo(x); got != want {
+				t.Fatalf("vecMax = %v, want %v", got, want)
+			}
+			got, want := make([]float32, n), make([]float32, n)
+			vecSiLUAffine(got, x, 0.7, 0.1)
+			for i, v := range x {
+				want[i] = refSiLU(v*0.7 + 0.1)
+			}
+			assertClose(t, got, want, 1e-6, 2e-6)
+			vecAffine(got, x, 0.7, 0.1)
+			vecAffineGo(want, x, 0.7, 0.1)
+			assertClose(t, got, want, 1e-6, 1e-6) // FMA rounds once
+			m := vecMax(x)
+			e := append([]float32(nil), x...)
+			s := vecExpSubSum(e, m)
+			var ws float64
+			for i, v := range x {
+				want[i] = float32(math.Exp(float64(v - m)))
+				ws += float64(want[i])
+			}
+			assertClose(t, e, want, 1e-30, 2e-6)
+			if math.Abs(float64(s)-ws) > 1e-5*ws {
+				t.Fatalf("exp sum %v, want %v", s, ws)
+			}
+			vecScale(e, 0.5)
+			for i := range want {
+				want[i] *= 0.5
+			}
+			assertClose(t, e, want, 1e-30, 2e-6)
+		})
+	}
+}

@@ -63,14 +63,9 @@ func (g *GroupNorm) apply(x, y *Tensor, silu bool) {
 			src := xd[base+ci*hw : base+(ci+1)*hw]
 			dst := yd[base+ci*hw : base+(ci+1)*hw]
 			if silu {
-				for i, v := range src {
-					o := v*sc + sh
-					dst[i] = o / (1 + expf(-o))
-				}
+				vecSiLUAffine(dst, src, sc, sh)
 			} else {
-				for i, v := range src {
-					dst[i] = v*sc + sh
-				}
+				vecAffine(dst, src, sc, sh)
 			}
 		}
 	})

@@ -18,7 +18,7 @@ import (
 )
 
 // clipCleanText is the normalizer Sequence[NFC, Replace(\s+ -> " "),
-// Lowercase]. Invalid UTF-8 bytes become U+FFFD, as Python decoding with
+// Lowercase] of HF's CLIP tokenizer.json. Invalid UTF-8 bytes become U+FFFD, as Python decoding with
 // errors="replace" would.
 func clipCleanText(text string) string {
 	if !utf8.ValidString(text) {
@@ -42,33 +42,15 @@ func clipCleanText(text string) string {
 	return unicodeLower(sb.String())
 }
 
-// unicodeLower is the full Unicode lower-case mapping (Python's str.lower,
-// Rust's to_lowercase) where it differs from Go's simple ToLower: U+0130
-// becomes "i" + U+0307, and a final capital sigma becomes U+03C2.
+// unicodeLower is the tokenizers library's Lowercase: each character's full
+// lower-case mapping on its own (Rust char::to_lowercase). It differs from
+// Go's ToLower only for U+0130, which becomes "i" + U+0307; there is no
+// final-sigma context rule, so capital sigma is always U+03C3.
 func unicodeLower(s string) string {
 	if strings.ContainsRune(s, 0x130) {
 		s = strings.ReplaceAll(s, "\u0130", "i\u0307")
 	}
-	if !strings.ContainsRune(s, 0x3A3) {
-		return strings.ToLower(s)
-	}
-	rs := []rune(s)
-	out := make([]rune, len(rs))
-	for i, r := range rs {
-		if r == 0x3A3 && isFinalSigma(rs, i) {
-			out[i] = 0x3C2
-			continue
-		}
-		out[i] = unicode.ToLower(r)
-	}
-	return string(out)
-}
-
-// isFinalSigma is Unicode's Final_Sigma condition, simplified to ignore
-// case-ignorable characters: a cased letter before, none after.
-func isFinalSigma(rs []rune, i int) bool {
-	cased := func(r rune) bool { return unicode.IsUpper(r) || unicode.IsLower(r) || unicode.IsTitle(r) }
-	return i > 0 && cased(rs[i-1]) && (i+1 == len(rs) || !cased(rs[i+1]))
+	return strings.ToLower(s)
 }
 
 // clipContractions are the contraction alternatives of the pattern, in order.
@@ -121,10 +103,9 @@ func clipPreTokenize(text string) []string {
 	return out
 }
 
-// isRegexSpace is \s of the Python "regex" module on str (Unicode White_Space).
-func isRegexSpace(r rune) bool {
-	return r == 0x1c || r == 0x1d || r == 0x1e || r == 0x1f || unicode.IsSpace(r)
-}
+// isRegexSpace is \s of the Rust regex crate (Unicode White_Space), which
+// is exactly Go's unicode.IsSpace.
+func isRegexSpace(r rune) bool { return unicode.IsSpace(r) }
 
 // runLen is the byte length of the longest prefix of s whose runes satisfy f
 // (at least one rune, which the caller has checked).

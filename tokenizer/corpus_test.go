@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // goldenDir returns the shared golden directory or skips the test.
@@ -60,7 +62,7 @@ func checkCorpus(t *testing.T, lines []corpusLine, encode func(string) []int) {
 		if !slices.Equal(got, l.IDs) {
 			bad++
 			if bad <= 5 {
-				t.Errorf("%q:\n got  %v\n want %v", l.Text, got, l.IDs)
+				t.Errorf("%q (-want +got):\n%s", l.Text, cmp.Diff(l.IDs, got))
 			}
 		}
 	}

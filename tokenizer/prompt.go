@@ -26,6 +26,7 @@
 package tokenizer
 
 import (
+	"errors"
 	"regexp"
 	"strconv"
 )
@@ -75,6 +76,9 @@ func ParsePromptAttention(prompt string) []WeightedText {
 			square = append(square, len(res))
 		case hasWeight && len(round) > 0:
 			w, err := strconv.ParseFloat(prompt[m[2]:m[3]], 64)
+			if errors.Is(err, strconv.ErrRange) {
+				err = nil // Python's float() gives inf or 0 too
+			}
 			if err != nil {
 				res = append(res, WeightedText{Text: text, Weight: 1})
 				continue

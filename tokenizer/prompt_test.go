@@ -1,13 +1,19 @@
 // prompt_test.go checks the A1111 attention parser against the examples in
 // A1111's prompt_parser docstring and further cases derived from its rules,
 // and the 75-token chunking (comma backtrack, BREAK, padding) on a tiny
-// vocabulary where every letter is one token.
+// vocabulary where every letter is one token, plus per-token weights on the
+// real CLIP vocabulary when the golden data is present. It does not run a
+// text encoder (ApplyEmphasis is checked on hand-made numbers).
 package tokenizer
 
 import (
+	"math"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 func TestParsePromptAttention(t *testing.T) {
@@ -46,6 +52,7 @@ func TestParsePromptAttention(t *testing.T) {
 		{"a) b]", []f{{Text: "a) b]", Weight: 1}}},
 		{`\\x \y`, []f{{Text: `\x y`, Weight: 1}}},
 		{"(a:.)", []f{{Text: "a:.)", Weight: 1.1}}}, // A1111 crashes here
+		{"(a:1" + strings.Repeat("0", 400) + ")", []f{{Text: "a", Weight: math.Inf(1)}}},
 		{"time: noon", []f{{Text: "time: noon", Weight: 1}}},
 		{"a BREAK b", []f{{Text: "a", Weight: 1}, br, {Text: "b", Weight: 1}}},
 		{"BREAK", []f{{Text: "", Weight: 1}, br, {Text: "", Weight: 1}}},
@@ -56,9 +63,8 @@ func TestParsePromptAttention(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			got := ParsePromptAttention(tt.in)
-			if !slices.Equal(got, tt.want) {
-				t.Errorf("ParsePromptAttention(%q)\n got  %+v\n want %+v", tt.in, got, tt.want)
+			if diff := cmp.Diff(tt.want, ParsePromptAttention(tt.in)); diff != "" {
+				t.Errorf("ParsePromptAttention(%q) (-want +got):\n%s", tt.in, diff)
 			}
 		})
 	}
@@ -123,10 +129,10 @@ func TestEncodeA1111(t *testing.T) {
 	}
 
 	t.Run("weights", func(t *testing.T) {
-		got := c.EncodeA1111("a (b:1.5) [c]", A1111Options{})
 		wi, ww := window([]int{a, b, cc}, []float32{1, 1.5, float32(1 / 1.1)})
-		if got.Chunks != 1 || got.TokenCount != 3 || !slices.Equal(got.IDs, wi) || !slices.Equal(got.Weights, ww) {
-			t.Errorf("got %+v\nwant ids %v weights %v", got, wi, ww)
+		want := WeightedTokens{IDs: wi, Weights: ww, Chunks: 1, TokenCount: 3}
+		if diff := cmp.Diff(want, c.EncodeA1111("a (b:1.5) [c]", A1111Options{})); diff != "" {
+			t.Errorf("(-want +got):\n%s", diff)
 		}
 	})
 	t.Run("empty", func(t *testing.T) {
@@ -165,11 +171,11 @@ func TestEncodeA1111(t *testing.T) {
 	head, tail := letters(70), letters(10)
 	prompt := strings.Join(head, " ") + ", " + strings.Join(tail, " ")
 	t.Run("comma backtrack", func(t *testing.T) {
-		got := c.EncodeA1111(prompt, A1111Options{})
 		w1, m1 := window(append(ids(head), comma), ones(71))
 		w2, m2 := window(ids(tail), ones(10))
-		if got.Chunks != 2 || got.TokenCount != 85 || !slices.Equal(got.IDs, append(w1, w2...)) || !slices.Equal(got.Weights, append(m1, m2...)) {
-			t.Errorf("got chunks %d count %d ids %v", got.Chunks, got.TokenCount, got.IDs)
+		want := WeightedTokens{IDs: append(w1, w2...), Weights: append(m1, m2...), Chunks: 2, TokenCount: 85}
+		if diff := cmp.Diff(want, c.EncodeA1111(prompt, A1111Options{})); diff != "" {
+			t.Errorf("(-want +got):\n%s", diff)
 		}
 	})
 	t.Run("comma backtrack off", func(t *testing.T) {
@@ -189,11 +195,11 @@ func TestEncodeA1111(t *testing.T) {
 		}
 	})
 	t.Run("BREAK", func(t *testing.T) {
-		got := c.EncodeA1111("a BREAK b", A1111Options{})
 		w1, m1 := window([]int{a}, ones(1))
 		w2, m2 := window([]int{b}, ones(1))
-		if got.Chunks != 2 || got.TokenCount != 76 || !slices.Equal(got.IDs, append(w1, w2...)) || !slices.Equal(got.Weights, append(m1, m2...)) {
-			t.Errorf("got %+v", got)
+		want := WeightedTokens{IDs: append(w1, w2...), Weights: append(m1, m2...), Chunks: 2, TokenCount: 76}
+		if diff := cmp.Diff(want, c.EncodeA1111("a BREAK b", A1111Options{})); diff != "" {
+			t.Errorf("(-want +got):\n%s", diff)
 		}
 	})
 	t.Run("leading BREAK gives an empty window", func(t *testing.T) {
@@ -243,5 +249,25 @@ func TestApplyEmphasis(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestEncodeA1111RealVocab checks weights on real CLIP ids (320 "a",
+// 736 "red", 2368 "cat").
+func TestEncodeA1111RealVocab(t *testing.T) {
+	dir := filepath.Join(goldenDir(t), "data", "clip")
+	c, err := LoadCLIP(filepath.Join(dir, "vocab.json"), filepath.Join(dir, "merges.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.EncodeA1111("a (red:1.5) [cat]", A1111Options{})
+	if diff := cmp.Diff([]int{CLIPStartID, 320, 736, 2368, CLIPEndID, CLIPEndID}, got.IDs[:6]); diff != "" {
+		t.Errorf("ids (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]float32{1, 1, 1.5, float32(1 / 1.1), 1, 1}, got.Weights[:6]); diff != "" {
+		t.Errorf("weights (-want +got):\n%s", diff)
+	}
+	if got.Chunks != 1 || got.TokenCount != 3 {
+		t.Errorf("chunks %d, token count %d", got.Chunks, got.TokenCount)
 	}
 }

@@ -1,4 +1,283 @@
+// cmd_generate.go: 'sdbridge generate' runs txt2img on a single-file SD1.x
+// checkpoint and writes PNG files carrying A1111's "parameters" infotext.
+// Progress (step, it/s, ETA) goes to stderr. Bad input is refused before the
+// model is loaded: sizes that are not multiples of 8, an empty prompt (A1111
+// allows it for an unconditional image; here it must be asked for with
+// --allow-empty-prompt, since it is far more often a shell quoting mistake),
+// unknown samplers and schedules (the valid names are listed), pickle
+// checkpoints; after loading, SDXL checkpoints are refused by name and a
+// checkpoint without VAE asks for --vae FILE. It does not run plugins.
 package main
 
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"image"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sdbridge/sdbridge/host"
+)
+
+// generateOptions are the parsed flags of 'generate'.
+type generateOptions struct {
+	model, vae, clipTokenizer string
+	prompt, negative          string
+	allowEmptyPrompt          bool
+	steps                     int
+	cfg                       float64
+	sampler, scheduler, noise string
+	seed                      int64
+	width, height, batch      int
+	clipSkip                  int
+	out                       string
+	plainPrompt               bool
+}
+
+func parseGenerateFlags(args []string, stderr io.Writer) (*generateOptions, error) {
+	o := &generateOptions{}
+	fs := flag.NewFlagSet("generate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.model, "model", "", "checkpoint `FILE` (.safetensors, SD 1.x single file)")
+	fs.StringVar(&o.vae, "vae", "", "separate VAE `FILE` (for checkpoints without one, or to replace it)")
+	fs.StringVar(&o.clipTokenizer, "clip-tokenizer", "", "`DIR` holding CLIP's vocab.json and merges.txt")
+	fs.StringVar(&o.prompt, "prompt", "", "prompt (A1111 syntax: (word:1.2), [word], BREAK)")
+	fs.StringVar(&o.negative, "negative", "", "negative prompt")
+	fs.BoolVar(&o.allowEmptyPrompt, "allow-empty-prompt", false, "allow an empty prompt (unconditional image)")
+	fs.IntVar(&o.steps, "steps", 20, "sampling steps")
+	fs.Float64Var(&o.cfg, "cfg", 7, "classifier-free guidance scale")
+	fs.StringVar(&o.sampler, "sampler", "euler_ancestral", "sampler: "+strings.Join(host.SamplerNames, ", "))
+	fs.StringVar(&o.scheduler, "scheduler", "normal", "sigma schedule: "+strings.Join(host.ScheduleNames, ", "))
+	fs.StringVar(&o.noise, "noise", "comfy", "seed convention: comfy (torch CPU generator, = ComfyUI and A1111 'CPU') or a1111 (A1111 'NV' Philox, = A1111 on NVIDIA GPUs)")
+	fs.Int64Var(&o.seed, "seed", -1, "seed; -1 picks a random one")
+	fs.IntVar(&o.width, "width", 512, "image width in pixels (multiple of 8)")
+	fs.IntVar(&o.height, "height", 512, "image height in pixels (multiple of 8)")
+	fs.IntVar(&o.batch, "batch", 1, "images to generate together")
+	fs.IntVar(&o.clipSkip, "clip-skip", 1, "CLIP layers to skip from the end (A1111 'Clip skip'; 2 for many anime models)")
+	fs.StringVar(&o.out, "o", "out.png", "output `FILE`; a batch writes FILE-0.png, FILE-1.png, ...")
+	fs.BoolVar(&o.plainPrompt, "plain-prompt", false, "no A1111 syntax or chunking: ids cut to 77 tokens (the reference behaviour)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: sdbridge generate --model FILE --prompt TEXT [flags]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q (quote the prompt: --prompt \"a cat\")", fs.Args())
+	}
+	return o, o.validate()
+}
+
+// validate refuses bad input before any file is read.
+func (o *generateOptions) validate() error {
+	var errs []string
+	if o.model == "" {
+		errs = append(errs, "--model FILE is required")
+	} else if ext := strings.ToLower(filepath.Ext(o.model)); ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin" {
+		errs = append(errs, fmt.Sprintf("--model %s: pickle checkpoints (%s) are not supported (they can run code when loaded); convert it to .safetensors", o.model, ext))
+	}
+	if strings.TrimSpace(o.prompt) == "" && !o.allowEmptyPrompt {
+		errs = append(errs, "empty prompt: give --prompt TEXT (or --allow-empty-prompt for an unconditional image)")
+	}
+	if o.width <= 0 || o.height <= 0 || o.width%8 != 0 || o.height%8 != 0 {
+		errs = append(errs, fmt.Sprintf("--width %d --height %d: both must be positive multiples of 8 (e.g. 512x512, 512x768)", o.width, o.height))
+	}
+	if o.steps < 1 || o.steps > 1000 {
+		errs = append(errs, fmt.Sprintf("--steps %d: must be in 1..1000", o.steps))
+	}
+	if o.cfg < 0 {
+		errs = append(errs, fmt.Sprintf("--cfg %v: must not be negative", o.cfg))
+	}
+	if o.batch < 1 {
+		errs = append(errs, fmt.Sprintf("--batch %d: must be at least 1", o.batch))
+	}
+	if o.clipSkip < 1 {
+		errs = append(errs, fmt.Sprintf("--clip-skip %d: must be at least 1 (1 = last layer)", o.clipSkip))
+	}
+	if o.seed < -1 {
+		errs = append(errs, fmt.Sprintf("--seed %d: must be -1 (random) or non-negative", o.seed))
+	}
+	if _, err := host.LookupSampler(o.sampler); err != nil {
+		errs = append(errs, "--sampler: "+err.Error())
+	}
+	if !contains(host.ScheduleNames, o.scheduler) {
+		errs = append(errs, fmt.Sprintf("--scheduler: unknown schedule %q (valid: %s)", o.scheduler, strings.Join(host.ScheduleNames, ", ")))
+	}
+	if !contains(host.NoiseKinds, o.noise) {
+		errs = append(errs, fmt.Sprintf("--noise: unknown %q (valid: %s)", o.noise, strings.Join(host.NoiseKinds, ", ")))
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "\n  "))
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// outputPaths names the files of a batch.
+func (o *generateOptions) outputPaths() []string {
+	if o.batch == 1 {
+		return []string{o.out}
+	}
+	ext := filepath.Ext(o.out)
+	if ext == "" {
+		ext = ".png"
+	}
+	base := strings.TrimSuffix(o.out, filepath.Ext(o.out))
+	paths := make([]string, o.batch)
+	for i := range paths {
+		paths[i] = fmt.Sprintf("%s-%d%s", base, i, ext)
+	}
+	return paths
+}
+
 // runGenerate implements 'sdbridge generate'.
-func runGenerate(args []string) error { return errNotYet }
+func runGenerate(args []string) error {
+	o, err := parseGenerateFlags(args, os.Stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	return generate(ctx, o, os.Stderr)
+}
+
+func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
+	seed := uint64(o.seed)
+	if o.seed < 0 {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return err
+		}
+		seed = uint64(binary.LittleEndian.Uint32(b[:])) // A1111 picks seeds below 2^32
+	}
+	hash := make(chan string, 1)
+	go func() { // A1111's AutoV2 hash reads the whole file; overlap it with loading
+		h, err := host.AutoV2Hash(o.model)
+		if err != nil {
+			h = ""
+		}
+		hash <- h
+	}()
+
+	t0 := time.Now()
+	mode := host.PromptA1111
+	if o.plainPrompt {
+		mode = host.PromptTruncate
+	}
+	p, err := host.LoadPipeline(o.model, host.LoadOptions{
+		VAEPath: o.vae, CLIPTokenizerDir: o.clipTokenizer, ClipSkip: o.clipSkip, PromptMode: mode,
+	})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	fmt.Fprintf(stderr, "loaded %s in %.1fs; seed %d, %d steps of %s (%s), cfg %g, %dx%d, batch %d\n",
+		filepath.Base(o.model), time.Since(t0).Seconds(), seed, o.steps, o.sampler, o.scheduler, o.cfg, o.width, o.height, o.batch)
+
+	progress := newProgressPrinter(stderr)
+	res, err := p.Generate(ctx, host.Request{
+		Prompt: o.prompt, Negative: o.negative,
+		Steps: o.steps, CFG: o.cfg, Sampler: o.sampler, Schedule: o.scheduler,
+		Width: o.width, Height: o.height, Batch: o.batch, Seed: seed, NoiseKind: o.noise,
+		Progress: progress.step,
+	})
+	progress.done()
+	if err != nil {
+		return err
+	}
+	params := host.Parameters{
+		Prompt: o.prompt, Negative: o.negative, Steps: o.steps, Sampler: o.sampler, Schedule: o.scheduler,
+		CFG: o.cfg, Seed: seed, Width: o.width, Height: o.height,
+		ModelHash: <-hash, ModelName: strings.TrimSuffix(filepath.Base(o.model), filepath.Ext(o.model)),
+		ClipSkip: o.clipSkip, NoiseKind: o.noise, BatchSize: o.batch,
+	}
+	if o.vae != "" {
+		params.VAEName = filepath.Base(o.vae)
+	}
+	for i, path := range o.outputPaths() {
+		img, err := host.ToRGBA(res.Image, i)
+		if err != nil {
+			return err
+		}
+		pi := params
+		pi.BatchPos = i
+		if o.noise == "a1111" {
+			pi.Seed = seed + uint64(i) // A1111 gives image i the seed seed+i
+		}
+		if err := writePNGFile(path, img, pi.String()); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "wrote %s\n", path)
+	}
+	return nil
+}
+
+func writePNGFile(path string, img image.Image, text string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := host.WritePNG(f, img, text); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// progressPrinter prints "step i/n, it/s, ETA" lines; on a terminal it
+// rewrites one line.
+type progressPrinter struct {
+	w    io.Writer
+	tty  bool
+	last bool
+}
+
+func newProgressPrinter(w io.Writer) *progressPrinter {
+	p := &progressPrinter{w: w}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			p.tty = true
+		}
+	}
+	return p
+}
+
+func (p *progressPrinter) step(s host.Progress) {
+	secs := s.Elapsed.Seconds()
+	rate := float64(s.Step) / max(secs, 1e-9)
+	eta := time.Duration(float64(s.Steps-s.Step) / rate * float64(time.Second)).Round(time.Second)
+	line := fmt.Sprintf("step %d/%d  %.2f it/s  ETA %s", s.Step, s.Steps, rate, eta)
+	if rate < 1 {
+		line = fmt.Sprintf("step %d/%d  %.2f s/it  ETA %s", s.Step, s.Steps, 1/rate, eta)
+	}
+	if p.tty {
+		fmt.Fprintf(p.w, "\r%-60s", line)
+		p.last = true
+	} else {
+		fmt.Fprintln(p.w, line)
+	}
+}
+
+func (p *progressPrinter) done() {
+	if p.last {
+		fmt.Fprintln(p.w)
+		p.last = false
+	}
+}

@@ -162,16 +162,24 @@ func transformerBlockIndex(name string) (int, bool) {
 func Aliases(m *CkptModule) []string {
 	if m.Component == TextEncoder {
 		t := m.Local
-		return []string{
+		out := []string{
 			"lora_te_text_model_" + us(t),
 			"lora_te1_text_model_" + us(t), // SD 1.5 files converted by diffusers convert_state_dict_to_kohya
 			"lycoris_te_text_model_" + us(t),
 			"text_encoder.text_model." + t,
 			"text_encoder.base_model.model.text_model." + t,
+			"base_model.model.text_model." + t,                 // raw PEFT on CLIPTextModel
 			"text_encoders.clip_l.transformer.text_model." + t, // ComfyUI extractor
 			"cond_stage_model.transformer.text_model." + t,
 			"transformer.text_model." + t,
 		}
+		// Old diffusers text-encoder attention processors: self_attn.to_q_lora.
+		for _, p := range [][2]string{{"q_proj", "to_q"}, {"k_proj", "to_k"}, {"v_proj", "to_v"}, {"out_proj", "to_out"}} {
+			if head, ok := strings.CutSuffix(t, ".self_attn."+p[0]); ok {
+				out = append(out, "text_encoder.text_model."+head+".self_attn."+p[1])
+			}
+		}
+		return out
 	}
 	l := m.Local
 	out := []string{

@@ -37,6 +37,8 @@ func TestResolveWorkedExamples(t *testing.T) {
 		{"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q", "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q", []int{320, 320}},
 		{"unet.mid_block.attentions.0.transformer_blocks.0.attn2.processor.to_out", "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_out.0", []int{1280, 1280}},
 		{"text_encoder.text_model.encoder.layers.0.self_attn.q_proj", "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj", []int{768, 768}},
+		{"text_encoder.text_model.encoder.layers.2.self_attn.to_out", "cond_stage_model.transformer.text_model.encoder.layers.2.self_attn.out_proj", []int{768, 768}},
+		{"base_model.model.text_model.encoder.layers.1.mlp.fc2", "cond_stage_model.transformer.text_model.encoder.layers.1.mlp.fc2", []int{768, 3072}},
 		// ComfyUI extractor and LyCORIS via SimpleTuner
 		{"diffusion_model.input_blocks.1.1.proj_in", "model.diffusion_model.input_blocks.1.1.proj_in", []int{320, 320, 1, 1}},
 		{"diffusion_model.out.2", "model.diffusion_model.out.2", []int{4, 320, 3, 3}},

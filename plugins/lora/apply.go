@@ -1,6 +1,7 @@
 // apply.go applies one planned module to a float32 weight in place (spec
 // §8, §8.1, §10.4): the additive form W' = W + m·s·ΔW, DoRA's re-normalised
-// blend, (IA)^3's row/column scaling, and full/norm differences.
+// blend, (IA)^3's row/column scaling, full/norm differences and OFT's
+// rotation (oft.go).
 //
 // It works on the flattened [out, in*kh*kw] buffer only; it neither casts to
 // a storage dtype nor knows where the weight lives (plan.go hands it a
@@ -9,6 +10,7 @@ package lora
 
 import (
 	"math"
+	"math/bits"
 	"sync"
 
 	"github.com/sdbridge/sdbridge/nn"
@@ -18,17 +20,22 @@ import (
 // and ComfyUI add torch.finfo(float32).eps.
 const doraEps = 1.1920928955078125e-07
 
-// scratch buffers, reused across calls (Apply may run concurrently).
-var scratchPool sync.Pool
+// scratchPools hold float32 buffers by power-of-two capacity class, so a
+// 1280x1280 merge never takes a 320x320 buffer (Apply may run concurrently).
+var scratchPools [48]sync.Pool
 
+// getScratch returns a buffer of n values; give it back with putScratch.
 func getScratch(n int) *[]float32 {
-	if p, ok := scratchPool.Get().(*[]float32); ok && cap(*p) >= n {
+	c := bits.Len(uint(max(n-1, 0)))
+	if p, ok := scratchPools[c].Get().(*[]float32); ok {
 		*p = (*p)[:n]
 		return p
 	}
-	s := make([]float32, n)
+	s := make([]float32, n, 1<<c)
 	return &s
 }
+
+func putScratch(p *[]float32) { scratchPools[bits.Len(uint(cap(*p)-1))].Put(p) }
 
 // apply runs one op on w (the current weight, flattened) of shape shape.
 func (o *Op) apply(shape []int, w []float32) error {
@@ -55,13 +62,22 @@ func (o *Op) apply(shape []int, w []float32) error {
 	case AlgoIA3:
 		o.applyIA3(shape, w, factor(fs, PartIA3Weight))
 		return nil
+	case AlgoOFT:
+		applyOFT(m, factor(fs, PartOFTBlocks), o.Strength, shape, w)
+		return nil
 	}
-	n := len(w)
-	dp, tp := getScratch(n), getScratch(n)
-	defer scratchPool.Put(dp)
-	defer scratchPool.Put(tp)
-	d, tmp := *dp, *tp
-	if err := f.delta(m, shape, d, tmp); err != nil {
+	if m.Algo == AlgoLoRA && !m.Tucker && !m.DoRA {
+		// W += m·s·(up @ down) in one gemm, no ΔW buffer.  [out, r] @ [r, in*kh*kw]
+		up, down := fs[PartUp], fs[PartDown]
+		out, r := shape[0], down.Shape[0]
+		in := len(w) / out
+		nn.Gemm(false, false, out, in, r, float32(o.Strength*o.Scale), up.Data, r, down.Data, in, 1, w, in)
+		return nil
+	}
+	dp := getScratch(len(w))
+	defer putScratch(dp)
+	d := *dp
+	if err := f.delta(m, shape, w, d); err != nil {
 		return err
 	}
 	if !m.DoRA {

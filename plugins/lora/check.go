@@ -17,6 +17,7 @@ type binding struct {
 	weight bool    // patches <module>.weight
 	bias   bool    // patches <module>.bias (diff_b, b_norm)
 	doraIn bool    // DoRA magnitude along the input axis (LyCORIS 2.2-3.1)
+	padIn  int     // inpainting conv_in: ΔW covers the first padIn input channels
 	scale  float64 // s (alpha/rank, ...), without the strength
 }
 
@@ -55,8 +56,6 @@ func (f *File) check(m *Module, cm *CkptModule) (binding, error) {
 		return nil
 	}
 	switch m.Algo {
-	case AlgoGLoRA, AlgoOFT:
-		return binding{}, fmt.Errorf("%w: %s module %q is %s, which this merger does not implement", ErrUnsupported, f.Path, m.Name, m.Algo)
 	case AlgoFull, AlgoNorm:
 		wp, bp := PartDiff, PartDiffB
 		if m.Algo == AlgoNorm {
@@ -95,6 +94,19 @@ func (f *File) check(m *Module, cm *CkptModule) (binding, error) {
 	out := w[0]
 	in := numel(w) / out // flattened [out, in*kh*kw]
 	switch m.Algo {
+	case AlgoOFT:
+		if m.has(PartRescale) {
+			return binding{}, fmt.Errorf("%w: %s module %q: OFT with a rescale vector", ErrUnsupported, f.Path, m.Name)
+		}
+		if err := checkOFT(m, w); err != nil {
+			return fail(PartOFTBlocks, "%v", err)
+		}
+		b.weight = true
+		return b, nil
+	case AlgoGLoRA:
+		if err := checkGLoRA(m, w); err != nil {
+			return fail(PartGLoRAA1, "%v", err)
+		}
 	case AlgoLoRA:
 		up, down := sh[PartUp], sh[PartDown]
 		if len(up) < 2 || !onlyOnes(up, 2) {
@@ -227,20 +239,20 @@ func lokrW2Dims(sh map[Part][]int, tucker bool) (rows, cols int, err error) {
 }
 
 // scaleOf is the module's s: an explicit .scale tensor, else alpha/rank,
-// else the PEFT config's lora_alpha/r, else 1. (IA)^3, full and norm
-// modules have no scale.
+// else the PEFT config's lora_alpha/r, else 1. (IA)^3, full, norm and OFT
+// modules have no scale (OFT's alpha is a norm constraint).
 func (f *File) scaleOf(m *Module) float64 {
 	switch m.Algo {
-	case AlgoIA3, AlgoFull, AlgoNorm:
+	case AlgoIA3, AlgoFull, AlgoNorm, AlgoOFT:
 		return 1
 	}
 	if m.HasS {
 		return m.Scale
 	}
-	if m.Rank <= 0 {
-		return 1 // LoKr with neither side decomposed
-	}
 	if m.HasA {
+		if m.Rank <= 0 {
+			return 1 // LoKr with neither side decomposed (LyCORIS stores alpha = r anyway)
+		}
 		return m.Alpha / float64(m.Rank)
 	}
 	if s, ok := f.peft.peftScale(m.Name, m.Rank); ok {

@@ -14,9 +14,9 @@ import (
 	"github.com/sdbridge/sdbridge/nn"
 )
 
-// delta writes the unscaled ΔW of m, for a weight of shape w, into dst
-// [numel(w)]. tmp is scratch of the same length.
-func (f *File) delta(m *Module, w []int, dst, tmp []float32) error {
+// delta writes the unscaled ΔW of m, for a weight of shape w whose current
+// values are cur, into dst [numel(w)]. Only GLoRA reads cur.
+func (f *File) delta(m *Module, w []int, cur, dst []float32) error {
 	fs, err := f.load(m)
 	if err != nil {
 		return err
@@ -36,6 +36,9 @@ func (f *File) delta(m *Module, w []int, dst, tmp []float32) error {
 		// ΔW = up.flatten(1) @ down.flatten(1)      [out, r] @ [r, in*kh*kw]
 		nn.Gemm(false, false, out, in, r, 1, up.Data, r, down.Data, in, 0, dst, in)
 	case AlgoLoHa:
+		tp := getScratch(len(dst))
+		defer putScratch(tp)
+		tmp := *tp
 		if m.Tucker {
 			// ΔW1[o,c,y,x] = Σ_{i,j} t1[i,j,y,x]·w1a[i,o]·w1b[j,c], same for 2, then ⊙
 			rebuildTucker(fs[PartHadaT1], transpose(fs[PartHadaW1A]), fs[PartHadaW1B].Data, out, w[1], dst)
@@ -53,6 +56,8 @@ func (f *File) delta(m *Module, w []int, dst, tmp []float32) error {
 		w1, a, c := lokrW1(fs)
 		w2, b, d := lokrW2(fs, m.Tucker)
 		kron(w1, a, c, w2, b, d, dst)
+	case AlgoGLoRA:
+		gloraDelta(fs, m.gloraOld, m.Rank, w, cur, dst)
 	default:
 		return fmt.Errorf("%w: %s module %q: no ΔW for %s", ErrUnsupported, f.Path, m.Name, m.Algo)
 	}

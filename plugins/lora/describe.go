@@ -53,6 +53,9 @@ func Describe(f *File) Info {
 	}
 	in.Ranks = slices.Sorted(maps.Keys(ranks))
 	in.Alphas = slices.Sorted(maps.Keys(alphas))
+	if naming["kohya (ldm names)"] {
+		delete(naming, "kohya") // its lora_te_ names are kohya too
+	}
 	in.Naming = strings.Join(slices.Sorted(maps.Keys(naming)), " + ")
 	labels := slices.Sorted(maps.Keys(in.Algorithms))
 	slices.SortStableFunc(labels, func(a, b string) int { return in.Algorithms[b] - in.Algorithms[a] })

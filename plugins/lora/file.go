@@ -44,8 +44,8 @@ const (
 	AlgoIA3   Algo = "ia3"   // weight + on_input
 	AlgoFull  Algo = "full"  // diff [+ diff_b]
 	AlgoNorm  Algo = "norm"  // w_norm [+ b_norm]
-	AlgoGLoRA Algo = "glora" // recognised, refused
-	AlgoOFT   Algo = "oft"   // recognised, refused
+	AlgoGLoRA Algo = "glora" // a1, a2, b1, b2 (glora.go)
+	AlgoOFT   Algo = "oft"   // oft_blocks (oft.go)
 )
 
 // Errors callers can test with errors.Is.
@@ -71,6 +71,8 @@ type Module struct {
 	Tucker bool            // lora_mid / hada_t* / lokr_t2 present
 	DoRA   bool            // dora_scale or lora_magnitude_vector present
 	OnIn   bool            // IA3: the vector scales input columns
+
+	gloraOld bool // GLoRA in the old (A1111) factor layout
 
 	once    sync.Once
 	factors map[Part]*nn.Tensor
@@ -241,7 +243,14 @@ func (f *File) finish(m *Module) error {
 	case m.hasAny(PartWNorm, PartBNorm):
 		m.Algo = AlgoNorm
 	case m.hasAny(PartGLoRAA1, PartGLoRAA2, PartGLoRAB1, PartGLoRAB2):
+		if !m.has(PartGLoRAA1, PartGLoRAA2, PartGLoRAB1, PartGLoRAB2) {
+			return errors.New("GLoRA module needs a1, a2, b1 and b2")
+		}
 		m.Algo = AlgoGLoRA
+		var err error
+		if m.gloraOld, m.Rank, err = gloraForm(m.Shape); err != nil {
+			return err
+		}
 	case m.hasAny(PartOFTBlocks):
 		m.Algo = AlgoOFT
 	default:
@@ -254,7 +263,7 @@ func (f *File) finish(m *Module) error {
 	if m.has(PartDoRA, PartMagnitude) {
 		return errors.New("both dora_scale and lora_magnitude_vector")
 	}
-	if m.DoRA && !(m.Algo == AlgoLoRA || m.Algo == AlgoLoHa || m.Algo == AlgoLoKr) {
+	if m.DoRA && !(m.Algo == AlgoLoRA || m.Algo == AlgoLoHa || m.Algo == AlgoLoKr || m.Algo == AlgoGLoRA) {
 		return fmt.Errorf("DoRA scale on a %s module", m.Algo)
 	}
 	if m.Rank < 0 || (m.Rank == 0 && (m.Algo == AlgoLoRA || m.Algo == AlgoLoHa)) {

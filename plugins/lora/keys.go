@@ -112,13 +112,15 @@ var partSuffixes = []struct {
 func ParseKey(key string) (module string, part Part, ok bool) {
 	best := -1
 	for i, s := range partSuffixes {
-		if len(s.suffix) < len(key) && strings.HasSuffix(key, s.suffix) {
+		if strings.HasSuffix(key, s.suffix) {
 			if best < 0 || len(s.suffix) > len(partSuffixes[best].suffix) {
 				best = i
 			}
 		}
 	}
-	if best < 0 {
+	// A name that is only a suffix (".lora_up.weight") has no module; do
+	// not fall back to a shorter suffix and invent module ".lora_up".
+	if best < 0 || len(partSuffixes[best].suffix) == len(key) {
 		return "", "", false
 	}
 	return key[:len(key)-len(partSuffixes[best].suffix)], partSuffixes[best].part, true

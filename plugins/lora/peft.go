@@ -21,12 +21,14 @@ import (
 	"strings"
 )
 
-// peftSettings is one component's PEFT LoRA config.
+// peftSettings is one component's PEFT config (LoraConfig, or
+// LoHaConfig/LoKrConfig, which spell lora_alpha "alpha").
 type peftSettings struct {
-	Alpha        float64            `json:"lora_alpha"`
-	HasAlpha     bool               `json:"-"`
-	RSLoRA       bool               `json:"use_rslora"`
-	AlphaPattern map[string]float64 `json:"alpha_pattern"`
+	Alpha        float64
+	HasAlpha     bool
+	R            int // config rank: only used by LoKr with no decomposed side (PEFT scales alpha/r there too)
+	RSLoRA       bool
+	AlphaPattern map[string]float64
 }
 
 // peftConfig maps a component ("" = all, "unet", "text_encoder") to settings.
@@ -62,11 +64,18 @@ func decodePEFTConfig(b []byte) (peftConfig, error) {
 	cfg := peftConfig{}
 	for comp, fields := range groups {
 		var s peftSettings
-		if v, ok := fields["lora_alpha"]; ok {
-			if err := json.Unmarshal(v, &s.Alpha); err != nil {
-				return nil, fmt.Errorf("PEFT adapter config: %s lora_alpha: %w", comp, err)
+		for _, name := range []string{"alpha", "lora_alpha"} {
+			if v, ok := fields[name]; ok {
+				if err := json.Unmarshal(v, &s.Alpha); err != nil {
+					return nil, fmt.Errorf("PEFT adapter config: %s %s: %w", comp, name, err)
+				}
+				s.HasAlpha = true
 			}
-			s.HasAlpha = true
+		}
+		if v, ok := fields["r"]; ok {
+			if err := json.Unmarshal(v, &s.R); err != nil {
+				return nil, fmt.Errorf("PEFT adapter config: %s r: %w", comp, err)
+			}
 		}
 		if v, ok := fields["use_rslora"]; ok {
 			if err := json.Unmarshal(v, &s.RSLoRA); err != nil {
@@ -97,9 +106,10 @@ func loadSidecarConfig(path string) (peftConfig, error) {
 }
 
 // peftScale returns the PEFT scale of a module without an alpha tensor,
-// and false when no config covers it (then the scale is 1).
+// and false when no config covers it (then the scale is 1). rank 0 (a LoKr
+// with no decomposed side) falls back to the config's r.
 func (c peftConfig) peftScale(module string, rank int) (float64, bool) {
-	if len(c) == 0 || rank <= 0 {
+	if len(c) == 0 {
 		return 0, false
 	}
 	s, ok := c[""]
@@ -108,7 +118,10 @@ func (c peftConfig) peftScale(module string, rank int) (float64, bool) {
 			s, ok = cs, true
 		}
 	}
-	if !ok || !s.HasAlpha {
+	if rank <= 0 {
+		rank = s.R
+	}
+	if !ok || !s.HasAlpha || rank <= 0 {
 		return 0, false
 	}
 	alpha := s.Alpha

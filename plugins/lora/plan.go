@@ -41,6 +41,7 @@ type Op struct {
 	mod    *Module
 	bias   bool // acts on <module>.bias
 	doraIn bool
+	padIn  int // > 0: the module covers only the first padIn input channels (inpaint.go)
 }
 
 // Target is one checkpoint tensor the plan changes.
@@ -101,6 +102,11 @@ func (ix *Index) Plan(adapters []Adapter) (*Plan, error) {
 			}
 			b, err := f.check(m, cm)
 			if err != nil {
+				if pb, ok := f.checkInpaintPad(m, cm); ok {
+					b, err = pb, nil
+				}
+			}
+			if err != nil {
 				if firstShape == nil {
 					firstShape = err
 				}
@@ -140,7 +146,7 @@ func (ix *Index) Plan(adapters []Adapter) (*Plan, error) {
 				continue // strength 0 leaves the tensor as stored
 			}
 			op := Op{Adapter: ai, Module: bd.m.Name, Algo: bd.m.Algo, Strength: mult, Scale: bd.b.scale, DoRA: bd.m.DoRA,
-				file: f, mod: bd.m, doraIn: bd.b.doraIn}
+				file: f, mod: bd.m, doraIn: bd.b.doraIn, padIn: bd.b.padIn}
 			if bd.b.weight {
 				p.add(bd.cm.Name+".weight", bd.cm.Weight, op)
 			}
@@ -202,6 +208,12 @@ func (p *Plan) Apply(key string, orig, dst []float32) error {
 	}
 	copy(dst, orig)
 	for i := range t.Ops {
+		if t.Ops[i].padIn > 0 {
+			if err := t.Ops[i].applyPadded(t.Shape, dst); err != nil {
+				return fmt.Errorf("lora: %s: %w", key, err)
+			}
+			continue
+		}
 		if err := t.Ops[i].apply(t.Shape, dst); err != nil {
 			return fmt.Errorf("lora: %s: %w", key, err)
 		}

@@ -1,0 +1,456 @@
+// controlnet.go: the host side of ControlNet. ControlNetSource is the
+// ResidualSource the CFG denoiser calls every step; it asks the controlnet
+// plugin (a separate process) for the residuals of each active net, with x,
+// t and the context in shared arenas and the residuals written in place
+// into buffers the host allocated, then hands them to the U-Net unchanged
+// (no copy).
+//
+// Controls (spec controlnet.md sections 5-8):
+//   - Strength multiplies all 13 residuals; several nets are summed (the
+//     plugin accumulates into the same buffers, one fused multiply-add).
+//   - Start/End are fractions of the sampling steps with A1111 semantics
+//     (sd-webui-controlnet hook.py): step i of N (0-based) runs the net iff
+//     Start <= i/N <= End. The step of a call is the schedule step whose
+//     interval holds its timestep, so samplers with several model calls per
+//     step (Heun, DPM++ 2S) stay in the same step. A net outside its range is
+//     not run at all; with no net active the step gets no residuals.
+//   - Guess mode ("ControlNet is more important"): residual i scaled by
+//     0.825^(12-i) and applied to the cond rows only (uncond rows get zero
+//     and the net does not run on them), as cldm's gradio demos.
+//   - Both CFG halves get control by default, each with its own context (the
+//     one the U-Net gets: ELLA's when ELLA is on). Context overrides the
+//     context of the cond rows only (a separate plain-CLIP prompt).
+//
+// Which rows are cond: the denoiser batches [uncond, cond] (2B rows), or
+// runs B cond rows alone when CFG = 1, or calls uncond then cond with B rows
+// each when the two contexts differ in length (cfg.go); the adapter tracks
+// that order. It does not preprocess or resize hint images (package
+// plugins/controlnet does, before the generation) and it refuses a hint that
+// is not exactly 8x the latent.
+package host
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+	"unsafe"
+
+	"github.com/sdbridge/sdbridge/models"
+	"github.com/sdbridge/sdbridge/nn"
+	"github.com/sdbridge/sdbridge/plugins/controlnet"
+	"github.com/sdbridge/sdbridge/plugins/sdk"
+)
+
+// GuessModeBase is the soft-injection base: residual i of 13 is scaled by
+// GuessModeBase^(12-i) (cldm gradio demos; A1111 "ControlNet is more
+// important").
+const GuessModeBase = 0.825
+
+// ControlNetUnit is one ControlNet in a generation.
+type ControlNetUnit struct {
+	Path     string     // ControlNet file or diffusers directory
+	Hint     *nn.Tensor // [1 or B, 3, 8h, 8w], RGB in [0, 1]
+	Strength float64    // multiplies every residual (1 = as trained)
+	// Start and End bound the steps the net runs on, as fractions of the
+	// steps (A1111 semantics; 0 and 1 = every step).
+	Start, End float64
+	Guess      bool // soft weights 0.825^(12-i) and cond rows only
+	CondOnly   bool // control on the cond rows only (implied by Guess)
+	// Context, when set ([1, L, D]), replaces the U-Net's context for this
+	// net on the cond rows (a separate prompt); uncond rows keep theirs.
+	Context *nn.Tensor
+}
+
+// ControlNetOptions describe the generation the source serves.
+type ControlNetOptions struct {
+	UNet          models.UNetConfig // the loaded U-Net's configuration
+	Schedule      *DiscreteSchedule
+	ScheduleName  string // as in Request.Schedule
+	Steps         int
+	Batch         int     // images per generation (0 means 1)
+	CFG           float64 // as in Request.CFG
+	Width, Height int     // pixels; the hint must match
+}
+
+// ResidualPlugin is the plugin call the source needs (*Plugin has it).
+type ResidualPlugin interface {
+	Name() string
+	Residuals(ctx context.Context, req *sdk.ResidualsRequest) (*sdk.ResidualsResponse, error)
+}
+
+// ControlNetStats count the source's work (benchmarks, logs).
+type ControlNetStats struct {
+	Calls      int           // plugin Residuals calls
+	PluginTime time.Duration // wall time inside those calls (compute + round trip)
+	HandOff    time.Duration // host time copying inputs into arenas and zeroing
+	Skipped    int           // model calls that got no control (out of range)
+}
+
+// ControlNetSource is a ResidualSource backed by the controlnet plugin.
+type ControlNetSource struct {
+	plugin ResidualPlugin
+	opt    ControlNetOptions
+	units  []*cnUnit
+	unetP  string    // encoded U-Net config
+	stepT  []float32 // timestep of each sampling step, decreasing
+
+	bufs   *residualBuffers
+	inputs *inputArena
+
+	// split-CFG row tracking: the last B-row call was uncond at lastT
+	lastUncond bool
+	lastT      float32
+
+	stats ControlNetStats
+}
+
+type cnUnit struct {
+	ControlNetUnit
+	index    int
+	hintRef  *sdk.Tensor
+	hintKey  string
+	hint     *Arena
+	scales   string // ParamScales value
+	condOnly bool
+}
+
+// NewControlNetSource checks the units, puts each hint in a read-only arena
+// and has the plugin load and check every net against opt.UNet, so a wrong
+// file fails before the first step.
+func NewControlNetSource(ctx context.Context, p ResidualPlugin, opt ControlNetOptions, units []ControlNetUnit) (*ControlNetSource, error) {
+	if len(units) == 0 {
+		return nil, errors.New("controlnet: no units")
+	}
+	if opt.Schedule == nil || opt.Steps < 1 {
+		return nil, errors.New("controlnet: options need the schedule and the step count")
+	}
+	sigmas, err := opt.Schedule.SamplingSigmas(opt.ScheduleName, opt.Steps)
+	if err != nil {
+		return nil, fmt.Errorf("controlnet: %w", err)
+	}
+	s := &ControlNetSource{plugin: p, opt: opt, unetP: controlnet.EncodeUNetConfig(opt.UNet)}
+	for i := range opt.Steps {
+		s.stepT = append(s.stepT, float32(opt.Schedule.SigmaToT(sigmas[i])))
+	}
+	names := models.ResidualNames(opt.UNet)
+	for i, u := range units {
+		cu, err := s.newUnit(i, u, len(names))
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.units = append(s.units, cu)
+	}
+	for _, u := range s.units {
+		params := s.params(u, false, controlnet.OpLoad)
+		if _, err := p.Residuals(ctx, &sdk.ResidualsRequest{Params: params}); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err)
+		}
+	}
+	return s, nil
+}
+
+func (s *ControlNetSource) newUnit(i int, u ControlNetUnit, nres int) (*cnUnit, error) {
+	b := max(s.opt.Batch, 1)
+	switch {
+	case u.Path == "":
+		return nil, fmt.Errorf("controlnet %d: no file", i)
+	case u.Hint == nil:
+		return nil, fmt.Errorf("controlnet %d (%s): no control image", i, u.Path)
+	case len(u.Hint.Shape) != 4 || (u.Hint.Shape[0] != 1 && u.Hint.Shape[0] != b) || u.Hint.Shape[1] != 3:
+		return nil, fmt.Errorf("controlnet %d (%s): control image has shape %v, want [1 or %d, 3, H, W]", i, u.Path, u.Hint.Shape, b)
+	case s.opt.Width > 0 && (u.Hint.Shape[2] != s.opt.Height || u.Hint.Shape[3] != s.opt.Width):
+		return nil, fmt.Errorf("controlnet %d (%s): control image is %dx%d px, the generation is %dx%d: resize it first (resize, crop or pad)",
+			i, u.Path, u.Hint.Shape[3], u.Hint.Shape[2], s.opt.Width, s.opt.Height)
+	case math.IsNaN(u.Start) || math.IsNaN(u.End) || u.Start < 0 || u.End > 1 || u.Start > u.End:
+		return nil, fmt.Errorf("controlnet %d (%s): start %v / end %v: want 0 <= start <= end <= 1", i, u.Path, u.Start, u.End)
+	case u.Context != nil && (len(u.Context.Shape) != 3 || u.Context.Shape[0] != 1 || u.Context.Shape[2] != s.opt.UNet.ContextDim):
+		return nil, fmt.Errorf("controlnet %d (%s): prompt override has shape %v, want [1, L, %d]", i, u.Path, shapeOfT(u.Context), s.opt.UNet.ContextDim)
+	}
+	cu := &cnUnit{ControlNetUnit: u, index: i, condOnly: u.CondOnly || u.Guess}
+	a, err := NewArena("controlnet-hint", 4*len(u.Hint.Data)+arenaAlign, false)
+	if err != nil {
+		return nil, fmt.Errorf("controlnet %d: %w", i, err)
+	}
+	cu.hint = a
+	mem := a.AllocFloat32(len(u.Hint.Data))
+	copy(mem, u.Hint.Data)
+	ref, err := RefOf(controlnet.HintInput, mem, u.Hint.Shape, false)
+	if err != nil {
+		return nil, fmt.Errorf("controlnet %d: %w", i, err)
+	}
+	cu.hintRef = sdk.Ref(ref)
+	sum := sha256.Sum256(unsafe.Slice((*byte)(unsafe.Pointer(&mem[0])), 4*len(mem)))
+	cu.hintKey = hex.EncodeToString(sum[:16])
+	scales := make([]float32, nres)
+	for j := range scales {
+		scales[j] = float32(u.Strength)
+		if u.Guess {
+			scales[j] = float32(u.Strength * math.Pow(GuessModeBase, float64(nres-1-j)))
+		}
+	}
+	cu.scales = controlnet.EncodeScales(scales)
+	return cu, nil
+}
+
+func shapeOfT(t *nn.Tensor) []int {
+	if t == nil {
+		return nil
+	}
+	return t.Shape
+}
+
+func (s *ControlNetSource) params(u *cnUnit, accumulate bool, op string) sdk.Params {
+	ps := sdk.Params{
+		{Name: controlnet.ParamNet, Value: u.Path},
+		{Name: controlnet.ParamUNet, Value: s.unetP},
+		{Name: controlnet.ParamOp, Value: op},
+	}
+	if op == controlnet.OpResiduals {
+		ps = append(ps,
+			sdk.Param{Name: controlnet.ParamHintKey, Value: u.hintKey},
+			sdk.Param{Name: controlnet.ParamScales, Value: u.scales},
+			sdk.Param{Name: controlnet.ParamAccumulate, Value: fmt.Sprint(accumulate)})
+	}
+	return ps
+}
+
+// Stats returns the work counters so far.
+func (s *ControlNetSource) Stats() ControlNetStats { return s.stats }
+
+// Close frees the arenas (the plugin process keeps its mappings until it
+// exits or unmaps them).
+func (s *ControlNetSource) Close() error {
+	var errs []error
+	for _, u := range s.units {
+		if u.hint != nil {
+			errs = append(errs, u.hint.Close())
+			u.hint = nil
+		}
+	}
+	if s.bufs != nil {
+		errs = append(errs, s.bufs.close())
+		s.bufs = nil
+	}
+	if s.inputs != nil {
+		errs = append(errs, s.inputs.close())
+		s.inputs = nil
+	}
+	return errors.Join(errs...)
+}
+
+// step is the sampling step whose interval holds timestep t.
+func (s *ControlNetSource) step(t float32) int {
+	i := 0
+	for i+1 < len(s.stepT) && s.stepT[i+1] >= t {
+		i++
+	}
+	return i
+}
+
+func (u *cnUnit) active(step, steps int) bool {
+	p := float64(step) / float64(steps)
+	return p >= u.Start && p <= u.End
+}
+
+// condRows says which of the n rows of this call are conditional.
+func (s *ControlNetSource) condRows(n int, t float32) ([]bool, error) {
+	b := max(s.opt.Batch, 1)
+	cond := make([]bool, n)
+	switch {
+	case n == b && s.opt.CFG == 1:
+		for i := range cond {
+			cond[i] = true
+		}
+	case n == 2*b:
+		for i := b; i < n; i++ {
+			cond[i] = true
+		}
+	case n == b:
+		// Separate calls, uncond first (contexts of different lengths).
+		if s.lastUncond && s.lastT == t {
+			for i := range cond {
+				cond[i] = true
+			}
+			s.lastUncond = false
+		} else {
+			s.lastUncond, s.lastT = true, t
+		}
+	default:
+		return nil, fmt.Errorf("controlnet: model batch of %d rows for a generation of %d images", n, b)
+	}
+	return cond, nil
+}
+
+// run is one plugin call over rows [r0, r1).
+type run struct {
+	r0, r1 int
+	ctx    *nn.Tensor // [r1-r0, L, D]
+}
+
+// runs splits the rows a unit controls into plugin calls: one call when all
+// its rows share the U-Net context layout, else one per CFG half.
+func (u *cnUnit) runs(cond []bool, uctx *nn.Tensor) ([]run, error) {
+	var out []run
+	n := len(cond)
+	perCtx := shapeNumel(uctx.Shape[1:])
+	rowsCtx := func(r0, r1 int) *nn.Tensor {
+		return nn.From(uctx.Data[r0*perCtx:r1*perCtx], r1-r0, uctx.Shape[1], uctx.Shape[2]) // [r1-r0, L, D]
+	}
+	for r0 := 0; r0 < n; {
+		r1 := r0 + 1
+		for r1 < n && cond[r1] == cond[r0] {
+			r1++
+		}
+		switch {
+		case u.condOnly && !cond[r0]:
+		case cond[r0] && u.Context != nil:
+			c, err := repeatBatch(u.Context, r1-r0)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, run{r0, r1, c})
+		default:
+			out = append(out, run{r0, r1, rowsCtx(r0, r1)})
+		}
+		r0 = r1
+	}
+	// Merge neighbours that use the U-Net's own context.
+	if len(out) == 2 && u.Context == nil && out[0].r1 == out[1].r0 {
+		out = []run{{out[0].r0, out[1].r1, rowsCtx(out[0].r0, out[1].r1)}}
+	}
+	return out, nil
+}
+
+// Residuals implements ResidualSource.
+func (s *ControlNetSource) Residuals(ctx context.Context, x *nn.Tensor, t []float32, uctx *nn.Tensor) (models.Residuals, error) {
+	if len(x.Shape) != 4 || len(t) != x.Shape[0] || uctx == nil || len(uctx.Shape) != 3 || uctx.Shape[0] != x.Shape[0] {
+		return nil, fmt.Errorf("controlnet: x %v, %d timesteps, context %v do not form one batch", x.Shape, len(t), shapeOfT(uctx))
+	}
+	n, h, w := x.Shape[0], x.Shape[2], x.Shape[3]
+	cond, err := s.condRows(n, t[0])
+	if err != nil {
+		return nil, err
+	}
+	step := s.step(t[0])
+	var active []*cnUnit
+	for _, u := range s.units {
+		if u.active(step, s.opt.Steps) {
+			active = append(active, u)
+		}
+	}
+	if len(active) == 0 {
+		s.stats.Skipped++
+		return nil, nil
+	}
+	if s.bufs == nil || !s.bufs.fits(n, h, w) {
+		if s.bufs != nil {
+			s.bufs.close()
+			s.bufs = nil
+		}
+		if s.bufs, err = newResidualBuffers(s.opt.UNet, n, h, w); err != nil {
+			return nil, err
+		}
+	}
+	written := make([]bool, n)
+	wrote := false
+	for _, u := range active {
+		runs, err := u.runs(cond, uctx)
+		if err != nil {
+			return nil, fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err)
+		}
+		for _, r := range runs {
+			if err := s.call(ctx, u, x, t, r, written); err != nil {
+				return nil, err
+			}
+			wrote = true
+		}
+	}
+	if !wrote {
+		s.stats.Skipped++
+		return nil, nil
+	}
+	start := time.Now()
+	s.zeroUnwritten(written, 0, n)
+	s.stats.HandOff += time.Since(start)
+	return s.bufs.residuals(), nil
+}
+
+// zeroUnwritten clears the rows of [r0, r1) no net wrote yet.
+func (s *ControlNetSource) zeroUnwritten(written []bool, r0, r1 int) {
+	for i := r0; i < r1; i++ {
+		if !written[i] {
+			s.bufs.zeroRows(i, i+1)
+		}
+	}
+}
+
+// call runs unit u on rows r, writing (or adding) into the buffers.
+func (s *ControlNetSource) call(ctx context.Context, u *cnUnit, x *nn.Tensor, t []float32, r run, written []bool) error {
+	start := time.Now()
+	all, none := true, true
+	for i := r.r0; i < r.r1; i++ {
+		all = all && written[i]
+		none = none && !written[i]
+	}
+	if !all && !none {
+		s.zeroUnwritten(written, r.r0, r.r1)
+	}
+	per := shapeNumel(x.Shape[1:])
+	xr := nn.From(x.Data[r.r0*per:r.r1*per], r.r1-r.r0, x.Shape[1], x.Shape[2], x.Shape[3]) // [rows, C, h, w]
+	refs, err := s.putInputs(xr, r.ctx)
+	if err != nil {
+		return err
+	}
+	outs, err := s.bufs.rowRefs(r.r0, r.r1)
+	if err != nil {
+		return err
+	}
+	req := &sdk.ResidualsRequest{
+		X: refs[0], Context: refs[1], Timesteps: t[r.r0:r.r1],
+		Outputs: outs, Inputs: []*sdk.Tensor{u.hintRef},
+		Params: s.params(u, !none, controlnet.OpResiduals),
+	}
+	s.stats.HandOff += time.Since(start)
+	start = time.Now()
+	_, err = s.plugin.Residuals(ctx, req)
+	s.stats.PluginTime += time.Since(start)
+	s.stats.Calls++
+	if err != nil {
+		return fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err)
+	}
+	for i := r.r0; i < r.r1; i++ {
+		written[i] = true
+	}
+	return nil
+}
+
+// putInputs copies x and the context into the input arena, growing it when
+// they do not fit.
+func (s *ControlNetSource) putInputs(x, c *nn.Tensor) ([]*sdk.Tensor, error) {
+	names := []string{"x", "context"}
+	ts := []*nn.Tensor{x, c}
+	if s.inputs != nil {
+		refs, ok, err := s.inputs.put(names, ts)
+		if err != nil || ok {
+			return refs, err
+		}
+		s.inputs.close()
+		s.inputs = nil
+	}
+	in, err := newInputArena(2 * (len(x.Data) + len(c.Data) + 2*arenaAlign))
+	if err != nil {
+		return nil, err
+	}
+	s.inputs = in
+	refs, ok, err := in.put(names, ts)
+	if err == nil && !ok {
+		err = errors.New("controlnet: inputs do not fit a fresh arena")
+	}
+	return refs, err
+}

@@ -1,0 +1,423 @@
+// plugin_test.go: the plugin bridge end to end with real processes (the test
+// binary re-executed as testplug): round trips, in-place patches through
+// shared arenas, bit-exact swaps, crash and hang handling with restart,
+// validation of returned refs, checksums, and the two benchmarks.
+package host
+
+import (
+	"context"
+	"errors"
+	"math"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/sdbridge/sdbridge/plugins/sdk"
+	"github.com/sdbridge/sdbridge/safetensors"
+)
+
+func TestPluginRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	_, p := newTestSupervisor(t, "")
+	d, err := p.Describe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &sdk.DescribeResponse{Name: "testplug", Version: "1.2.3", APIMinor: sdk.APIMinor,
+		Capabilities: []sdk.Capability{sdk.CapPatchWeights, sdk.CapConditioning, sdk.CapResiduals},
+		Params:       []sdk.ParamSpec{{Name: "scale", Type: sdk.ParamFloat, Default: "1"}}}
+	if diff := cmp.Diff(want, d); diff != "" {
+		t.Fatalf("Describe (-want +got):\n%s", diff)
+	}
+	if p.Pid() <= 0 || p.Pid() == os.Getpid() {
+		t.Fatalf("plugin pid %d: not a separate process", p.Pid())
+	}
+
+	pool := NewArenaPool("io", 1<<20, true)
+	defer pool.Close()
+	in := NewArenaPool("in", 1<<16, false)
+	defer in.Close()
+	x := in.AllocFloat32(4) // [1, 4]
+	copy(x, []float32{1, 2, 3, 4})
+	xRef, err := RefOf("x", x, []int{1, 4}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs := map[string][]float32{"input_blocks.0": pool.AllocFloat32(4), "middle_block": pool.AllocFloat32(8)}
+	var grants []*sdk.Tensor
+	for _, name := range []string{"input_blocks.0", "middle_block"} {
+		r, err := RefOf(name, outs[name], []int{len(outs[name])}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		grants = append(grants, sdk.Ref(r))
+	}
+	resp, err := p.Residuals(ctx, &sdk.ResidualsRequest{X: sdk.Ref(xRef), Timesteps: []float32{0.5}, Outputs: grants})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Written) != 2 {
+		t.Fatalf("written %v", resp.Written)
+	}
+	if diff := cmp.Diff([]float32{2.5, 4.5, 6.5, 8.5, 2.5, 4.5, 6.5, 8.5}, outs["middle_block"]); diff != "" {
+		t.Fatalf("residual written in place (-want +got):\n%s", diff)
+	}
+
+	enc, err := p.EncodePrompt(ctx, &sdk.EncodePromptRequest{Text: "a cat"})
+	if err != nil || enc.Handle != "h:a cat" || !slices.Equal(enc.ContextShape, []int{1, 2, 3}) {
+		t.Fatalf("EncodePrompt = %+v, %v", enc, err)
+	}
+	cbuf := pool.AllocFloat32(6)
+	cref, _ := RefOf("context", cbuf, []int{1, 2, 3}, true)
+	if _, err := p.Conditioning(ctx, &sdk.ConditioningRequest{Handle: enc.Handle, Timesteps: []float32{999}, Out: sdk.Ref(cref)}); err != nil {
+		t.Fatal(err)
+	}
+	if cbuf[5] != 999+7 {
+		t.Fatalf("conditioning = %v", cbuf)
+	}
+	if err := p.ReleasePrompt(ctx, enc.Handle); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// patchFixture is a tiny "checkpoint": fp16 originals (the mmap'd file) and
+// float32 live weights in a plugin-writable arena.
+type patchFixture struct {
+	pool    *ArenaPool
+	orig    map[string][]uint16
+	targets []*PatchTarget
+}
+
+func newPatchFixture(t testing.TB, sizes map[string]int) *patchFixture {
+	f := &patchFixture{pool: NewArenaPool("weights", 1<<20, true), orig: map[string][]uint16{}}
+	t.Cleanup(func() { f.pool.Close() })
+	rng := rand.New(rand.NewPCG(1, 2))
+	names := make([]string, 0, len(sizes))
+	for n := range sizes {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		bits := make([]uint16, sizes[n])
+		for i := range bits {
+			bits[i] = safetensors.F32ToF16(float32(rng.NormFloat64()))
+		}
+		f.orig[n] = bits
+		data := f.pool.AllocFloat32(len(bits))
+		safetensors.F16ToF32(data, bits)
+		f.targets = append(f.targets, &PatchTarget{Name: n, Data: data, Shape: []int{len(bits)},
+			Restore: func(dst []float32) error { safetensors.F16ToF32(dst, bits); return nil }})
+	}
+	return f
+}
+
+// snapshot copies the live weights.
+func (f *patchFixture) snapshot() map[string][]float32 {
+	out := map[string][]float32{}
+	for _, t := range f.targets {
+		out[t.Name] = slices.Clone(t.Data)
+	}
+	return out
+}
+
+func (f *patchFixture) original() map[string][]float32 {
+	out := map[string][]float32{}
+	for n, bits := range f.orig {
+		out[n] = make([]float32, len(bits))
+		safetensors.F16ToF32(out[n], bits)
+	}
+	return out
+}
+
+func params(kv ...string) sdk.Params {
+	var p sdk.Params
+	for i := 0; i+1 < len(kv); i += 2 {
+		p = append(p, sdk.Param{Name: kv[i], Value: kv[i+1]})
+	}
+	return p
+}
+
+func TestPatchSwapRestoreBitExact(t *testing.T) {
+	ctx := context.Background()
+	_, p := newTestSupervisor(t, "")
+	f := newPatchFixture(t, map[string]int{"a": 1 << 20, "b": 1000, "c": 10})
+	w, err := NewWeightPatch(f.targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := f.original()
+
+	// Patch A: a and b scaled in place.
+	if _, err := w.Apply(ctx, p, params("touch", "a", "touch", "b", "scale", "3")); err != nil {
+		t.Fatal(err)
+	}
+	got := f.snapshot()
+	if got["a"][7] != orig["a"][7]*3 || got["b"][0] != orig["b"][0]*3 || !slices.Equal(got["c"], orig["c"]) {
+		t.Fatalf("patch A not applied in place / touched c")
+	}
+	// No tensor bytes over gRPC: a 4 MiB tensor was patched.
+	if st := p.WireStats(); st.SentBytes.Load()+st.RecvBytes.Load() > 16<<10 {
+		t.Fatalf("%d bytes crossed gRPC while patching 4 MiB", st.SentBytes.Load()+st.RecvBytes.Load())
+	}
+	patchA := f.snapshot()
+
+	// Many swaps A <-> B, then reset: bit-exact every time.
+	for i := range 20 {
+		if _, err := w.Apply(ctx, p, params("touch", "b", "touch", "c", "add", "0.1")); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(f.snapshot()["a"], orig["a"]) {
+			t.Fatalf("swap %d: a not restored bit-exactly", i)
+		}
+		if _, err := w.Apply(ctx, p, params("touch", "a", "touch", "b", "scale", "3")); err != nil {
+			t.Fatal(err)
+		}
+		if !sameWeights(patchA, f.snapshot()) {
+			t.Fatalf("swap %d: patch A not reproduced bit-exactly", i)
+		}
+	}
+	if err := w.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if !sameWeights(orig, f.snapshot()) {
+		t.Fatalf("reset not bit-exact")
+	}
+}
+
+func TestPluginCrashAndHang(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		mode      string
+		wantErr   error
+		wantInErr []string
+	}{
+		{"crash", ErrCrashed, []string{`plugin "testplug" (pid `, "PatchWeights", "panic: testplug: crash requested", "testplug about to crash"}},
+		{"hang", context.DeadlineExceeded, []string{`plugin "testplug" (pid `, "no answer within"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.mode, func(t *testing.T) {
+			_, p := newTestSupervisor(t, "")
+			p.Timeout = 2 * time.Second
+			f := newPatchFixture(t, map[string]int{"a": 4096, "b": 64})
+			w, err := NewWeightPatch(f.targets)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Apply(ctx, p, params("touch", "a", "scale", "2")); err != nil {
+				t.Fatal(err)
+			}
+			before := f.snapshot()
+			pid := p.Pid()
+			_, err = w.Apply(ctx, p, params("touch", "a", "touch", "b", "scale", "5", "mode", tc.mode))
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			var perr *PluginError
+			if !errors.As(err, &perr) || perr.Pid != pid || !perr.Killed {
+				t.Fatalf("err = %#v, want PluginError for pid %d", err, pid)
+			}
+			for _, s := range tc.wantInErr {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error lacks %q:\n%v", s, err)
+				}
+			}
+			if !sameWeights(before, f.snapshot()) {
+				t.Fatalf("weights changed by the failed call")
+			}
+			// The host keeps working: next use restarts the plugin.
+			if _, err := w.Apply(ctx, p, params("touch", "b", "scale", "2")); err != nil {
+				t.Fatalf("after %s: %v", tc.mode, err)
+			}
+			if p.Starts() != 2 || p.Pid() == pid {
+				t.Fatalf("starts = %d, pid %d (old %d): want a restart", p.Starts(), p.Pid(), pid)
+			}
+		})
+	}
+}
+
+func TestReturnedRefsValidated(t *testing.T) {
+	ctx := context.Background()
+	_, p := newTestSupervisor(t, "")
+	f := newPatchFixture(t, map[string]int{"a": 256})
+	w, err := NewWeightPatch(f.targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := f.original()
+	tests := []struct{ mode, want string }{
+		{"badref-oob", "outside arena"},
+		{"badref-dtype", "dtype F16, granted F32"},
+		{"badref-shape", "shape [1], granted [256]"},
+		{"badref-unknown", `"not.granted" was not given to the plugin`},
+		{"badref-arena", "unknown arena"},
+		{"error", "testplug refuses"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.mode, func(t *testing.T) {
+			_, err := w.Apply(ctx, p, params("touch", "a", "scale", "9", "mode", tc.mode))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if !sameWeights(orig, f.snapshot()) {
+				t.Fatalf("weights changed by a rejected call")
+			}
+		})
+	}
+	if p.Starts() != 1 {
+		t.Fatalf("a plugin error restarted the plugin (%d starts)", p.Starts())
+	}
+}
+
+func TestValidateWritten(t *testing.T) {
+	a, err := NewArena("v", 4096, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ro, err := NewArena("v-ro", 4096, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	g := sdk.TensorRef{Name: "w", Arena: a.ID, Offset: 64, DType: sdk.F32, Shape: []int{2, 8}, Writable: true}
+	in := sdk.TensorRef{Name: "x", Arena: a.ID, Offset: 1024, DType: sdk.F32, Shape: []int{4}}
+	mod := func(f func(*sdk.TensorRef)) sdk.TensorRef { r := g; r.Shape = slices.Clone(g.Shape); f(&r); return r }
+	tests := []struct {
+		name    string
+		written []sdk.TensorRef
+		want    string
+	}{
+		{"ok", []sdk.TensorRef{g}, ""},
+		{"out of bounds", []sdk.TensorRef{mod(func(r *sdk.TensorRef) { r.Offset = 4096 - 32 })}, "outside arena"},
+		{"huge shape", []sdk.TensorRef{mod(func(r *sdk.TensorRef) { r.Shape = []int{1 << 40, 1 << 40} })}, "invalid shape"},
+		{"negative dim", []sdk.TensorRef{mod(func(r *sdk.TensorRef) { r.Shape = []int{-1, 8} })}, "invalid shape"},
+		{"misaligned", []sdk.TensorRef{mod(func(r *sdk.TensorRef) { r.Offset = 66 })}, "not aligned"},
+		{"wrong dtype", []sdk.TensorRef{mod(func(r *sdk.TensorRef) { r.DType = sdk.BF16 })}, "dtype BF16"},
+		{"unknown dtype", []sdk.TensorRef{mod(func(r *sdk.TensorRef) { r.DType = "Q4" })}, "unknown dtype"},
+		{"moved", []sdk.TensorRef{mod(func(r *sdk.TensorRef) { r.Offset = 128 })}, "granted arena"},
+		{"no write access", []sdk.TensorRef{in}, "no write access"},
+		{"read-only arena", []sdk.TensorRef{mod(func(r *sdk.TensorRef) { r.Arena = ro.ID })}, "read-only arena"},
+		{"twice", []sdk.TensorRef{g, g}, "reported twice"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := validateWritten([]sdk.TensorRef{g, in}, tc.written)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPluginChecksum(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := fileSHA256(t, exe)
+	bad := strings.Repeat("0", 64)
+	tests := []struct{ name, sha, want string }{
+		{"matching", good, ""},
+		{"mismatch", bad, "checksums did not match"},
+		{"malformed", "xyz", "bad sha256"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, p := newTestSupervisor(t, tc.sha)
+			_, err := p.Describe(context.Background())
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := (&Supervisor{plugins: map[string]*Plugin{}}).Register(Spec{Name: "x", Path: exe}); err == nil {
+		t.Fatal("third-party plugin without checksum accepted")
+	}
+}
+
+func TestSupervisorSocketDir(t *testing.T) {
+	s, p := newTestSupervisor(t, "")
+	if _, err := p.Describe(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(s.SocketDir())
+	if err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("socket dir %s: %v %v", s.SocketDir(), st.Mode(), err)
+	}
+	ents, _ := os.ReadDir(s.SocketDir())
+	if len(ents) == 0 {
+		t.Fatalf("plugin socket not in the private dir")
+	}
+	pid := p.Pid()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.SocketDir()); !os.IsNotExist(err) {
+		t.Fatalf("socket dir left behind: %v", err)
+	}
+	if err := processAlive(pid); err == nil {
+		t.Fatalf("plugin pid %d still running after Close", pid)
+	}
+}
+
+func BenchmarkPluginRoundTrip(b *testing.B) {
+	_, p := newTestSupervisor(b, "")
+	ctx := context.Background()
+	if _, err := p.Describe(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := p.Describe(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkPluginStart(b *testing.B) {
+	_, p := newTestSupervisor(b, "")
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := p.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		p.Stop()
+		b.StartTimer()
+	}
+}
+
+// sameWeights compares bit patterns (cmp.Diff is too slow for 1M floats).
+func sameWeights(want, got map[string][]float32) bool {
+	if len(want) != len(got) {
+		return false
+	}
+	for n, w := range want {
+		g := got[n]
+		if len(g) != len(w) {
+			return false
+		}
+		for i := range w {
+			if math.Float32bits(w[i]) != math.Float32bits(g[i]) {
+				return false
+			}
+		}
+	}
+	return true
+}

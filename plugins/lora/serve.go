@@ -1,0 +1,283 @@
+// serve.go: the LoRA plugin process. It implements sdk.WeightPatcher on top
+// of the merge maths of this package: PlanPatch resolves and validates every
+// adapter against the model's tensor list (atomic: any problem refuses the
+// whole request), PatchWeights merges each granted float32 tensor in place
+// in the host's arena, from the original values the host restored there.
+//
+// Parameters, in order (each "lora" starts an adapter; the strength
+// parameters after it apply to it):
+//
+//	lora=PATH  unet=0.8  te=0.5  blocks=1,0,0,...(17 or 26 values)
+//
+// te defaults to the adapter's unet strength, unet to 1.
+//
+// It does not restore, cast or track patch state: the host restores
+// originals from the checkpoint and decides what to patch (host/plugin_patch.go).
+package lora
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sdbridge/sdbridge/plugins/sdk"
+	"github.com/sdbridge/sdbridge/safetensors"
+)
+
+// PluginVersion is reported by Describe.
+const PluginVersion = "0.1.0"
+
+// maxCachedFiles bounds the adapter files kept open between calls.
+const maxCachedFiles = 16
+
+// Plugin is the LoRA weight patcher.
+type Plugin struct {
+	mu    sync.Mutex
+	files map[string]*cachedFile
+	plans map[string]*Plan // by parameter string, from the last PlanPatch calls
+	order []string
+}
+
+type cachedFile struct {
+	f     *File
+	size  int64
+	mtime time.Time
+}
+
+// NewPlugin returns a LoRA plugin with empty caches.
+func NewPlugin() *Plugin {
+	return &Plugin{files: map[string]*cachedFile{}, plans: map[string]*Plan{}}
+}
+
+// Serve runs the LoRA plugin (main of `sdbridge plugin lora`).
+func Serve() {
+	sdk.Serve(NewPlugin(), sdk.WithLogger(sdk.NewLogger("lora")))
+}
+
+// Describe names the plugin and its parameters.
+func (p *Plugin) Describe(context.Context, *sdk.DescribeRequest) (*sdk.DescribeResponse, error) {
+	return &sdk.DescribeResponse{
+		Name:    "lora",
+		Version: PluginVersion,
+		Params: []sdk.ParamSpec{
+			{Name: "lora", Type: sdk.ParamFile, Repeated: true, Help: "adapter file (.safetensors); starts a new adapter"},
+			{Name: "unet", Type: sdk.ParamFloat, Default: "1", Help: "U-Net strength of the last adapter"},
+			{Name: "te", Type: sdk.ParamFloat, Default: "unet", Help: "text-encoder strength of the last adapter"},
+			{Name: "blocks", Type: sdk.ParamString, Help: "lora-block-weight vector (17 or 26 comma-separated values)"},
+		},
+	}, nil
+}
+
+type adapterParams struct {
+	path     string
+	unet, te float64
+	teSet    bool
+	blocks   []float64
+}
+
+// parseParams reads the ordered adapter list.
+func parseParams(ps sdk.Params) ([]adapterParams, error) {
+	var out []adapterParams
+	for _, prm := range ps {
+		if prm.Name == "lora" {
+			out = append(out, adapterParams{path: prm.Value, unet: 1})
+			continue
+		}
+		if len(out) == 0 {
+			return nil, fmt.Errorf("lora: parameter %q before any \"lora\"", prm.Name)
+		}
+		a := &out[len(out)-1]
+		switch prm.Name {
+		case "unet", "te":
+			v, err := strconv.ParseFloat(prm.Value, 64)
+			if err != nil {
+				return nil, fmt.Errorf("lora: %s: parameter %q: %w", a.path, prm.Name, err)
+			}
+			if prm.Name == "unet" {
+				a.unet = v
+			} else {
+				a.te, a.teSet = v, true
+			}
+		case "blocks":
+			for _, s := range strings.Split(prm.Value, ",") {
+				v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+				if err != nil {
+					return nil, fmt.Errorf("lora: %s: block weights %q: %w", a.path, prm.Value, err)
+				}
+				a.blocks = append(a.blocks, v)
+			}
+		default:
+			return nil, fmt.Errorf("lora: unknown parameter %q", prm.Name)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("lora: no adapter given (parameter \"lora\")")
+	}
+	for i := range out {
+		if !out[i].teSet {
+			out[i].te = out[i].unet
+		}
+	}
+	return out, nil
+}
+
+func paramsKey(ps sdk.Params) string {
+	var b strings.Builder
+	for _, prm := range ps {
+		fmt.Fprintf(&b, "%q=%q;", prm.Name, prm.Value)
+	}
+	return b.String()
+}
+
+// file returns the loaded adapter at path, reloading it if it changed.
+func (p *Plugin) file(path string) (*File, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("lora: %w", err)
+	}
+	if c, ok := p.files[path]; ok && c.size == st.Size() && c.mtime.Equal(st.ModTime()) {
+		return c.f, nil
+	}
+	f, err := Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if old, ok := p.files[path]; ok {
+		old.f.Close()
+	}
+	if len(p.files) >= maxCachedFiles {
+		for k, c := range p.files { // evict any one; plans holding it are dropped
+			c.f.Close()
+			delete(p.files, k)
+			p.plans, p.order = map[string]*Plan{}, nil
+			break
+		}
+	}
+	p.files[path] = &cachedFile{f: f, size: st.Size(), mtime: st.ModTime()}
+	return f, nil
+}
+
+// modelKeys presents the host's tensor list as Keys.
+type modelKeys struct {
+	names []string
+	infos map[string]*safetensors.Info
+}
+
+func newModelKeys(model []sdk.TensorInfo) (*modelKeys, error) {
+	k := &modelKeys{infos: make(map[string]*safetensors.Info, len(model))}
+	for _, t := range model {
+		dt, err := safetensors.ParseDType(string(t.DType))
+		if err != nil {
+			return nil, fmt.Errorf("lora: model tensor %q: %w", t.Name, err)
+		}
+		k.names = append(k.names, t.Name)
+		k.infos[t.Name] = &safetensors.Info{Name: t.Name, DType: dt, Shape: t.Shape}
+	}
+	return k, nil
+}
+
+func (k *modelKeys) Names() []string { return k.names }
+
+func (k *modelKeys) Lookup(name string) (*safetensors.Info, bool) {
+	i, ok := k.infos[name]
+	return i, ok
+}
+
+// PlanPatch validates the adapters against the model and lists the tensors
+// the merge writes.
+func (p *Plugin) PlanPatch(_ context.Context, req *sdk.PlanPatchRequest) (*sdk.PlanPatchResponse, error) {
+	specs, err := parseParams(req.Params)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := newModelKeys(req.Model)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	adapters := make([]Adapter, len(specs))
+	for i, s := range specs {
+		f, err := p.file(s.path)
+		if err != nil {
+			return nil, err
+		}
+		adapters[i] = Adapter{File: f, UNet: s.unet, TE: s.te, Blocks: s.blocks}
+	}
+	plan, err := NewPlan(keys, adapters)
+	if err != nil {
+		return nil, err
+	}
+	key := paramsKey(req.Params)
+	if _, ok := p.plans[key]; !ok {
+		p.order = append(p.order, key)
+		if len(p.order) > 4 {
+			delete(p.plans, p.order[0])
+			p.order = p.order[1:]
+		}
+	}
+	p.plans[key] = plan
+	resp := &sdk.PlanPatchResponse{Touched: plan.Keys()}
+	for _, ig := range plan.Ignored {
+		resp.Warnings = append(resp.Warnings, "ignored: "+ig)
+	}
+	return resp, nil
+}
+
+// PatchWeights merges every granted tensor in place (they hold original
+// values), in parallel across tensors.
+func (p *Plugin) PatchWeights(ctx context.Context, req *sdk.PatchWeightsRequest) (*sdk.PatchWeightsResponse, error) {
+	p.mu.Lock()
+	plan, ok := p.plans[paramsKey(req.Params)]
+	p.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("lora: PatchWeights without a matching PlanPatch")
+	}
+	for _, t := range req.Tensors {
+		if _, ok := plan.Target(t.Name); !ok {
+			return nil, fmt.Errorf("lora: tensor %q is not touched by the planned adapters", t.Name)
+		}
+		if !t.Writable || t.DType != sdk.F32 {
+			return nil, fmt.Errorf("lora: tensor %q must be granted writable F32 (is %s, writable=%v)", t.Name, t.DType, t.Writable)
+		}
+	}
+	work := make(chan *sdk.Tensor)
+	errs := make(chan error, len(req.Tensors))
+	var wg sync.WaitGroup
+	for range max(1, runtime.GOMAXPROCS(0)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for t := range work {
+				w, err := t.MutableFloat32() // [numel], the host's arena
+				if err == nil {
+					err = plan.Apply(t.Name, w, w)
+				}
+				if err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	for _, t := range req.Tensors {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- t
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return &sdk.PatchWeightsResponse{Written: sdk.Refs(req.Tensors...)}, nil
+}
