@@ -59,40 +59,40 @@ const (
 type driverAPI struct {
 	path string
 
-	cuInit                       func(flags uint32) Result
-	cuDriverGetVersion           func(v *int32) Result
-	cuDeviceGetCount             func(n *int32) Result
-	cuDeviceGet                  func(d *int32, ordinal int32) Result
-	cuDeviceGetName              func(name *byte, n int32, d int32) Result
-	cuDeviceGetAttribute         func(v *int32, attr int32, d int32) Result
-	cuDeviceTotalMem             func(b *uint64, d int32) Result
-	cuDevicePrimaryCtxRetain     func(ctx *uintptr, d int32) Result
-	cuDevicePrimaryCtxRelease    func(d int32) Result
-	cuCtxSetCurrent              func(ctx uintptr) Result
-	cuCtxSynchronize             func() Result
-	cuMemAlloc                   func(p *uint64, n uint64) Result
-	cuMemFree                    func(p uint64) Result
-	cuMemGetInfo                 func(free, total *uint64) Result
-	cuMemcpyHtoD                 func(dst uint64, src unsafe.Pointer, n uint64) Result
-	cuMemcpyDtoH                 func(dst unsafe.Pointer, src uint64, n uint64) Result
-	cuMemcpyDtoD                 func(dst, src uint64, n uint64) Result
-	cuMemsetD8                   func(dst uint64, v uint8, n uint64) Result
-	cuMemsetD32                  func(dst uint64, v uint32, n uint64) Result
-	cuMemHostRegister            func(p unsafe.Pointer, n uint64, flags uint32) Result
-	cuMemHostUnregister          func(p unsafe.Pointer) Result
-	cuStreamCreate               func(s *uintptr, flags uint32) Result
-	cuStreamSynchronize          func(s uintptr) Result
-	cuStreamDestroy              func(s uintptr) Result
-	cuModuleLoadData             func(m *uintptr, image unsafe.Pointer) Result
-	cuModuleUnload               func(m uintptr) Result
-	cuModuleGetFunction          func(f *uintptr, m uintptr, name string) Result
-	cuLaunchKernel               func(f uintptr, gx, gy, gz, bx, by, bz, shmem uint32, stream uintptr, params unsafe.Pointer, extra unsafe.Pointer) Result
-	cuFuncSetAttribute           func(f uintptr, attr int32, v int32) Result
-	cuGetErrorString             func(r Result, s **byte) Result
-	cuGetErrorName               func(r Result, s **byte) Result
-	cuIpcGetMemHandle            func(h *IPCHandle, p uint64) Result
-	cuIpcOpenMemHandle           func(p *uint64, h IPCHandle, flags uint32) Result
-	cuIpcCloseMemHandle          func(p uint64) Result
+	cuInit                    func(flags uint32) Result
+	cuDriverGetVersion        func(v *int32) Result
+	cuDeviceGetCount          func(n *int32) Result
+	cuDeviceGet               func(d *int32, ordinal int32) Result
+	cuDeviceGetName           func(name *byte, n int32, d int32) Result
+	cuDeviceGetAttribute      func(v *int32, attr int32, d int32) Result
+	cuDeviceTotalMem          func(b *uint64, d int32) Result
+	cuDevicePrimaryCtxRetain  func(ctx *uintptr, d int32) Result
+	cuDevicePrimaryCtxRelease func(d int32) Result
+	cuCtxSetCurrent           func(ctx uintptr) Result
+	cuCtxSynchronize          func() Result
+	cuMemAlloc                func(p *uint64, n uint64) Result
+	cuMemFree                 func(p uint64) Result
+	cuMemGetInfo              func(free, total *uint64) Result
+	cuMemcpyHtoD              func(dst uint64, src unsafe.Pointer, n uint64) Result
+	cuMemcpyDtoH              func(dst unsafe.Pointer, src uint64, n uint64) Result
+	cuMemcpyDtoD              func(dst, src uint64, n uint64) Result
+	cuMemsetD8                func(dst uint64, v uint8, n uint64) Result
+	cuMemsetD32               func(dst uint64, v uint32, n uint64) Result
+	cuMemHostRegister         func(p unsafe.Pointer, n uint64, flags uint32) Result
+	cuMemHostUnregister       func(p unsafe.Pointer) Result
+	cuStreamCreate            func(s *uintptr, flags uint32) Result
+	cuStreamSynchronize       func(s uintptr) Result
+	cuStreamDestroy           func(s uintptr) Result
+	cuModuleLoadData          func(m *uintptr, image unsafe.Pointer) Result
+	cuModuleUnload            func(m uintptr) Result
+	cuModuleGetFunction       func(f *uintptr, m uintptr, name string) Result
+	cuLaunchKernel            func(f uintptr, gx, gy, gz, bx, by, bz, shmem uint32, stream uintptr, params unsafe.Pointer, extra unsafe.Pointer) Result
+	cuFuncSetAttribute        func(f uintptr, attr int32, v int32) Result
+	cuGetErrorString          func(r Result, s **byte) Result
+	cuGetErrorName            func(r Result, s **byte) Result
+	cuIpcGetMemHandle         func(h *IPCHandle, p uint64) Result
+	cuIpcOpenMemHandle        func(p *uint64, h IPCHandle, flags uint32) Result
+	cuIpcCloseMemHandle       func(p uint64) Result
 }
 
 func (a *driverAPI) syms() []sym {

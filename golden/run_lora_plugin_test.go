@@ -15,8 +15,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -40,6 +42,90 @@ func TestLoRAPluginHelper(t *testing.T) {
 	os.Exit(0)
 }
 
+// loraRig is a checkpoint's U-Net and text-encoder tensors in
+// plugin-writable arenas, a WeightPatch over them and a LoRA plugin process.
+type loraRig struct {
+	ckpt    *safetensors.File
+	pool    *host.ArenaPool
+	sup     *host.Supervisor
+	plugin  *host.Plugin
+	patch   *host.WeightPatch
+	targets map[string]*host.PatchTarget
+}
+
+func (r *loraRig) Close() {
+	if r.sup != nil {
+		r.sup.Close()
+	}
+	r.pool.Close()
+	r.ckpt.Close()
+}
+
+// newLoRARig widens every float U-Net / text-encoder tensor of the
+// checkpoint into arenas (restorable from the mmap) and registers the LoRA
+// plugin (this test binary re-executed).
+func newLoRARig(ckptPath string) (*loraRig, error) {
+	ckpt, err := safetensors.Open(ckptPath)
+	if err != nil {
+		return nil, err
+	}
+	r := &loraRig{ckpt: ckpt, pool: host.NewArenaPool("weights", 64<<20, true), targets: map[string]*host.PatchTarget{}}
+	var targets []*host.PatchTarget
+	for _, name := range ckpt.Names() {
+		if !strings.HasPrefix(name, lora.UNetPrefix) && !strings.HasPrefix(name, lora.TEPrefix) {
+			continue
+		}
+		t, err := ckpt.Get(name)
+		if err != nil {
+			r.Close()
+			return nil, err
+		}
+		if !t.DType.IsFloat() || t.Numel() == 0 {
+			continue
+		}
+		data := r.pool.AllocFloat32(t.Numel())
+		if err := t.Float32Into(data); err != nil {
+			r.Close()
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		pt := &host.PatchTarget{Name: name, Data: data, Shape: t.Shape, Restore: t.Float32Into}
+		targets = append(targets, pt)
+		r.targets[name] = pt
+	}
+	if err := r.pool.Err(); err != nil {
+		r.Close()
+		return nil, err
+	}
+	if r.patch, err = host.NewWeightPatch(targets); err != nil {
+		r.Close()
+		return nil, err
+	}
+	if r.sup, err = host.NewSupervisor(host.Options{LogOutput: io.Discard, CallTimeout: time.Minute}); err != nil {
+		r.Close()
+		return nil, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	r.plugin, err = r.sup.Register(host.Spec{Name: "lora", Path: exe, Args: []string{"-test.run=^TestLoRAPluginHelper$"},
+		Env: []string{goldenPluginEnv + "=lora"}, BuiltIn: true})
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func loraParams(path string, unet, te float32) sdk.Params {
+	return sdk.Params{
+		{Name: "lora", Value: path},
+		{Name: "unet", Value: strconv.FormatFloat(float64(unet), 'g', -1, 32)},
+		{Name: "te", Value: strconv.FormatFloat(float64(te), 'g', -1, 32)},
+	}
+}
+
 // runLoRAMergePlugin runs a "lora_merge" case through host + plugin process
 // + shared arenas.
 func runLoRAMergePlugin(c *Case) (Result, error) {
@@ -59,77 +145,101 @@ func runLoRAMergePlugin(c *Case) (Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	ckpt, err := safetensors.Open(ckptPath)
+	r, err := newLoRARig(ckptPath)
 	if err != nil {
 		return nil, err
 	}
-	defer ckpt.Close()
-
-	// Model weights in plugin-writable arenas, restorable from the mmap.
-	pool := host.NewArenaPool("weights", 64<<20, true)
-	defer pool.Close()
-	var targets []*host.PatchTarget
-	for _, name := range ckpt.Names() {
-		if !strings.HasPrefix(name, lora.UNetPrefix) && !strings.HasPrefix(name, lora.TEPrefix) {
-			continue
-		}
-		t, err := ckpt.Get(name)
-		if err != nil {
-			return nil, err
-		}
-		if !t.DType.IsFloat() || t.Numel() == 0 {
-			continue
-		}
-		data := pool.AllocFloat32(t.Numel())
-		if err := t.Float32Into(data); err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		targets = append(targets, &host.PatchTarget{Name: name, Data: data, Shape: t.Shape, Restore: t.Float32Into})
-	}
-	if err := pool.Err(); err != nil {
-		return nil, err
-	}
-	w, err := host.NewWeightPatch(targets)
+	defer r.Close()
+	rep, err := r.patch.Apply(context.Background(), r.plugin, loraParams(loraPath, su[0], st[0]))
 	if err != nil {
 		return nil, err
 	}
-
-	sup, err := host.NewSupervisor(host.Options{LogOutput: io.Discard, CallTimeout: time.Minute})
-	if err != nil {
-		return nil, err
-	}
-	defer sup.Close()
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	p, err := sup.Register(host.Spec{Name: "lora", Path: exe, Args: []string{"-test.run=^TestLoRAPluginHelper$"},
-		Env: []string{goldenPluginEnv + "=lora"}, BuiltIn: true})
-	if err != nil {
-		return nil, err
-	}
-	params := sdk.Params{
-		{Name: "lora", Value: loraPath},
-		{Name: "unet", Value: strconv.FormatFloat(float64(su[0]), 'g', -1, 32)},
-		{Name: "te", Value: strconv.FormatFloat(float64(st[0]), 'g', -1, 32)},
-	}
-	rep, err := w.Apply(context.Background(), p, params)
-	if err != nil {
-		return nil, err
-	}
-	if ws := p.WireStats(); ws.SentBytes.Load()+ws.RecvBytes.Load() > 1<<20 {
+	if ws := r.plugin.WireStats(); ws.SentBytes.Load()+ws.RecvBytes.Load() > 1<<20 {
 		return nil, fmt.Errorf("%d bytes crossed gRPC while patching: tensor data leaked into messages", ws.SentBytes.Load()+ws.RecvBytes.Load())
-	}
-	byName := map[string]*host.PatchTarget{}
-	for _, t := range targets {
-		byName[t.Name] = t
 	}
 	res := Result{}
 	for _, key := range rep.Touched {
-		t := byName[key]
+		t := r.targets[key]
 		res["out."+key] = Array{Shape: t.Shape, Data: append([]float32(nil), t.Data...)}
 	}
 	return res, nil
+}
+
+// snapshotBits copies every target's float32 bits.
+func (r *loraRig) snapshotBits() map[string][]uint32 {
+	out := map[string][]uint32{}
+	for n, t := range r.targets {
+		b := make([]uint32, len(t.Data))
+		for i, v := range t.Data {
+			b[i] = math.Float32bits(v)
+		}
+		out[n] = b
+	}
+	return out
+}
+
+// TestLoRAPluginSwapBitExact swaps two real adapters many times through the
+// plugin process and checks every state bit for bit, then restores.
+func TestLoRAPluginSwapBitExact(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts plugin processes")
+	}
+	root := Dir()
+	ckptPath := filepath.Join(root, "models", "sd15-tiny.safetensors")
+	if _, err := os.Stat(ckptPath); err != nil {
+		t.Skipf("golden models absent: %v", err)
+	}
+	r, err := newLoRARig(ckptPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx := context.Background()
+	orig := r.snapshotBits()
+	a := loraParams(filepath.Join(root, "models", "lora-kohya_ldm.safetensors"), 0.8, 0.5)
+	b := append(loraParams(filepath.Join(root, "models", "lora-loha.safetensors"), 1, 1),
+		loraParams(filepath.Join(root, "models", "lora-peft.safetensors"), 0.7, 0.7)...)
+	if _, err := r.patch.Apply(ctx, r.plugin, a); err != nil {
+		t.Fatal(err)
+	}
+	stateA := r.snapshotBits()
+	if _, err := r.patch.Apply(ctx, r.plugin, b); err != nil {
+		t.Fatal(err)
+	}
+	stateB := r.snapshotBits()
+	if sameBits(stateA, stateB) || sameBits(orig, stateA) {
+		t.Fatal("adapters changed nothing")
+	}
+	for i := range 10 {
+		for _, step := range []struct {
+			params sdk.Params
+			want   map[string][]uint32
+		}{{a, stateA}, {b, stateB}} {
+			if _, err := r.patch.Apply(ctx, r.plugin, step.params); err != nil {
+				t.Fatal(err)
+			}
+			if !sameBits(step.want, r.snapshotBits()) {
+				t.Fatalf("swap round %d: weights differ from the first application", i)
+			}
+		}
+	}
+	if err := r.patch.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if !sameBits(orig, r.snapshotBits()) {
+		t.Fatal("restore is not bit-exact")
+	}
+	// An adapter for another architecture is refused and changes nothing.
+	if _, err := r.patch.Apply(ctx, r.plugin, a); err != nil {
+		t.Fatal(err)
+	}
+	bad := loraParams(filepath.Join(root, "models", "sd15-tiny.safetensors"), 1, 1)
+	if _, err := r.patch.Apply(ctx, r.plugin, bad); err == nil {
+		t.Fatal("a checkpoint accepted as a LoRA")
+	}
+	if !sameBits(stateA, r.snapshotBits()) {
+		t.Fatal("a refused patch changed the weights")
+	}
 }
 
 func TestLoRAMergePlugin(t *testing.T) {
@@ -168,4 +278,17 @@ func TestLoRAMergePlugin(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sameBits compares snapshots (cmp.Equal is far too slow for millions of values).
+func sameBits(a, b map[string][]uint32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for n, x := range a {
+		if !slices.Equal(x, b[n]) {
+			return false
+		}
+	}
+	return true
 }

@@ -163,7 +163,7 @@ func (s *ControlNetSource) newUnit(i int, u ControlNetUnit, nres int) (*cnUnit, 
 	case u.Hint == nil:
 		return nil, fmt.Errorf("controlnet %d (%s): no control image", i, u.Path)
 	case len(u.Hint.Shape) != 4 || (u.Hint.Shape[0] != 1 && u.Hint.Shape[0] != b) || u.Hint.Shape[1] != 3:
-		return nil, fmt.Errorf("controlnet %d (%s): control image has shape %v, want [1 or %d, 3, H, W]", i, u.Path, u.Hint.Shape, b)
+		return nil, fmt.Errorf("controlnet %d (%s): control image has shape %v, want [%s, 3, H, W]", i, u.Path, u.Hint.Shape, batchDims(b))
 	case s.opt.Width > 0 && (u.Hint.Shape[2] != s.opt.Height || u.Hint.Shape[3] != s.opt.Width):
 		return nil, fmt.Errorf("controlnet %d (%s): control image is %dx%d px, the generation is %dx%d: resize it first (resize, crop or pad)",
 			i, u.Path, u.Hint.Shape[3], u.Hint.Shape[2], s.opt.Width, s.opt.Height)
@@ -196,6 +196,13 @@ func (s *ControlNetSource) newUnit(i int, u ControlNetUnit, nres int) (*cnUnit, 
 	}
 	cu.scales = controlnet.EncodeScales(scales)
 	return cu, nil
+}
+
+func batchDims(b int) string {
+	if b == 1 {
+		return "1"
+	}
+	return fmt.Sprintf("1 or %d", b)
 }
 
 func shapeOfT(t *nn.Tensor) []int {

@@ -30,6 +30,9 @@ type Pipeline struct {
 	Schedule *DiscreteSchedule
 	// LatentChannels and Downscale describe the latent space (4 and 8 for SD1.x).
 	LatentChannels, Downscale int
+	// LatentMultiple is what the U-Net needs the latent sides to be
+	// multiples of (2^downsamplings; 0 or 1: anything).
+	LatentMultiple int
 }
 
 // Request is one txt2img generation.
@@ -79,6 +82,8 @@ func (p *Pipeline) Validate(req *Request) error {
 	down := max(p.Downscale, 1)
 	if req.Width <= 0 || req.Height <= 0 || req.Width%down != 0 || req.Height%down != 0 {
 		errs = append(errs, fmt.Sprintf("size %dx%d: width and height must be positive multiples of %d", req.Width, req.Height, down))
+	} else if m := max(p.LatentMultiple, 1); (req.Width/down)%m != 0 || (req.Height/down)%m != 0 {
+		errs = append(errs, fmt.Sprintf("size %dx%d: this U-Net needs width and height in multiples of %d px", req.Width, req.Height, down*m))
 	}
 	if req.Steps < 1 {
 		errs = append(errs, fmt.Sprintf("steps %d: must be at least 1", req.Steps))

@@ -28,7 +28,10 @@ type LoadOptions struct {
 	PromptMode            PromptMode
 }
 
-// Loaded is a Pipeline with the files it maps; Close releases them.
+// Loaded is a loaded Pipeline. The models widen every weight into their own
+// memory at bind time, so LoadPipeline unmaps the files once the models are
+// bound (about 2 GB less resident memory for an fp16 SD1.5 file); Close
+// releases what is still held.
 type Loaded struct {
 	*Pipeline
 	Tokenizer *tokenizer.CLIP
@@ -55,8 +58,11 @@ func LoadPipeline(checkpoint string, opt LoadOptions) (*Loaded, error) {
 		return nil, fmt.Errorf("checkpoint %s: %w", checkpoint, err)
 	}
 	l := &Loaded{Pipeline: &Pipeline{LatentChannels: 4, Downscale: 8}, files: []io.Closer{f}}
-	if err := l.load(checkpoint, f, opt); err != nil {
-		l.Close()
+	err = l.load(checkpoint, f, opt)
+	if cerr := l.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("checkpoint %s: %w", checkpoint, cerr)
+	}
+	if err != nil {
 		return nil, err
 	}
 	return l, nil
@@ -75,7 +81,7 @@ func (l *Loaded) load(checkpoint string, f *safetensors.File, opt LoadOptions) e
 		return fmt.Errorf("checkpoint %s: %w", checkpoint, err)
 	}
 	l.UNet = unet
-	l.Downscale = unet.Config.Downscale()
+	l.LatentMultiple = unet.Config.Downscale()
 	l.LatentChannels = unet.Config.InChannels
 	if unet.Config.InChannels != 4 {
 		return fmt.Errorf("checkpoint %s: U-Net takes %d input channels (an inpainting or instruct model?); txt2img needs 4", checkpoint, unet.Config.InChannels)

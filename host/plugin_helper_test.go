@@ -16,13 +16,18 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/sdbridge/sdbridge/plugins/lora"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv("SDBRIDGE_TEST_PLUGIN") == "testplug" {
+	switch os.Getenv("SDBRIDGE_TEST_PLUGIN") {
+	case "testplug":
 		log := sdk.NewLogger("testplug")
 		sdk.Serve(testplug{log: log}, sdk.WithLogger(log))
+		os.Exit(0)
+	case "lora":
+		lora.Serve()
 		os.Exit(0)
 	}
 	os.Exit(m.Run())

@@ -115,7 +115,7 @@ func writeChunk(w io.Writer, typ string, data []byte) error {
 func toLatin1(s string) ([]byte, bool) {
 	out := make([]byte, 0, len(s))
 	for _, r := range s {
-		if r > 0xFF || r == utf8.RuneError {
+		if r > 0xFF { // invalid UTF-8 decodes as U+FFFD and lands here too
 			return nil, false
 		}
 		out = append(out, byte(r))

@@ -140,3 +140,21 @@ func TestSeedNoise(t *testing.T) {
 		t.Error("unknown noise kind accepted")
 	}
 }
+
+func BenchmarkTorchRandn(b *testing.B) {
+	out := make([]float32, 4*64*64) // one 512x512 latent
+	b.SetBytes(int64(4 * len(out)))
+	b.ReportAllocs()
+	for b.Loop() {
+		NewTorchGenerator(42).Randn(out)
+	}
+}
+
+func BenchmarkPhiloxRandn(b *testing.B) {
+	out := make([]float32, 4*64*64)
+	b.SetBytes(int64(4 * len(out)))
+	b.ReportAllocs()
+	for b.Loop() {
+		NewPhiloxGenerator(42).Randn(out)
+	}
+}

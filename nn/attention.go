@@ -6,10 +6,7 @@
 // It does not implement causal masking (pass it in Bias) or dropout.
 package nn
 
-import (
-	"math"
-	"sync"
-)
+import "math"
 
 // AttentionOpts modifies ScaledDotProductAttention.
 type AttentionOpts struct {
@@ -23,8 +20,6 @@ type AttentionOpts struct {
 
 // attnBlock is the number of query rows per task.
 const attnBlock = 256
-
-var scorePool sync.Pool
 
 // ScaledDotProductAttention computes softmax(q k^T * scale + bias) v per head.
 // q [B, Lq, heads*d], k and v [B, Lk, heads*d]; returns [B, Lq, heads*d].
@@ -52,11 +47,8 @@ func ScaledDotProductAttention(q, k, v *Tensor, heads int, opt AttentionOpts) *T
 		n, h, blk := t/(heads*nblk), t/nblk%heads, t%nblk
 		i0 := blk * bq
 		rows := min(bq, lq-i0)
-		sp, _ := scorePool.Get().(*[]float32)
-		if sp == nil || cap(*sp) < bq*lk {
-			s := make([]float32, bq*lk)
-			sp = &s
-		}
+		sp := getScratch(bq * lk)
+		defer putScratch(sp)
 		scores := (*sp)[:rows*lk] // [rows, Lk]
 		qo := (n*lq+i0)*c + h*d
 		ko := n*lk*c + h*d
@@ -79,7 +71,6 @@ func ScaledDotProductAttention(q, k, v *Tensor, heads int, opt AttentionOpts) *T
 			softmaxRow(scores[r*lk : (r+1)*lk])
 		}
 		gemmSerial(false, false, rows, d, lk, 1, scores, lk, v.Data[ko:], c, 0, out.Data[qo:], c)
-		scorePool.Put(sp)
 	}
 	ntask := b * heads * nblk
 	parallelTasks(ntask, bq*lk*(2*d+actCost), task)

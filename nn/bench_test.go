@@ -28,13 +28,13 @@ func BenchmarkGemm1024(b *testing.B) {
 		}
 		benchGemm(b, 1024, Gemm)
 	})
-	// OpenBLAS's own figure: one call, its own threads over all cores.
-	b.Run("openblas-native-threads", func(b *testing.B) {
+	// OpenBLAS on one thread, for the per-core figure.
+	b.Run("openblas-1thread", func(b *testing.B) {
 		if !blasOK() || blas.setThreads == nil {
 			b.Skip("OpenBLAS not loaded or no openblas_set_num_threads")
 		}
-		blas.setThreads(int32(workers()))
-		defer blas.setThreads(1)
+		blas.setThreads(1)
+		defer blas.setThreads(int32(workers()))
 		benchGemm(b, 1024, blasSgemm)
 	})
 	saved := kern
@@ -91,6 +91,61 @@ func BenchmarkGemmBlocking(b *testing.B) {
 				gemmKC, gemmMC, gemmNC = kc, mc, nc
 				b.Run(fmt.Sprintf("kc%d_mc%d_nc%d", kc, mc, nc), func(b *testing.B) { benchGemm(b, 1024, GemmGo) })
 			}
+		}
+	}
+}
+
+// BenchmarkGemmNarrow is attention's P*V product for one query block
+// (256 x 40 x 4096), where packing A cannot be amortised.
+func BenchmarkGemmNarrow(b *testing.B) {
+	r := rand.New(rand.NewPCG(5, 5))
+	m, n, k := 256, 40, 4096
+	a, bb, c := randSlice(r, m*k), randSlice(r, k*n), make([]float32, m*n)
+	b.SetBytes(int64(4 * (m*k + k*n + m*n)))
+	b.ReportAllocs()
+	for b.Loop() {
+		gemmSerial(false, false, m, n, k, 1, a, k, bb, n, 0, c, n)
+	}
+	b.ReportMetric(2*float64(m*n*k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+// BenchmarkGemmShapes times SD-like products (Linear, conv, square) with A
+// packed or read in place (gemmDirectAMaxN 0 or unlimited).
+func BenchmarkGemmShapes(b *testing.B) {
+	shapes := []struct {
+		name    string
+		m, n, k int
+		transB  bool
+	}{
+		{"linear2048x320x320", 2048, 320, 320, true},
+		{"linear2048x1280x320", 2048, 1280, 320, true},
+		{"linear2048x320x1280", 2048, 320, 1280, true},
+		{"kv154x320x768", 154, 320, 768, true},
+		{"conv320x1024x2880", 320, 1024, 2880, false},
+		{"sq1024", 1024, 1024, 1024, false},
+	}
+	saved := gemmDirectAMaxN
+	defer func() { gemmDirectAMaxN = saved }()
+	for _, sh := range shapes {
+		for _, mode := range []struct {
+			name string
+			maxN int
+		}{{"packed", 0}, {"direct", 1 << 30}} {
+			b.Run(sh.name+"/"+mode.name, func(b *testing.B) {
+				gemmDirectAMaxN = mode.maxN
+				r := rand.New(rand.NewPCG(6, 6))
+				a, bb, c := randSlice(r, sh.m*sh.k), randSlice(r, sh.k*sh.n), make([]float32, sh.m*sh.n)
+				ldb := sh.n
+				if sh.transB {
+					ldb = sh.k
+				}
+				b.SetBytes(int64(4 * (sh.m*sh.k + sh.k*sh.n + sh.m*sh.n)))
+				b.ReportAllocs()
+				for b.Loop() {
+					GemmGo(false, sh.transB, sh.m, sh.n, sh.k, 1, a, sh.k, bb, ldb, 0, c, sh.n)
+				}
+				b.ReportMetric(2*float64(sh.m*sh.n*sh.k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			})
 		}
 	}
 }

@@ -1,14 +1,18 @@
 // blas.go: OpenBLAS loaded at run time through purego (no cgo, works with
 // CGO_ENABLED=0). The library is looked up once, on first use, under its
 // common sonames; SDBRIDGE_BLAS=go (or a missing library) keeps everything
-// on the pure-Go kernel. It binds only cblas_sgemm (and sets OpenBLAS to
-// one thread per call: Gemm splits work over cores itself, as for the Go
-// kernel). It does not bind any other BLAS or LAPACK routine.
+// on the pure-Go kernel, SDBRIDGE_BLAS=auto keeps OpenBLAS only if a quick
+// timing shows it faster than the Go kernel. It binds only cblas_sgemm (and sets OpenBLAS's
+// thread count to GOMAXPROCS unless OPENBLAS_NUM_THREADS is set). It does
+// not bind any other BLAS or LAPACK routine.
 package nn
 
 import (
+	"fmt"
+	"math"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/ebitengine/purego"
 )
@@ -60,15 +64,45 @@ func loadBLAS() {
 			continue
 		}
 		purego.RegisterFunc(&blas.sgemm, sym)
-		// One OpenBLAS thread per call: Gemm already splits big products
-		// over the cores, and idle OpenBLAS workers spin (sched_yield) and
-		// steal the cores from the Go kernels that run between GEMMs.
+		// As many OpenBLAS threads as Go may use (GOMAXPROCS), unless the
+		// user chose with OPENBLAS_NUM_THREADS.
 		if set, err := purego.Dlsym(lib, "openblas_set_num_threads"); err == nil {
 			purego.RegisterFunc(&blas.setThreads, set)
-			blas.setThreads(1)
+			if os.Getenv("OPENBLAS_NUM_THREADS") == "" {
+				blas.setThreads(int32(workers()))
+			}
 		}
 		blas.ok, blas.name, blas.err = true, name, ""
+		if os.Getenv("SDBRIDGE_BLAS") == "auto" {
+			calibrateBLAS()
+		}
 		return
+	}
+}
+
+// calibrateBLAS (SDBRIDGE_BLAS=auto) times one 384^3 product on each
+// backend, best of three, and keeps OpenBLAS only if it is faster: a
+// generic OpenBLAS build on a CPU it does not recognise can be several
+// times slower than the Go kernel.
+func calibrateBLAS() {
+	const n = 384
+	a, b, c := make([]float32, n*n), make([]float32, n*n), make([]float32, n*n)
+	for i := range a {
+		a[i], b[i] = float32(i%7)-3, float32(i%5)-2
+	}
+	best := func(f gemmFunc) time.Duration {
+		d := time.Duration(math.MaxInt64)
+		for range 3 {
+			t0 := time.Now()
+			f(false, false, n, n, n, 1, a, n, b, n, 0, c, n)
+			d = min(d, time.Since(t0))
+		}
+		return d
+	}
+	tb, tg := best(blasSgemm), best(GemmGo)
+	if tg < tb {
+		blas.ok = false
+		blas.err = fmt.Sprintf("%s slower than the Go kernel at %d^3 (%v vs %v)", blas.name, n, tb, tg)
 	}
 }
 

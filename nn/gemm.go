@@ -7,7 +7,8 @@
 // tile. Large products are split over all cores by rows (or columns when
 // the matrix is wide). It does not handle column-major storage or complex
 // types, and it does not check that slices are long enough beyond Go's own
-// bounds checks.
+// bounds checks. OpenBLAS calls are made one at a time with OpenBLAS's own
+// threads; work that runs many products in parallel uses gemmSerial (Go).
 package nn
 
 import (
@@ -17,8 +18,8 @@ import (
 // Gemm computes C = alpha*op(A)*op(B) + beta*C for row-major matrices.
 // op(A) is [m, k], op(B) is [k, n], C is [m, n]; lda/ldb/ldc are row strides.
 func Gemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
-	if blasOK() && m*n*k >= blasMinWork {
-		gemmSplit(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 16, 16, blasSgemm)
+	if m > 0 && n > 0 && k > 0 && alpha != 0 && m*n*k >= blasMinWork && blasOK() {
+		blasSgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return
 	}
 	GemmGo(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
@@ -30,16 +31,6 @@ const blasMinWork = 16 * 16 * 16
 // GemmGo is Gemm on the pure-Go backend regardless of OpenBLAS (same
 // contract); it uses all cores for large products.
 func GemmGo(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
-	gemmSplit(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, kern.mr, kern.nr, goGemmSerial)
-}
-
-// gemmFunc is the Gemm signature, shared by the serial backends.
-type gemmFunc func(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int)
-
-// gemmSplit cuts C into one block of rows (or columns, when C is wide) per
-// core, aligned to mr/nr, and runs serial on each block in parallel. Small
-// products run inline.
-func gemmSplit(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int, mr, nr int, serial gemmFunc) {
 	if m <= 0 || n <= 0 {
 		return
 	}
@@ -47,37 +38,35 @@ func gemmSplit(transA, transB bool, m, n, k int, alpha float32, a []float32, lda
 		scaleC(m, n, beta, c, ldc)
 		return
 	}
+	g := gemmArgs{transA: transA, transB: transB, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc}
+	g.parallel(m, n, k)
+}
+
+// gemmFunc is the Gemm signature.
+type gemmFunc func(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int)
+
+// parallel runs the product on all cores: C is cut into one block of rows
+// (or of columns, when C is wide) per core, aligned to the register tile.
+// Small products run inline.
+func (g *gemmArgs) parallel(m, n, k int) {
+	mr, nr := kern.mr, kern.nr
 	work := m * n * k
 	if workers() <= 1 || work < gemmParallelWork {
-		serial(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		g.run(0, m, 0, n, k)
 		return
 	}
 	if m/mr >= n/nr || n < 2*nr {
 		tiles := (m + mr - 1) / mr
-		parallelFor(tiles, work/tiles, func(lo, hi int) {
-			i0, i1 := lo*mr, min(hi*mr, m)
-			ao := i0 * lda
-			if transA {
-				ao = i0
-			}
-			serial(transA, transB, i1-i0, n, k, alpha, a[ao:], lda, b, ldb, beta, c[i0*ldc:], ldc)
-		})
+		parallelFor(tiles, work/tiles, func(lo, hi int) { g.run(lo*mr, min(hi*mr, m), 0, n, k) })
 		return
 	}
 	tiles := (n + nr - 1) / nr
-	parallelFor(tiles, work/tiles, func(lo, hi int) {
-		j0, j1 := lo*nr, min(hi*nr, n)
-		bo := j0
-		if transB {
-			bo = j0 * ldb
-		}
-		serial(transA, transB, m, j1-j0, k, alpha, a, lda, b[bo:], ldb, beta, c[j0:], ldc)
-	})
+	parallelFor(tiles, work/tiles, func(lo, hi int) { g.run(0, m, lo*nr, min(hi*nr, n), k) })
 }
 
-// gemmSerial is Gemm on the calling goroutine only, for kernels that
-// already run in parallel over independent products (OpenBLAS runs
-// single-threaded; see blas.go).
+// gemmSerial is the Go kernel on the calling goroutine only, for kernels
+// that already run in parallel over independent products. It never calls
+// OpenBLAS, whose calls are threaded themselves and would contend.
 func gemmSerial(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if m <= 0 || n <= 0 {
 		return
@@ -86,20 +75,7 @@ func gemmSerial(transA, transB bool, m, n, k int, alpha float32, a []float32, ld
 		scaleC(m, n, beta, c, ldc)
 		return
 	}
-	if blasOK() && m*n*k >= blasMinWork {
-		blasSgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-		return
-	}
-	goGemmSerial(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-}
-
-// goGemmSerial is the packed Go kernel on one goroutine (m, n > 0).
-func goGemmSerial(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
-	if k <= 0 || alpha == 0 {
-		scaleC(m, n, beta, c, ldc)
-		return
-	}
-	g := gemmArgs{transA, transB, alpha, a, lda, b, ldb, beta, c, ldc}
+	g := gemmArgs{transA: transA, transB: transB, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc}
 	g.run(0, m, 0, n, k)
 }
 
@@ -116,15 +92,21 @@ type gemmArgs struct {
 	beta           float32
 	c              []float32
 	ldc            int
+	// conv, when not nil, replaces op(B) by the implicit im2col matrix
+	// of one image (see conv.go); b and transB are then unused.
+	conv *convSrc
 }
 
 // Block sizes (in elements): KC deep slices of k, MC rows of A and NC
 // columns of B per packed block. MC must be a multiple of every kernel's
 // MR and NC of every NR. Variables only so a benchmark can sweep them.
 var (
-	gemmKC = 256
-	gemmMC = 192
+	gemmKC = 192
+	gemmMC = 96
 	gemmNC = 2048
+	// gemmDirectAMaxN is the widest block of C whose A is read in place
+	// rather than packed.
+	gemmDirectAMaxN = 64
 )
 
 type packBufs struct{ a, b, tile []float32 }
@@ -157,6 +139,10 @@ func (g *gemmArgs) run(i0, i1, j0, j1, k int) {
 			}
 		}
 	}
+	// Products with few B panels cannot repay packing A (a scalar
+	// transpose costs as much as dozens of vector FMAs per element): let
+	// the kernel read A in place when it can (no transpose, alpha 1).
+	directA := kern.fnA != nil && !g.transA && g.alpha == 1 && j1-j0 <= gemmDirectAMaxN
 	for jc := j0; jc < j1; jc += gemmNC {
 		nc := min(gemmNC, j1-jc)
 		for pc := 0; pc < k; pc += gemmKC {
@@ -165,28 +151,40 @@ func (g *gemmArgs) run(i0, i1, j0, j1, k int) {
 			load := pc > 0 || g.beta != 0
 			for ic := i0; ic < i1; ic += gemmMC {
 				mc := min(gemmMC, i1-ic)
-				g.packA(pa, ic, mc, pc, kc, mr)
+				full := mc / mr * mr // rows in whole MR panels
+				if !directA {
+					g.packA(pa, ic, mc, pc, kc, mr)
+				} else if full < mc {
+					g.packA(pa[full*kc:], ic+full, mc-full, pc, kc, mr)
+				}
 				for jr := 0; jr < nc; jr += nr {
 					nrr := min(nr, nc-jr)
-					bp := pb[jr*kc : jr*kc+nr*kc]
+					w, fn, fnA := kern.panel(nrr)
+					bp := pb[jr*kc : jr*kc+w*kc]
 					for ir := 0; ir < mc; ir += mr {
 						mrr := min(mr, mc-ir)
-						ap := pa[ir*kc : ir*kc+mr*kc]
 						ci := (ic+ir)*g.ldc + jc + jr
-						if mrr == mr && nrr == nr {
-							kern.fn(kc, ap, bp, g.c[ci:], g.ldc, load)
+						dst, ldc, ld := g.c[ci:], g.ldc, load
+						if mrr < mr || nrr < w {
+							dst, ldc, ld = tile, w, false
+						}
+						if directA && mrr == mr {
+							fnA(kc, g.a[(ic+ir)*g.lda+pc:], g.lda, bp, dst, ldc, ld)
+						} else {
+							fn(kc, pa[ir*kc:ir*kc+mr*kc], bp, dst, ldc, ld)
+						}
+						if mrr == mr && nrr == w {
 							continue
 						}
-						kern.fn(kc, ap, bp, tile, nr, false)
 						for i := 0; i < mrr; i++ {
-							dst := g.c[ci+i*g.ldc : ci+i*g.ldc+nrr]
-							src := tile[i*nr : i*nr+nrr]
+							cr := g.c[ci+i*g.ldc : ci+i*g.ldc+nrr]
+							src := tile[i*w : i*w+nrr]
 							if load {
 								for j, v := range src {
-									dst[j] += v
+									cr[j] += v
 								}
 							} else {
-								copy(dst, src)
+								copy(cr, src)
 							}
 						}
 					}
@@ -225,12 +223,7 @@ func (g *gemmArgs) packA(dst []float32, ic, mc, pc, kc, mr int) {
 			clear(panel)
 		}
 		if !g.transA {
-			for i := 0; i < mrr; i++ {
-				src := g.a[(ic+ir+i)*g.lda+pc : (ic+ir+i)*g.lda+pc+kc]
-				for l, v := range src {
-					panel[l*mr+i] = alpha * v
-				}
-			}
+			scatterPanel(panel, mr, g.a[(ic+ir)*g.lda+pc:], g.lda, mrr, kc, alpha)
 			continue
 		}
 		for l := 0; l < kc; l++ {
@@ -248,20 +241,43 @@ func (g *gemmArgs) packA(dst []float32, ic, mc, pc, kc, mr int) {
 func (g *gemmArgs) packB(dst []float32, pc, kc, jc, nc, nr int) {
 	for jr := 0; jr < nc; jr += nr {
 		nrr := min(nr, nc-jr)
-		panel := dst[jr*kc : jr*kc+nr*kc]
-		if nrr < nr {
+		w, _, _ := kern.panel(nrr)
+		panel := dst[jr*kc : jr*kc+w*kc]
+		if nrr < w {
 			clear(panel)
+		}
+		if g.conv != nil {
+			g.conv.pack(panel, w, pc, kc, jc+jr, nrr)
+			continue
 		}
 		if !g.transB {
 			for l := 0; l < kc; l++ {
-				copy(panel[l*nr:l*nr+nrr], g.b[(pc+l)*g.ldb+jc+jr:(pc+l)*g.ldb+jc+jr+nrr])
+				copy(panel[l*w:l*w+nrr], g.b[(pc+l)*g.ldb+jc+jr:(pc+l)*g.ldb+jc+jr+nrr])
 			}
 			continue
 		}
-		for j := 0; j < nrr; j++ {
-			src := g.b[(jc+jr+j)*g.ldb+pc : (jc+jr+j)*g.ldb+pc+kc]
-			for l, v := range src {
-				panel[l*nr+j] = v
+		scatterPanel(panel, w, g.b[(jc+jr)*g.ldb+pc:], g.ldb, nrr, kc, 1)
+	}
+}
+
+// scatterPanel transposes rows src[i*ld : i*ld+kc] (i < rows) into
+// panel[l*w+i], times alpha. It walks k in short strips so the part of
+// the panel being written stays in L1.
+func scatterPanel(panel []float32, w int, src []float32, ld, rows, kc int, alpha float32) {
+	const strip = 16
+	for l0 := 0; l0 < kc; l0 += strip {
+		l1 := min(l0+strip, kc)
+		out := panel[l0*w : l1*w]
+		for i := 0; i < rows; i++ {
+			row := src[i*ld+l0 : i*ld+l1]
+			if alpha == 1 {
+				for t, v := range row {
+					out[t*w+i] = v
+				}
+			} else {
+				for t, v := range row {
+					out[t*w+i] = alpha * v
+				}
 			}
 		}
 	}
@@ -273,6 +289,22 @@ type microKernel struct {
 	mr, nr int
 	name   string
 	fn     func(k int, a, b, c []float32, ldc int, load bool)
+	// fnA, when not nil, is the same kernel reading A unpacked: row i of
+	// the tile is a[i*lda : i*lda+k].
+	fnA func(k int, a []float32, lda int, b, c []float32, ldc int, load bool)
+	// fnHalf and fnHalfA, when not nil, are MR x NR/2 kernels for a last
+	// B panel at most NR/2 wide (packed NR/2 wide).
+	fnHalf  func(k int, a, b, c []float32, ldc int, load bool)
+	fnHalfA func(k int, a []float32, lda int, b, c []float32, ldc int, load bool)
+}
+
+// panel returns the packed width and kernels for a B panel with nrr
+// useful columns.
+func (mk *microKernel) panel(nrr int) (int, func(int, []float32, []float32, []float32, int, bool), func(int, []float32, int, []float32, []float32, int, bool)) {
+	if nrr <= mk.nr/2 && mk.fnHalf != nil {
+		return mk.nr / 2, mk.fnHalf, mk.fnHalfA
+	}
+	return mk.nr, mk.fn, mk.fnA
 }
 
 // kern is the micro-kernel in use, chosen once from the CPU's features.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -57,6 +58,12 @@ func backends(t *testing.T, f func(t *testing.T)) {
 	for _, k := range kerns {
 		kern = k
 		t.Run("go-"+k.name, f)
+		if k.fnA != nil {
+			saved := gemmDirectAMaxN
+			gemmDirectAMaxN = 1 << 30 // A read in place wherever possible
+			t.Run("go-"+k.name+"-directA", f)
+			gemmDirectAMaxN = saved
+		}
 	}
 }
 
@@ -78,6 +85,11 @@ func TestGemm(t *testing.T) {
 		{13, 4100, 17, false, true, 0.125, 0, 0, 0, 0},
 		{300, 31, 520, true, false, 1, -1, 0, 7, 0},
 		{64, 64, 64, true, true, 1, 0, 0, 0, 0},
+		// narrow products: A read in place by the kernel
+		{50, 40, 4100, false, false, 1, 0, 3, 1, 2},
+		{37, 64, 300, false, true, 1, 1, 0, 5, 0},
+		{24, 8, 1000, false, false, 1, 0.5, 0, 0, 0},
+		{13, 1, 3, false, false, 1, 0, 0, 0, 0},
 	}
 	backends(t, func(t *testing.T) {
 		for _, tc := range cases {
@@ -437,5 +449,15 @@ func TestVecHelpers(t *testing.T) {
 			}
 			assertClose(t, e, want, 1e-30, 2e-6)
 		})
+	}
+}
+
+func TestGemmBackend(t *testing.T) {
+	got := GemmBackend()
+	if !strings.HasPrefix(got, "openblas (") && !strings.HasPrefix(got, "go (") {
+		t.Fatalf("GemmBackend() = %q, want openblas (...) or go (...)", got)
+	}
+	if GemmGoKernel() != kern.name || kern.name == "" {
+		t.Fatalf("GemmGoKernel() = %q, kernel %q", GemmGoKernel(), kern.name)
 	}
 }

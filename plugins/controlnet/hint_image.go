@@ -18,6 +18,7 @@
 package controlnet
 
 import (
+	"bytes"
 	"fmt"
 	"image"
 	"image/jpeg"
@@ -40,43 +41,41 @@ const (
 // ResizeModes lists the accepted modes.
 var ResizeModes = []string{ResizeStretch, ResizeCrop, ResizePad}
 
+// MaxImagePixels bounds a control image's size (the header is checked
+// before any pixel is decoded, so a hostile header cannot make us allocate
+// gigabytes).
+const MaxImagePixels = 64 << 20
+
 // DecodeImage reads a PNG or JPEG (sniffed from the bytes, not the name)
 // as RGB [1, 3, H, W] in [0, 1].
 func DecodeImage(r io.Reader) (*nn.Tensor, error) {
-	head := make([]byte, 8)
-	n, err := io.ReadFull(r, head)
-	if err != nil && err != io.ErrUnexpectedEOF {
+	b, err := io.ReadAll(io.LimitReader(r, 1<<30))
+	if err != nil {
 		return nil, fmt.Errorf("control image: %w", err)
 	}
-	head = head[:n]
-	rr := io.MultiReader(bytesReader(head), r)
-	var img image.Image
+	var decode func(io.Reader) (image.Image, error)
+	var config func(io.Reader) (image.Config, error)
 	switch {
-	case len(head) >= 8 && string(head[:8]) == "\x89PNG\r\n\x1a\n":
-		img, err = png.Decode(rr)
-	case len(head) >= 3 && head[0] == 0xFF && head[1] == 0xD8 && head[2] == 0xFF:
-		img, err = jpeg.Decode(rr)
+	case bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")):
+		decode, config = png.Decode, png.DecodeConfig
+	case bytes.HasPrefix(b, []byte{0xFF, 0xD8, 0xFF}):
+		decode, config = jpeg.Decode, jpeg.DecodeConfig
 	default:
 		return nil, fmt.Errorf("control image: not a PNG or JPEG file")
 	}
+	cfg, err := config(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("control image: %w", err)
+	}
+	if cfg.Width <= 0 || cfg.Height <= 0 || cfg.Width*cfg.Height > MaxImagePixels {
+		return nil, fmt.Errorf("control image: %dx%d px is empty or larger than %d pixels", cfg.Width, cfg.Height, MaxImagePixels)
+	}
+	img, err := decode(bytes.NewReader(b))
 	if err != nil {
 		return nil, fmt.Errorf("control image: %w", err)
 	}
 	return imageTensor(img), nil
 }
-
-type byteSliceReader struct{ b []byte }
-
-func (r *byteSliceReader) Read(p []byte) (int, error) {
-	if len(r.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
-	return n, nil
-}
-
-func bytesReader(b []byte) io.Reader { return &byteSliceReader{b: b} }
 
 // LoadImage reads a PNG or JPEG file as RGB [1, 3, H, W] in [0, 1].
 func LoadImage(path string) (*nn.Tensor, error) {

@@ -11,7 +11,6 @@
 package controlnet
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -30,6 +29,12 @@ type source interface {
 
 // openSource opens path as a tensor source.
 func openSource(path string) (source, error) {
+	lower := strings.ToLower(path)
+	for _, ext := range []string{".pth", ".ckpt", ".bin", ".pt"} {
+		if strings.HasSuffix(lower, ext) {
+			return nil, fmt.Errorf("controlnet %s: pickle checkpoints are not read (they run code when loaded); convert it to .safetensors first", path)
+		}
+	}
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("controlnet %s: %w", path, err)
@@ -48,7 +53,6 @@ func openSource(path string) (source, error) {
 		}
 		return nil, fmt.Errorf("controlnet %s: a directory without diffusion_pytorch_model[.fp16].safetensors (a diffusers ControlNetModel folder is expected)", path)
 	}
-	lower := strings.ToLower(path)
 	switch {
 	case strings.HasSuffix(lower, ".index.json"):
 		s, err := safetensors.OpenIndex(path)
@@ -56,8 +60,6 @@ func openSource(path string) (source, error) {
 			return nil, fmt.Errorf("controlnet %s: %w", path, err)
 		}
 		return s, nil
-	case strings.HasSuffix(lower, ".pth"), strings.HasSuffix(lower, ".ckpt"), strings.HasSuffix(lower, ".bin"), strings.HasSuffix(lower, ".pt"):
-		return nil, fmt.Errorf("controlnet %s: pickle checkpoints are not read (they run code when loaded); convert it to .safetensors first", path)
 	}
 	f, err := safetensors.Open(path)
 	if err != nil {
@@ -92,6 +94,3 @@ func loadNet(path string, heads int) (*models.ControlNet, models.ControlNetLayou
 	}
 	return net, layout, nil
 }
-
-// isArchError reports whether err refuses another architecture.
-func isArchError(err error) bool { return errors.Is(err, models.ErrNotSD1) }

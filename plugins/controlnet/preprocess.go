@@ -7,9 +7,9 @@
 //	scribble[:THR]        a drawing -> white strokes on black: pixels whose
 //	                      darkest channel is below THR/255 (default 127) become
 //	                      1, others 0 (ControlNet gradio_scribble2image.py)
-//	tile[:RATE]           tile_resample: area-downsample by RATE (>= 1,
+//	tile[:RATE]           tile_resample: area-downsample by RATE (1-64,
 //	                      default 1 = unchanged) and scale back up bilinearly
-//	blur[:SIGMA]          Gaussian blur (blur_gaussian), default sigma 9,
+//	blur[:SIGMA]          Gaussian blur (blur_gaussian), default sigma 9 (<= 64),
 //	                      kernel radius ceil(3 sigma), reflect-101 borders
 //
 // Detection at a separate "preprocessor resolution" (A1111's 512 default) is
@@ -88,16 +88,16 @@ func (p Preprocessor) Apply(img *nn.Tensor) (*nn.Tensor, error) {
 		return Scribble(rgb, p.arg(0, 127)), nil
 	case "tile":
 		rate := p.arg(0, 1)
-		if rate < 1 {
-			return nil, fmt.Errorf("preprocess tile: rate %v must be >= 1", rate)
+		if rate < 1 || rate > 64 {
+			return nil, fmt.Errorf("preprocess tile: rate %v must be between 1 and 64", rate)
 		}
 		h, w := rgb.Shape[2], rgb.Shape[3]
 		small := Resample(rgb, max(1, int(float64(w)/rate)), max(1, int(float64(h)/rate)))
 		return Resample(small, w, h), nil
 	case "blur":
 		sigma := p.arg(0, 9)
-		if sigma <= 0 {
-			return nil, fmt.Errorf("preprocess blur: sigma %v must be positive", sigma)
+		if sigma <= 0 || sigma > 64 {
+			return nil, fmt.Errorf("preprocess blur: sigma %v must be between 0 and 64", sigma)
 		}
 		return GaussianBlur(rgb, sigma), nil
 	}

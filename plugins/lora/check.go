@@ -50,7 +50,7 @@ func (f *File) check(m *Module, cm *CkptModule) (binding, error) {
 			cm.Name+".weight", w, fmt.Sprintf(format, args...))
 	}
 	needWeight := func() error {
-		if len(w) < 2 {
+		if len(w) < 2 || numel(w) == 0 {
 			return fmt.Errorf("%w: %s module %q targets %q, which has no 2-D or 4-D weight (shape %v)", ErrShape, f.Path, m.Name, cm.Name, w)
 		}
 		return nil

@@ -157,6 +157,9 @@ func Parse(name string, src Source, meta map[string]string) (*File, error) {
 		if !info.DType.IsFloat() && part != PartOnInput {
 			return nil, fmt.Errorf("%w: %s: tensor %q has dtype %s, want a float type", ErrFormat, name, key, info.DType)
 		}
+		if numel(info.Shape) == 0 {
+			return nil, fmt.Errorf("%w: %s: tensor %q is empty (shape %v)", ErrFormat, name, key, info.Shape)
+		}
 		m.Keys[part] = key
 		m.Shape[part] = info.Shape
 	}

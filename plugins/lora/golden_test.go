@@ -68,3 +68,64 @@ func TestGoldenPlanKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestApplyConcurrent merges every tensor of the golden LoHa and LoRA plans
+// from many goroutines at once (lazy factor loading and scratch pools are
+// shared) and checks the result equals a sequential merge bit for bit.
+func TestApplyConcurrent(t *testing.T) {
+	ckpt, err := safetensors.Open(goldenFile(t, "models/sd15-tiny.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ckpt.Close()
+	for _, name := range []string{"loha", "kohya_diffusers"} {
+		t.Run(name, func(t *testing.T) {
+			load := func() *Plan {
+				f, err := Load(goldenFile(t, "models/lora-"+name+".safetensors"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { f.Close() })
+				p, err := NewPlan(ckpt, []Adapter{{File: f, UNet: 0.9, TE: 0.4}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return p
+			}
+			seq, par := load(), load()
+			keys := seq.Keys()
+			want := map[string][]float32{}
+			for _, k := range keys {
+				tt, _ := ckpt.Get(k)
+				orig, _ := tt.Float32()
+				want[k] = make([]float32, len(orig))
+				if err := seq.Apply(k, orig, want[k]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := make([][]float32, len(keys))
+			errs := make(chan error, len(keys))
+			done := make(chan struct{})
+			for i, k := range keys {
+				go func() {
+					defer func() { done <- struct{}{} }()
+					tt, _ := ckpt.Get(k)
+					w, _ := tt.Float32()
+					errs <- par.Apply(k, w, w)
+					got[i] = w
+				}()
+			}
+			for range keys {
+				<-done
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, k := range keys {
+				if !slices.Equal(got[i], want[k]) {
+					t.Errorf("%s differs between concurrent and sequential merges", k)
+				}
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ package lora
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -134,4 +135,37 @@ func relL2(got []float32, want []float64) float64 {
 		return math.Sqrt(num)
 	}
 	return math.Sqrt(num / den)
+}
+
+// writeFile writes src as an F32 .safetensors file with metadata meta.
+func writeFile(t testing.TB, path string, src *memSource, meta map[string]string) {
+	t.Helper()
+	hdr := map[string]any{}
+	if meta != nil {
+		hdr["__metadata__"] = meta
+	}
+	var data []byte
+	for _, n := range src.names {
+		tt, err := src.Get(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tt.DType != safetensors.F32 {
+			t.Fatalf("writeFile: %s is %s, only F32 is written", n, tt.DType)
+		}
+		hdr[n] = map[string]any{"dtype": "F32", "shape": tt.Shape, "data_offsets": []int{len(data), len(data) + len(tt.Data)}}
+		data = append(data, tt.Data...)
+	}
+	js, err := json.Marshal(hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(js)%8 != 0 {
+		js = append(js, ' ')
+	}
+	out := binary.LittleEndian.AppendUint64(nil, uint64(len(js)))
+	out = append(append(out, js...), data...)
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

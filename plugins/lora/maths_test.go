@@ -4,7 +4,8 @@
 // LoKr in all decomposition shapes and Tucker, (IA)^3 on both axes, DoRA on
 // both axes and PEFT's magnitude vector, full diff with bias, norm, a linear
 // LoRA on a 1x1 conv and the reverse, PEFT alpha from metadata, block
-// weights and several adapters in one pass.
+// weights, several adapters in one pass, GLoRA (both forms), OFT (closed-form
+// 2x2 Cayley) and the inpainting conv_in padding.
 package lora
 
 import (

@@ -1,0 +1,342 @@
+// ella.go: the host side of ELLA. ELLAConditioner is the Conditioner the
+// CFG denoiser calls every step: at construction it has the ella plugin (a
+// separate process) load T5 + the connector, check them against the U-Net's
+// context dim, and encode the prompt and the negative prompt once each
+// (EncodePrompt); per step it asks for the connector's output at the
+// U-Net's timestep (Conditioning), written in place into one of two context
+// buffers (cond, uncond) the host allocated in a plugin-writable shared
+// arena, and hands that buffer to the pipeline without copying.
+//
+// Modes (spec §6): "flexible" (default) and "fixed" are the plugin's T5
+// length modes; "concat" ("ELLA + CLIP") runs flexible ELLA and appends the
+// host's own CLIP context of the same prompt after the 64 ELLA tokens
+// ([1, 64 + 77k, D]); the negative prompt gets its own CLIP context. The
+// CLIP part is encoded once, at construction. Optionally (StripWeights)
+// the text T5 sees loses A1111 emphasis syntax, as in ComfyUI-ELLA.
+//
+// It does not run models itself, decide CFG, or batch rows: contexts are
+// [1, L, D] and the denoiser repeats them per image. A returned context is
+// valid until the next Context call for the same half (cond or uncond).
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sdbridge/sdbridge/nn"
+	"github.com/sdbridge/sdbridge/plugins/sdk"
+	"github.com/sdbridge/sdbridge/tokenizer"
+)
+
+// ELLA modes.
+const (
+	ELLAFlexible = "flexible" // T5 pieces + EOS, no padding (default)
+	ELLAFixed    = "fixed"    // 128 tokens, padded with 0, attention mask
+	ELLAConcat   = "concat"   // flexible ELLA tokens, then the CLIP tokens
+)
+
+// ELLAModes lists the modes, default first.
+var ELLAModes = []string{ELLAFlexible, ELLAFixed, ELLAConcat}
+
+// ELLAOptions configure an ELLAConditioner.
+type ELLAOptions struct {
+	ELLA        string // connector file
+	T5          string // T5 encoder folder
+	T5Tokenizer string // spiece.model / tokenizer.json / folder; "" = in T5
+	Mode        string // ELLAModes ("" = flexible)
+	Heads       int    // connector heads (0 = 8)
+	T5FP16      bool   // emulate an all-fp16 T5
+	ContextDim  int    // the U-Net's cross-attention context dim (required)
+	// IntTimesteps truncates the U-Net's t to an integer before the
+	// connector (ComfyUI-ELLA compatibility); the default passes t as is.
+	IntTimesteps bool
+	// CLIP encodes the CLIP part of "concat" mode (the pipeline's
+	// PromptEncoder); unused otherwise.
+	CLIP PromptEncoder
+	// StripWeights removes A1111 emphasis syntax ("(word:1.2)", "[word]",
+	// BREAK) from the text T5 sees, keeping the words (ComfyUI-ELLA strips
+	// weights too; T5 has no emphasis). The CLIP part of concat mode still
+	// gets the syntax.
+	StripWeights bool
+}
+
+// PlainPromptText is prompt without A1111 emphasis syntax: the fragments'
+// text joined, BREAK as a space.
+func PlainPromptText(prompt string) string {
+	var b strings.Builder
+	for _, f := range tokenizer.ParsePromptAttention(prompt) {
+		if f.Break {
+			b.WriteByte(' ')
+			continue
+		}
+		b.WriteString(f.Text)
+	}
+	return strings.Join(strings.Fields(b.String()), " ")
+}
+
+// ConditionerPlugin is the plugin API the adapter needs (*Plugin has it).
+type ConditionerPlugin interface {
+	Name() string
+	EncodePrompt(ctx context.Context, req *sdk.EncodePromptRequest) (*sdk.EncodePromptResponse, error)
+	ReleasePrompt(ctx context.Context, handle string) error
+	Conditioning(ctx context.Context, req *sdk.ConditioningRequest) (*sdk.ConditioningResponse, error)
+}
+
+// ELLAStats count the adapter's work.
+type ELLAStats struct {
+	EncodeTime time.Duration // EncodePrompt calls (T5 once per prompt)
+	Calls      int           // plugin Conditioning calls
+	Reencoded  int           // prompts encoded again after a plugin restart
+	Reused     int           // Context calls answered from the last step's buffer
+	PluginTime time.Duration // wall time inside Conditioning calls
+}
+
+// ELLAConditioner is a Conditioner backed by the ella plugin.
+type ELLAConditioner struct {
+	plugin ConditionerPlugin
+	opt    ELLAOptions
+	params sdk.Params
+	arena  *Arena
+	halves [2]*ellaHalf // uncond, cond
+	stats  ELLAStats
+}
+
+// ellaHalf is the state of the cond or the uncond prompt.
+type ellaHalf struct {
+	handle string
+	t5Text string        // the text the plugin encoded
+	shape  []int         // [1, Q, D] announced by the plugin
+	starts int           // plugin process starts when encoded (-1: unknown)
+	ref    sdk.TensorRef // [1, Q, D] in the arena, plugin-writable
+	buf    []float32     // the same memory, host view
+	clip   *nn.Tensor    // [1, 77k, D] concat mode only
+	out    *nn.Tensor    // [1, Q(+77k), D] returned context
+	lastT  float32
+	valid  bool
+}
+
+// NewELLAConditioner checks opt, has the plugin load and check its models,
+// and encodes prompt and negative; an error names the plugin and the file
+// at fault before any sampling.
+func NewELLAConditioner(ctx context.Context, p ConditionerPlugin, opt ELLAOptions, prompt, negative string) (*ELLAConditioner, error) {
+	if opt.Mode == "" {
+		opt.Mode = ELLAFlexible
+	}
+	switch {
+	case !containsName(ELLAModes, opt.Mode):
+		return nil, fmt.Errorf("ella: unknown mode %q (valid: %v)", opt.Mode, ELLAModes)
+	case opt.ELLA == "":
+		return nil, errors.New("ella: no connector file (--ella FILE)")
+	case opt.T5 == "":
+		return nil, errors.New("ella: no T5 encoder folder (--t5 DIR)")
+	case opt.ContextDim < 1:
+		return nil, errors.New("ella: the U-Net's context dim is unknown")
+	case opt.Mode == ELLAConcat && opt.CLIP == nil:
+		return nil, errors.New("ella: concat mode needs the checkpoint's CLIP text encoder")
+	}
+	e := &ELLAConditioner{plugin: p, opt: opt, params: ellaParams(opt)}
+	for i, text := range []string{negative, prompt} {
+		h, err := e.newHalf(ctx, text, i == 1)
+		if err != nil {
+			e.Close()
+			return nil, err
+		}
+		e.halves[i] = h
+	}
+	return e, nil
+}
+
+// ellaParams are the plugin parameters of opt.
+func ellaParams(opt ELLAOptions) sdk.Params {
+	mode := opt.Mode
+	if mode == ELLAConcat {
+		mode = ELLAFlexible
+	}
+	ps := sdk.Params{
+		{Name: "ella", Value: opt.ELLA},
+		{Name: "t5", Value: opt.T5},
+		{Name: "context_dim", Value: strconv.Itoa(opt.ContextDim)},
+		{Name: "mode", Value: mode},
+	}
+	if opt.T5Tokenizer != "" {
+		ps = append(ps, sdk.Param{Name: "t5_tokenizer", Value: opt.T5Tokenizer})
+	}
+	if opt.Heads > 0 {
+		ps = append(ps, sdk.Param{Name: "heads", Value: strconv.Itoa(opt.Heads)})
+	}
+	if opt.T5FP16 {
+		ps = append(ps, sdk.Param{Name: "t5_fp16", Value: "true"})
+	}
+	return ps
+}
+
+// newHalf encodes one prompt and gives it a context buffer.
+func (e *ELLAConditioner) newHalf(ctx context.Context, text string, cond bool) (*ellaHalf, error) {
+	what := "negative prompt"
+	if cond {
+		what = "prompt"
+	}
+	t0 := time.Now()
+	t5Text := text
+	if e.opt.StripWeights {
+		t5Text = PlainPromptText(text)
+	}
+	resp, err := e.plugin.EncodePrompt(ctx, &sdk.EncodePromptRequest{Text: t5Text, Params: e.params})
+	e.stats.EncodeTime += time.Since(t0)
+	if err != nil {
+		return nil, fmt.Errorf("ella: %s: %w", what, err)
+	}
+	h := &ellaHalf{handle: resp.Handle, t5Text: t5Text, shape: resp.ContextShape, starts: e.pluginStarts()}
+	s := resp.ContextShape
+	if len(s) != 3 || s[0] != 1 || s[1] < 1 || s[2] != e.opt.ContextDim {
+		e.plugin.ReleasePrompt(ctx, resp.Handle)
+		return nil, fmt.Errorf("ella: plugin %q announced context shape %v, want [1, Q, %d]", e.plugin.Name(), s, e.opt.ContextDim)
+	}
+	n := s[1] * s[2]
+	if e.arena == nil {
+		// Both halves share one arena; the shapes are equal.
+		if e.arena, err = NewArena("ella-context", 2*(4*n+arenaAlign), true); err != nil {
+			e.plugin.ReleasePrompt(ctx, resp.Handle)
+			return nil, fmt.Errorf("ella: %w", err)
+		}
+	}
+	if h.buf = e.arena.AllocFloat32(n); h.buf == nil {
+		e.plugin.ReleasePrompt(ctx, resp.Handle)
+		return nil, fmt.Errorf("ella: context arena full (context shape %v)", s)
+	}
+	name := "ella.uncond"
+	if cond {
+		name = "ella.cond"
+	}
+	if h.ref, err = RefOf(name, h.buf, s, true); err != nil {
+		e.plugin.ReleasePrompt(ctx, resp.Handle)
+		return nil, fmt.Errorf("ella: %w", err)
+	}
+	h.out = nn.From(h.buf, s...) // [1, Q, D] view of the arena
+	if e.opt.Mode == ELLAConcat {
+		clip, err := e.opt.CLIP.EncodePrompt(ctx, text) // [1, 77k, D]
+		if err != nil {
+			e.plugin.ReleasePrompt(ctx, resp.Handle)
+			return nil, fmt.Errorf("ella + clip: %s: %w", what, err)
+		}
+		if len(clip.Shape) != 3 || clip.Shape[0] != 1 || clip.Shape[2] != s[2] {
+			e.plugin.ReleasePrompt(ctx, resp.Handle)
+			return nil, fmt.Errorf("ella + clip: CLIP context has shape %v, want [1, L, %d]", clip.Shape, s[2])
+		}
+		h.clip = clip
+		h.out = nn.New(1, s[1]+clip.Shape[1], s[2]) // [1, Q + 77k, D] ELLA first
+		copy(h.out.Data[n:], clip.Data)             // CLIP tokens after the ELLA tokens
+	}
+	return h, nil
+}
+
+// Context implements Conditioner: the context [1, L, D] of the cond or
+// uncond prompt at U-Net timestep t.
+func (e *ELLAConditioner) Context(ctx context.Context, t float32, cond bool) (*nn.Tensor, error) {
+	h := e.halves[0]
+	if cond {
+		h = e.halves[1]
+	}
+	if h == nil {
+		return nil, errors.New("ella: conditioner is closed")
+	}
+	if e.opt.IntTimesteps {
+		t = float32(math.Trunc(float64(t)))
+	}
+	if h.valid && h.lastT == t {
+		e.stats.Reused++
+		return h.out, nil
+	}
+	h.valid = false
+	if st := e.pluginStarts(); st >= 0 && st != h.starts {
+		// The plugin restarted since this prompt was encoded: its handle is gone.
+		if err := e.reencode(ctx, h); err != nil {
+			return nil, err
+		}
+	}
+	err := e.conditioning(ctx, h, t)
+	if errors.Is(err, ErrCrashed) && ctx.Err() == nil {
+		// One retry on a fresh process (it loads the models again).
+		if err = e.reencode(ctx, h); err == nil {
+			err = e.conditioning(ctx, h, t)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ella: %w", err)
+	}
+	if h.clip != nil {
+		copy(h.out.Data, h.buf) // [1, Q, D] before the CLIP tokens
+	}
+	h.lastT, h.valid = t, true
+	return h.out, nil
+}
+
+// conditioning has the plugin write h's context at t into h.buf.
+func (e *ELLAConditioner) conditioning(ctx context.Context, h *ellaHalf, t float32) error {
+	t0 := time.Now()
+	_, err := e.plugin.Conditioning(ctx, &sdk.ConditioningRequest{
+		Handle: h.handle, Timesteps: []float32{t}, Out: sdk.Ref(h.ref),
+	})
+	e.stats.PluginTime += time.Since(t0)
+	e.stats.Calls++
+	return err
+}
+
+// pluginStarts is the plugin's process start count, or -1 if the plugin
+// does not say (*Plugin does).
+func (e *ELLAConditioner) pluginStarts() int {
+	if s, ok := e.plugin.(interface{ Starts() int }); ok {
+		return s.Starts()
+	}
+	return -1
+}
+
+// reencode encodes h's prompt again (after a plugin restart lost its
+// handle); the context shape must not change.
+func (e *ELLAConditioner) reencode(ctx context.Context, h *ellaHalf) error {
+	t0 := time.Now()
+	resp, err := e.plugin.EncodePrompt(ctx, &sdk.EncodePromptRequest{Text: h.t5Text, Params: e.params})
+	e.stats.EncodeTime += time.Since(t0)
+	if err != nil {
+		return fmt.Errorf("re-encoding after a plugin restart: %w", err)
+	}
+	if !slices.Equal(resp.ContextShape, h.shape) {
+		e.plugin.ReleasePrompt(ctx, resp.Handle)
+		return fmt.Errorf("plugin %q: context shape changed from %v to %v after a restart", e.plugin.Name(), h.shape, resp.ContextShape)
+	}
+	h.handle, h.starts = resp.Handle, e.pluginStarts()
+	e.stats.Reencoded++
+	return nil
+}
+
+// Stats returns the work done so far.
+func (e *ELLAConditioner) Stats() ELLAStats { return e.stats }
+
+// Close releases the prompt handles and the context arena. Contexts
+// returned earlier must not be used afterwards.
+func (e *ELLAConditioner) Close() error {
+	var errs []error
+	running := true
+	if pp, ok := e.plugin.(interface{ Pid() int }); ok {
+		running = pp.Pid() != 0
+	}
+	for i, h := range e.halves {
+		// A handle from an earlier or dead process is gone with it (and
+		// releasing it would start a new one).
+		if h != nil && running && h.starts == e.pluginStarts() {
+			errs = append(errs, e.plugin.ReleasePrompt(context.Background(), h.handle))
+		}
+		e.halves[i] = nil
+	}
+	if e.arena != nil {
+		errs = append(errs, e.arena.Close())
+		e.arena = nil
+	}
+	return errors.Join(errs...)
+}
