@@ -1,8 +1,9 @@
 // buffer.go: device memory. A Buffer is one cuMemAlloc allocation (or a
-// view into one) with typed host<->device copies. Copies to and from the
-// host are synchronous: they first wait for the device's stream, so a
-// download always sees every kernel queued before it. It does not do
-// pinned staging, async copies or an arena allocator yet.
+// view into one) with typed host<->device copies, plus page-locking of
+// host memory (RegisterHost). Copies to and from the host are synchronous:
+// they first wait for the device's stream, so a download always sees every
+// kernel queued before it. It does not do async copies through pinned
+// staging or an arena allocator yet.
 package cuda
 
 import (
@@ -161,6 +162,26 @@ func (b *Buffer) Zero() error {
 		}
 		return check("cuMemsetD8", d.api.cuMemsetD8(b.Ptr, 0, uint64(b.Size)))
 	})
+}
+
+// RegisterHost page-locks host memory p (e.g. an mmap'd checkpoint or a
+// staging slice) so copies from it run at full PCIe speed; call the
+// returned function to unregister before p is unmapped or freed.
+func (d *Device) RegisterHost(p []byte) (func() error, error) {
+	if d.api.cuMemHostRegister == nil || d.api.cuMemHostUnregister == nil {
+		return nil, fmt.Errorf("cuda: this driver has no cuMemHostRegister")
+	}
+	if len(p) == 0 {
+		return nil, fmt.Errorf("cuda: RegisterHost of an empty slice")
+	}
+	ptr := unsafe.Pointer(&p[0])
+	err := d.Do(func() error { return check("cuMemHostRegister", d.api.cuMemHostRegister(ptr, uint64(len(p)), 0)) })
+	if err != nil {
+		return nil, err
+	}
+	return func() error {
+		return d.Do(func() error { return check("cuMemHostUnregister", d.api.cuMemHostUnregister(ptr)) })
+	}, nil
 }
 
 // CopyFrom copies n bytes from src to b on the device.

@@ -46,6 +46,7 @@ type cublasAPI struct {
 	cublasDestroy             func(h uintptr) int32
 	cublasSetStream           func(h uintptr, s uintptr) int32
 	cublasGetVersion          func(h uintptr, v *int32) int32
+	cublasSetMathMode         func(h uintptr, mode int32) int32
 	cublasSgemm               func(h uintptr, ta, tb, m, n, k int32, alpha *float32, a uint64, lda int32, b uint64, ldb int32, beta *float32, c uint64, ldc int32) int32
 	cublasGemmEx              func(h uintptr, ta, tb, m, n, k int32, alpha unsafe.Pointer, a uint64, at int32, lda int32, b uint64, bt int32, ldb int32, beta unsafe.Pointer, c uint64, ct int32, ldc int32, compute int32, algo int32) int32
 	cublasSgemmStridedBatched func(h uintptr, ta, tb, m, n, k int32, alpha *float32, a uint64, lda int32, sa int64, b uint64, ldb int32, sb int64, beta *float32, c uint64, ldc int32, sc int64, count int32) int32
@@ -73,6 +74,7 @@ func loadCublas() (*cublasAPI, error) {
 			{name: "cublasDestroy_v2", fn: &a.cublasDestroy},
 			{name: "cublasSetStream_v2", fn: &a.cublasSetStream},
 			{name: "cublasGetVersion_v2", fn: &a.cublasGetVersion},
+			{name: "cublasSetMathMode", fn: &a.cublasSetMathMode, optional: true},
 			{name: "cublasSgemm_v2", fn: &a.cublasSgemm},
 			{name: "cublasGemmEx", fn: &a.cublasGemmEx},
 			{name: "cublasSgemmStridedBatched", fn: &a.cublasSgemmStridedBatched},
@@ -132,6 +134,25 @@ func (d *Device) NewBLAS() (*BLAS, error) {
 		return nil, err
 	}
 	return b, nil
+}
+
+// cuBLAS math modes (cublasMath_t).
+const (
+	cublasDefaultMath    = 0
+	cublasTF32TensorMath = 3
+)
+
+// SetTF32 allows (true) or forbids (false, the default) TF32 tensor-core
+// arithmetic in SGEMM: about 8x the fp32 rate at ~1e-3 relative error.
+func (bl *BLAS) SetTF32(on bool) error {
+	if bl.api.cublasSetMathMode == nil {
+		return fmt.Errorf("cuda: this cuBLAS has no cublasSetMathMode")
+	}
+	mode := int32(cublasDefaultMath)
+	if on {
+		mode = cublasTF32TensorMath
+	}
+	return bl.dev.Do(func() error { return cublasCheck("cublasSetMathMode", bl.api.cublasSetMathMode(bl.h, mode)) })
 }
 
 // Close destroys the handle.

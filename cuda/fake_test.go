@@ -1,6 +1,6 @@
-// fake_test.go: the driver and cuBLAS bindings exercised end to end against
-// stand-in libraries (testdata/fake/*.c, built with the system C compiler
-// into a temp folder; skipped where there is none). The checks run in a
+// fake_test.go: the driver, cuBLAS and NVRTC bindings exercised end to end
+// against stand-in libraries (package cudatest, built with the system C
+// compiler into a temp folder; skipped where there is none). The checks run in a
 // child test process, since the driver is loaded once per process: open a
 // device, copy to and from it, launch a kernel (argument packing), round
 // trip an IPC handle (a 64-byte struct by value), and row-major GEMMs
@@ -12,46 +12,22 @@ package cuda
 import (
 	"errors"
 	"math"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sdbridge/sdbridge/cuda/cudatest"
 )
 
 func TestFakeDriver(t *testing.T) {
-	if os.Getenv("SDBRIDGE_FAKE_CUDA_CHILD") != "" {
+	if cudatest.InChild() {
 		t.Skip("in the child")
 	}
-	cc, err := exec.LookPath("cc")
-	if err != nil {
-		t.Skip("no C compiler to build the stand-in libcuda")
-	}
-	dir := t.TempDir()
-	for _, b := range []struct{ src, out string }{
-		{"testdata/fake/fakecuda.c", "libcuda-fake.so"},
-		{"testdata/fake/fakecublas.c", "libcublas.so.13"},
-	} {
-		out, err := exec.Command(cc, "-shared", "-fPIC", "-O1", "-o", filepath.Join(dir, b.out), b.src).CombinedOutput()
-		if err != nil {
-			t.Skipf("cannot build %s: %v\n%s", b.src, err, out)
-		}
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFakeDriverChild$", "-test.v")
-	cmd.Env = append(os.Environ(),
-		"SDBRIDGE_FAKE_CUDA_CHILD=1",
-		"SDBRIDGE_CUDA_DRIVER="+filepath.Join(dir, "libcuda-fake.so"),
-		"SDBRIDGE_CUDA_LIB_DIR="+dir+string(filepath.ListSeparator)+os.Getenv("SDBRIDGE_CUDA_LIB_DIR"),
-		"XDG_CACHE_HOME="+t.TempDir(),
-	)
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestFakeDriverChild") {
-		t.Fatalf("child failed: %v\n%s", err, out)
-	}
+	cudatest.RunChild(t, "TestFakeDriverChild", cudatest.Build(t))
 }
 
 func TestFakeDriverChild(t *testing.T) {
-	if os.Getenv("SDBRIDGE_FAKE_CUDA_CHILD") == "" {
+	if !cudatest.InChild() {
 		t.Skip("run by TestFakeDriver")
 	}
 	if err := Available(); err != nil {
@@ -142,6 +118,20 @@ func TestFakeDriverChild(t *testing.T) {
 		}
 	})
 
+	t.Run("register-host", func(t *testing.T) {
+		host := make([]byte, 4096)
+		unreg, err := d.RegisterHost(host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unreg(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.RegisterHost(nil); err == nil {
+			t.Error("RegisterHost(nil) accepted")
+		}
+	})
+
 	t.Run("ipc", func(t *testing.T) {
 		b, _ := d.Alloc(64)
 		defer b.Free()
@@ -180,6 +170,12 @@ func TestFakeDriverChild(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer bl.Close()
+		if err := bl.SetTF32(true); err != nil {
+			t.Fatal(err)
+		}
+		if err := bl.SetTF32(false); err != nil {
+			t.Fatal(err)
+		}
 		// A [2,3], B [3,2] row-major: C = A B.
 		a := []float32{1, 2, 3, 4, 5, 6}
 		b := []float32{7, 8, 9, 10, 11, 12}
@@ -218,15 +214,11 @@ func TestFakeDriverChild(t *testing.T) {
 		}
 	})
 
-	t.Run("nvrtc-missing-or-compiles", func(t *testing.T) {
-		_, err := d.Kernel("norm.cu", "group_norm_f32")
-		if err != nil {
-			if !strings.Contains(err.Error(), "NVRTC") {
-				t.Fatalf("Kernel without NVRTC: %v", err)
-			}
-			return
+	t.Run("nvrtc-compile-and-cache", func(t *testing.T) {
+		if _, err := d.Kernel("norm.cu", "group_norm_f32"); err != nil {
+			t.Fatal(err)
 		}
-		// NVRTC is here (SDBRIDGE_CUDA_LIB_DIR): the CUBIN went to the cache.
+		// The stand-in NVRTC supports sm_90: a CUBIN went to the cache.
 		dir, _ := cacheDir()
 		m, _ := filepath.Glob(filepath.Join(dir, "*.cubin"))
 		if len(m) != 1 {
@@ -234,6 +226,11 @@ func TestFakeDriverChild(t *testing.T) {
 		}
 		if _, err := d.Kernel("norm.cu", "softmax_rows_f32"); err != nil {
 			t.Fatal(err)
+		}
+		_, err := d.CompileModule("bad.cu", "#error broken\n")
+		var ce *CompileError
+		if !errors.As(err, &ce) || !strings.Contains(ce.Log, "#error") || ce.Target != "sm_90" {
+			t.Fatalf("CompileModule(bad) = %v, want a CompileError for sm_90 with the log", err)
 		}
 	})
 }

@@ -10,7 +10,8 @@
 //     plugin accumulates into the same buffers, one fused multiply-add).
 //   - Start/End are fractions of the sampling steps with A1111 semantics
 //     (sd-webui-controlnet hook.py): step i of N (0-based) runs the net iff
-//     Start <= i/N <= End. The step of a call is the schedule step whose
+//     Start <= i/N <= End; with SigmaRange they are ComfyUI's percents of the
+//     noise schedule instead. The step of a call is the schedule step whose
 //     interval holds its timestep, so samplers with several model calls per
 //     step (Heun, DPM++ 2S) stay in the same step. A net outside its range is
 //     not run at all; with no net active the step gets no residuals.
@@ -20,6 +21,8 @@
 //   - Both CFG halves get control by default, each with its own context (the
 //     one the U-Net gets: ELLA's when ELLA is on). Context overrides the
 //     context of the cond rows only (a separate plain-CLIP prompt).
+//   - GlobalPool (shuffle nets): residuals replaced by their spatial means,
+//     on the cond rows only.
 //
 // Which rows are cond: the denoiser batches [uncond, cond] (2B rows), or
 // runs B cond rows alone when CFG = 1, or calls uncond then cond with B rows
@@ -58,8 +61,15 @@ type ControlNetUnit struct {
 	// Start and End bound the steps the net runs on, as fractions of the
 	// steps (A1111 semantics; 0 and 1 = every step).
 	Start, End float64
+	// SigmaRange reads Start and End as ComfyUI's start_percent/end_percent
+	// of the noise schedule instead: the net runs while the model timestep
+	// t satisfies (1-End)*999 <= t <= (1-Start)*999 (0 and 1 are open ends).
+	SigmaRange bool
 	Guess      bool // soft weights 0.825^(12-i) and cond rows only
-	CondOnly   bool // control on the cond rows only (implied by Guess)
+	CondOnly   bool // control on the cond rows only (implied by Guess, GlobalPool)
+	// GlobalPool replaces each residual by its spatial mean, cond rows only
+	// (v1.1 shuffle nets; A1111 and ComfyUI turn it on for "shuffle" files).
+	GlobalPool bool
 	// Context, when set ([1, L, D]), replaces the U-Net's context for this
 	// net on the cond rows (a separate prompt); uncond rows keep theirs.
 	Context *nn.Tensor
@@ -90,7 +100,9 @@ type ControlNetStats struct {
 	Skipped    int           // model calls that got no control (out of range)
 }
 
-// ControlNetSource is a ResidualSource backed by the controlnet plugin.
+// ControlNetSource is a ResidualSource backed by the controlnet plugin. The
+// residuals it returns live in its shared buffers and stay valid until the
+// next call; calls must not overlap (the denoiser makes them one by one).
 type ControlNetSource struct {
 	plugin ResidualPlugin
 	opt    ControlNetOptions
@@ -111,8 +123,8 @@ type ControlNetSource struct {
 type cnUnit struct {
 	ControlNetUnit
 	index    int
-	hintRef  *sdk.Tensor
-	hintKey  string
+	hintMem  []float32 // in hint, read-only for the plugin
+	hintKey  string    // hash of the hint image
 	hint     *Arena
 	scales   string // ParamScales value
 	condOnly bool
@@ -146,7 +158,7 @@ func NewControlNetSource(ctx context.Context, p ResidualPlugin, opt ControlNetOp
 		s.units = append(s.units, cu)
 	}
 	for _, u := range s.units {
-		params := s.params(u, false, controlnet.OpLoad)
+		params := s.params(u, "", false, controlnet.OpLoad)
 		if _, err := p.Residuals(ctx, &sdk.ResidualsRequest{Params: params}); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err)
@@ -172,20 +184,25 @@ func (s *ControlNetSource) newUnit(i int, u ControlNetUnit, nres int) (*cnUnit, 
 	case u.Context != nil && (len(u.Context.Shape) != 3 || u.Context.Shape[0] != 1 || u.Context.Shape[2] != s.opt.UNet.ContextDim):
 		return nil, fmt.Errorf("controlnet %d (%s): prompt override has shape %v, want [1, L, %d]", i, u.Path, shapeOfT(u.Context), s.opt.UNet.ContextDim)
 	}
-	cu := &cnUnit{ControlNetUnit: u, index: i, condOnly: u.CondOnly || u.Guess}
-	a, err := NewArena("controlnet-hint", 4*len(u.Hint.Data)+arenaAlign, false)
+	cu := &cnUnit{ControlNetUnit: u, index: i, condOnly: u.CondOnly || u.Guess || u.GlobalPool}
+	// One hint per image ([B, ...]) is stored twice, [uncond rows, cond
+	// rows], so every run of rows gets a contiguous slice; a single hint is
+	// broadcast by the plugin.
+	copies := 1
+	if u.Hint.Shape[0] > 1 {
+		copies = 2
+	}
+	n := copies * len(u.Hint.Data)
+	a, err := NewArena("controlnet-hint", 4*n+arenaAlign, false)
 	if err != nil {
 		return nil, fmt.Errorf("controlnet %d: %w", i, err)
 	}
 	cu.hint = a
-	mem := a.AllocFloat32(len(u.Hint.Data))
-	copy(mem, u.Hint.Data)
-	ref, err := RefOf(controlnet.HintInput, mem, u.Hint.Shape, false)
-	if err != nil {
-		return nil, fmt.Errorf("controlnet %d: %w", i, err)
+	cu.hintMem = a.AllocFloat32(n)
+	for c := range copies {
+		copy(cu.hintMem[c*len(u.Hint.Data):], u.Hint.Data)
 	}
-	cu.hintRef = sdk.Ref(ref)
-	sum := sha256.Sum256(unsafe.Slice((*byte)(unsafe.Pointer(&mem[0])), 4*len(mem)))
+	sum := sha256.Sum256(unsafe.Slice((*byte)(unsafe.Pointer(&u.Hint.Data[0])), 4*len(u.Hint.Data)))
 	cu.hintKey = hex.EncodeToString(sum[:16])
 	scales := make([]float32, nres)
 	for j := range scales {
@@ -196,6 +213,18 @@ func (s *ControlNetSource) newUnit(i int, u ControlNetUnit, nres int) (*cnUnit, 
 	}
 	cu.scales = controlnet.EncodeScales(scales)
 	return cu, nil
+}
+
+// hintFor returns the hint ref for rows [r0, r1) and its cache key.
+func (u *cnUnit) hintFor(r0, r1 int) (*sdk.Tensor, string, error) {
+	shape := u.Hint.Shape
+	if shape[0] == 1 {
+		ref, err := RefOf(controlnet.HintInput, u.hintMem, shape, false)
+		return sdk.Ref(ref), u.hintKey, err
+	}
+	per := shapeNumel(shape[1:])
+	ref, err := RefOf(controlnet.HintInput, u.hintMem[r0*per:r1*per], []int{r1 - r0, shape[1], shape[2], shape[3]}, false)
+	return sdk.Ref(ref), fmt.Sprintf("%s:%d-%d", u.hintKey, r0, r1), err
 }
 
 func batchDims(b int) string {
@@ -212,7 +241,7 @@ func shapeOfT(t *nn.Tensor) []int {
 	return t.Shape
 }
 
-func (s *ControlNetSource) params(u *cnUnit, accumulate bool, op string) sdk.Params {
+func (s *ControlNetSource) params(u *cnUnit, hintKey string, accumulate bool, op string) sdk.Params {
 	ps := sdk.Params{
 		{Name: controlnet.ParamNet, Value: u.Path},
 		{Name: controlnet.ParamUNet, Value: s.unetP},
@@ -220,9 +249,10 @@ func (s *ControlNetSource) params(u *cnUnit, accumulate bool, op string) sdk.Par
 	}
 	if op == controlnet.OpResiduals {
 		ps = append(ps,
-			sdk.Param{Name: controlnet.ParamHintKey, Value: u.hintKey},
+			sdk.Param{Name: controlnet.ParamHintKey, Value: hintKey},
 			sdk.Param{Name: controlnet.ParamScales, Value: u.scales},
-			sdk.Param{Name: controlnet.ParamAccumulate, Value: fmt.Sprint(accumulate)})
+			sdk.Param{Name: controlnet.ParamAccumulate, Value: fmt.Sprint(accumulate)},
+			sdk.Param{Name: controlnet.ParamGlobalPool, Value: fmt.Sprint(u.GlobalPool)})
 	}
 	return ps
 }
@@ -260,7 +290,13 @@ func (s *ControlNetSource) step(t float32) int {
 	return i
 }
 
-func (u *cnUnit) active(step, steps int) bool {
+// active says whether the unit runs at sampling step step (of steps) whose
+// model timestep is t.
+func (u *cnUnit) active(step, steps int, t float32) bool {
+	if u.SigmaRange {
+		tt := float64(t)
+		return (u.Start == 0 || tt <= (1-u.Start)*999) && (u.End == 1 || tt >= (1-u.End)*999)
+	}
 	p := float64(step) / float64(steps)
 	return p >= u.Start && p <= u.End
 }
@@ -347,7 +383,7 @@ func (s *ControlNetSource) Residuals(ctx context.Context, x *nn.Tensor, t []floa
 	step := s.step(t[0])
 	var active []*cnUnit
 	for _, u := range s.units {
-		if u.active(step, s.opt.Steps) {
+		if u.active(step, s.opt.Steps, t[0]) {
 			active = append(active, u)
 		}
 	}
@@ -418,10 +454,14 @@ func (s *ControlNetSource) call(ctx context.Context, u *cnUnit, x *nn.Tensor, t 
 	if err != nil {
 		return err
 	}
+	hint, key, err := u.hintFor(r.r0, r.r1)
+	if err != nil {
+		return err
+	}
 	req := &sdk.ResidualsRequest{
 		X: refs[0], Context: refs[1], Timesteps: t[r.r0:r.r1],
-		Outputs: outs, Inputs: []*sdk.Tensor{u.hintRef},
-		Params: s.params(u, !none, controlnet.OpResiduals),
+		Outputs: outs, Inputs: []*sdk.Tensor{hint},
+		Params: s.params(u, key, !none, controlnet.OpResiduals),
 	}
 	s.stats.HandOff += time.Since(start)
 	start = time.Now()

@@ -262,6 +262,75 @@ func TestControlNetSource(t *testing.T) {
 		compareRows(t, fx.cfg, got, fx.reference(t, xc, []float32{t0}, cc, one), 0, 1)
 	})
 
+	t.Run("one hint per image", func(t *testing.T) {
+		h2 := pseudoRandom(5, 2, 3, 64, 64) // [2, 3, 64, 64]
+		for i := range h2.Data {
+			h2.Data[i] = 0.5 + h2.Data[i]/2
+		}
+		x4 := pseudoRandom(6, 4, 4, 8, 8) // [uncond 0, uncond 1, cond 0, cond 1]
+		c4 := pseudoRandom(7, 4, 77, fx.cfg.ContextDim)
+		src, err := NewControlNetSource(ctx, p, fx.options(steps, 2, 7), []ControlNetUnit{{Path: fx.file, Hint: h2, Strength: 1, End: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		got, err := src.Residuals(ctx, x4, []float32{t0, t0, t0, t0}, c4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		per, perC, perH := 4*8*8, 77*fx.cfg.ContextDim, 3*64*64
+		for r := range 4 {
+			img := r % 2
+			want, err := fx.net.Forward(nn.From(x4.Data[r*per:(r+1)*per], 1, 4, 8, 8), nn.From(h2.Data[img*perH:(img+1)*perH], 1, 3, 64, 64),
+				[]float32{t0}, nn.From(c4.Data[r*perC:(r+1)*perC], 1, 77, fx.cfg.ContextDim))
+			if err != nil {
+				t.Fatal(err)
+			}
+			compareRows(t, fx.cfg, got, want, r, r+1)
+		}
+	})
+
+	t.Run("global pool", func(t *testing.T) {
+		src, err := NewControlNetSource(ctx, p, opt, []ControlNetUnit{{Path: fx.file, Hint: fx.hint, Strength: 1, End: 1, GlobalPool: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		got, err := src.Residuals(ctx, x, []float32{t0, t0}, cx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fx.reference(t, xc, []float32{t0}, cc, one)
+		for _, r := range want {
+			hw := r.Shape[2] * r.Shape[3]
+			for q := 0; q < len(r.Data); q += hw {
+				var m float64
+				for _, v := range r.Data[q : q+hw] {
+					m += float64(v) / float64(hw)
+				}
+				for j := range hw {
+					r.Data[q+j] = float32(m)
+				}
+			}
+		}
+		compareRows(t, fx.cfg, got, nil, 0, 1)
+		compareRows(t, fx.cfg, got, want, 1, 2)
+	})
+
+	t.Run("sigma range", func(t *testing.T) {
+		src, err := NewControlNetSource(ctx, p, opt, []ControlNetUnit{{Path: fx.file, Hint: fx.hint, Strength: 1, Start: 0.5, End: 1, SigmaRange: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		if got, err := src.Residuals(ctx, x, []float32{t0, t0}, cx); err != nil || got != nil {
+			t.Fatalf("t %.1f above (1-0.5)*999: residuals %v, err %v; want none", t0, got != nil, err)
+		}
+		if got, err := src.Residuals(ctx, x, []float32{t2, t2}, cx); err != nil || got == nil {
+			t.Fatalf("t %.1f below (1-0.5)*999: residuals %v, err %v", t2, got != nil, err)
+		}
+	})
+
 	t.Run("prompt override", func(t *testing.T) {
 		other := pseudoRandom(9, 1, 20, fx.cfg.ContextDim)
 		src, err := NewControlNetSource(ctx, p, opt, []ControlNetUnit{{Path: fx.file, Hint: fx.hint, Strength: 1, End: 1, Context: other}})

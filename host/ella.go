@@ -335,6 +335,13 @@ func (e *ELLAConditioner) Close() error {
 		e.halves[i] = nil
 	}
 	if e.arena != nil {
+		// Drop the plugin's mapping first, or a long run (dpg) would leave
+		// one mapping per generation in the plugin process.
+		if u, ok := e.plugin.(interface {
+			Unmap(context.Context, ...*Arena) error
+		}); ok && running {
+			errs = append(errs, u.Unmap(context.Background(), e.arena))
+		}
 		errs = append(errs, e.arena.Close())
 		e.arena = nil
 	}

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -148,7 +149,9 @@ func (p *Plugin) start() (*incarnation, error) {
 	defer give.Close() // the child has its copy once started
 
 	cmd := exec.Command(p.spec.Path, p.spec.Args...)
-	cmd.Env = append(append([]string(nil), p.spec.Env...),
+	// Host environment first so the plugin's own variables win (go-plugin
+	// would append the host's after ours; SkipHostEnv below stops that).
+	cmd.Env = append(append(os.Environ(), p.spec.Env...),
 		sdk.SideFDEnv+"=3", // ExtraFiles[0]
 		"PLUGIN_UNIX_SOCKET_DIR="+s.dir,
 	)
@@ -176,6 +179,7 @@ func (p *Plugin) start() (*incarnation, error) {
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
+		SkipHostEnv:      true,
 		SecureConfig:     secure,
 		Logger:           log,
 		Stderr:           inc.stderr,
@@ -195,7 +199,7 @@ func (p *Plugin) start() (*incarnation, error) {
 	pw.setPid(inc.pid)
 	remote.AttachSide(keep)
 	inc.remote = remote
-	log.Debug("plugin started", "path", p.spec.Path, "version", client.NegotiatedVersion())
+	log.Debug("plugin ready", "protocol", client.NegotiatedVersion())
 	return inc, nil
 }
 
@@ -269,9 +273,13 @@ func (p *Plugin) call(ctx context.Context, op string, refs []sdk.TensorRef, fn f
 	perr := &PluginError{Plugin: p.spec.Name, Pid: inc.pid, Op: op, Err: err}
 	switch {
 	case ctx.Err() != nil:
-		// The caller gave up: the plugin may still be busy; restart it clean.
-		p.drop(inc)
-		perr.Err, perr.Killed = ctx.Err(), true
+		// The caller gave up. A plugin still holding write grants could
+		// write after the host moved on: stop it. Otherwise leave it be.
+		perr.Err = ctx.Err()
+		if slices.ContainsFunc(refs, func(r sdk.TensorRef) bool { return r.Writable }) {
+			p.drop(inc)
+			perr.Killed = true
+		}
 	case cctx.Err() == context.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded):
 		p.drop(inc)
 		perr.Err = fmt.Errorf("no answer within %v (killed): %w", p.Timeout, context.DeadlineExceeded)
@@ -313,4 +321,27 @@ func (p *Plugin) Describe(ctx context.Context) (*sdk.DescribeResponse, error) {
 		return err
 	})
 	return d, err
+}
+
+// Unmap asks the running process (if any) to drop its mappings of arenas,
+// before the host closes them.
+func (p *Plugin) Unmap(ctx context.Context, arenas ...*Arena) error {
+	p.mu.Lock()
+	inc := p.inc
+	p.mu.Unlock()
+	if inc == nil || inc.client.Exited() {
+		return nil
+	}
+	inc.mapMu.Lock()
+	defer inc.mapMu.Unlock()
+	for _, a := range arenas {
+		if !inc.mapped[a.ID] {
+			continue
+		}
+		delete(inc.mapped, a.ID)
+		if err := inc.remote.UnmapArena(ctx, a.ID); err != nil {
+			return &PluginError{Plugin: p.spec.Name, Pid: inc.pid, Op: "UnmapArena", Err: err}
+		}
+	}
+	return nil
 }

@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 		lora.Serve()
 		os.Exit(0)
 	}
+	if os.Getenv("SDBRIDGE_TEST_HOST") == "1" {
+		runTestHost()
+	}
 	os.Exit(m.Run())
 }
 
@@ -165,4 +168,25 @@ func processAlive(pid int) error {
 		return fmt.Errorf("zombie")
 	}
 	return nil
+}
+
+// runTestHost is a host process for TestPdeathsig: it starts testplug,
+// prints the plugin's pid and waits to be killed.
+func runTestHost() {
+	s, err := NewSupervisor(Options{LogOutput: io.Discard})
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	exe, _ := os.Executable()
+	p, err := s.Register(Spec{Name: "testplug", Path: exe, Args: []string{"-test.run=^$"}, Env: []string{"SDBRIDGE_TEST_HOST=", "SDBRIDGE_TEST_PLUGIN=testplug"}, BuiltIn: true})
+	if err == nil {
+		err = p.Start()
+	}
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	fmt.Println("plugin", p.Pid())
+	select {}
 }

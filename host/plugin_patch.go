@@ -8,13 +8,15 @@
 // original values (re-widened from the mmap'd checkpoint: "restore, never
 // subtract") and grants the touched ones writable; the plugin merges in place.
 //
-// Atomicity (chosen design: host snapshots). Before the call the host copies
-// the currently patched tensors of that union into private memory; if the
-// plugin fails, crashes or hangs, every tensor of the union is put back
-// (snapshot, or original) so the weights are exactly as before the call.
-// Untouched-by-both tensors are never written. The snapshot costs memory
-// only for tensors that are patched now and touched again, only during the
-// call.
+// Atomicity (chosen design: restore and replay). A plan that is refused
+// writes nothing. If the plugin fails after writes began (error, invalid
+// refs, crash, hang), the host restores every tensor of the union from the
+// checkpoint and re-applies the previous patch (same parameters, a
+// restarted plugin if needed); merging is deterministic from the originals,
+// so the weights end bit-exactly as before the call. This costs nothing on
+// success, unlike snapshots (1.4 GB of float32 for an attention LoRA on
+// SD1.5) or scratch buffers. If the replay fails too, the weights are left at
+// the checkpoint's originals and the error says so.
 //
 // It does not parse adapters (the plugin does) and does not lock out
 // generations: never patch while a generation reads the weights.
@@ -24,7 +26,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"runtime"
 	"sort"
+	"sync"
 
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 )
@@ -45,6 +50,10 @@ type WeightPatch struct {
 	refs    map[string]sdk.TensorRef
 	model   []sdk.TensorInfo
 	patched map[string]bool
+
+	// last is the patch in place, replayed after a failed Apply.
+	lastPlugin *Plugin
+	lastParams sdk.Params
 }
 
 // NewWeightPatch checks every target lies in a plugin-writable arena.
@@ -87,56 +96,55 @@ type PatchReport struct {
 
 // Apply replaces the current patch by the one params describe (e.g. a list
 // of LoRA files with strengths): it restores the previous patch's tensors
-// and patches the new ones, touching the union once.
+// and patches the new ones, touching the union once. On failure the weights
+// are as before the call (see the file comment).
 func (w *WeightPatch) Apply(ctx context.Context, p *Plugin, params sdk.Params) (*PatchReport, error) {
+	rep, wrote, err := w.apply(ctx, p, params)
+	if err == nil {
+		w.lastPlugin, w.lastParams = p, params
+		return rep, nil
+	}
+	if !wrote || w.lastPlugin == nil {
+		return nil, err
+	}
+	// Writes began and failed: w.patched is empty (all at originals). Put the
+	// previous patch back, even if the caller's ctx is done.
+	if _, _, rerr := w.apply(context.WithoutCancel(ctx), w.lastPlugin, w.lastParams); rerr != nil {
+		w.lastPlugin, w.lastParams = nil, nil
+		return nil, fmt.Errorf("%w; re-applying the previous patch failed too, weights are at the checkpoint's originals: %v", err, rerr)
+	}
+	return nil, err
+}
+
+// apply plans, restores the union and patches. wrote reports whether any
+// tensor was written; after an error with wrote, every tensor of the union
+// holds its original values and w.patched is empty.
+func (w *WeightPatch) apply(ctx context.Context, p *Plugin, params sdk.Params) (rep *PatchReport, wrote bool, err error) {
 	plan, err := p.PlanPatch(ctx, &sdk.PlanPatchRequest{Model: w.model, Params: params})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	touched := map[string]bool{}
 	for _, n := range plan.Touched {
 		if _, ok := w.targets[n]; !ok {
-			return nil, fmt.Errorf("plugin %q planned to patch unknown tensor %q", p.Name(), n)
+			return nil, false, fmt.Errorf("plugin %q planned to patch unknown tensor %q", p.Name(), n)
 		}
 		if touched[n] {
-			return nil, fmt.Errorf("plugin %q planned tensor %q twice", p.Name(), n)
+			return nil, false, fmt.Errorf("plugin %q planned tensor %q twice", p.Name(), n)
 		}
 		touched[n] = true
 	}
-	union := map[string]bool{}
-	for n := range w.patched {
-		union[n] = true
+	union := touched
+	if len(w.patched) > 0 {
+		union = maps.Clone(touched)
+		maps.Copy(union, w.patched)
 	}
-	for n := range touched {
-		union[n] = true
+	restore := func() error {
+		w.patched = map[string]bool{}
+		return restoreAll(w.targets, union)
 	}
-	// Snapshot patched tensors we are about to overwrite.
-	snap := map[string][]float32{}
-	for n := range union {
-		if w.patched[n] {
-			snap[n] = append([]float32(nil), w.targets[n].Data...)
-		}
-	}
-	rollback := func(cause error) error {
-		var errs []error
-		for n := range union {
-			t := w.targets[n]
-			if s, ok := snap[n]; ok {
-				copy(t.Data, s)
-			} else if err := t.Restore(t.Data); err != nil {
-				errs = append(errs, fmt.Errorf("restoring %q: %w", n, err))
-			}
-		}
-		if len(errs) > 0 {
-			return errors.Join(append([]error{cause}, errs...)...)
-		}
-		return cause
-	}
-	for n := range union {
-		t := w.targets[n]
-		if err := t.Restore(t.Data); err != nil {
-			return nil, rollback(fmt.Errorf("restoring %q: %w", n, err))
-		}
+	if err := restore(); err != nil {
+		return nil, true, err
 	}
 	if len(touched) > 0 {
 		req := &sdk.PatchWeightsRequest{Params: params}
@@ -144,21 +152,50 @@ func (w *WeightPatch) Apply(ctx context.Context, p *Plugin, params sdk.Params) (
 			req.Tensors = append(req.Tensors, sdk.Ref(w.refs[n]))
 		}
 		if _, err := p.PatchWeights(ctx, req); err != nil {
-			return nil, rollback(err)
+			if rerr := restore(); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+			return nil, true, err
 		}
 	}
 	w.patched = touched
-	return &PatchReport{Touched: append([]string(nil), plan.Touched...), Restored: len(union), Warnings: plan.Warnings}, nil
+	return &PatchReport{Touched: append([]string(nil), plan.Touched...), Restored: len(union), Warnings: plan.Warnings}, true, nil
 }
 
 // Reset restores every patched tensor to its original values.
 func (w *WeightPatch) Reset() error {
-	for n := range w.patched {
-		t := w.targets[n]
-		if err := t.Restore(t.Data); err != nil {
-			return fmt.Errorf("restoring %q: %w", n, err)
-		}
-		delete(w.patched, n)
+	if err := restoreAll(w.targets, w.patched); err != nil {
+		return err
 	}
+	w.patched = map[string]bool{}
+	w.lastPlugin, w.lastParams = nil, nil
 	return nil
+}
+
+// restoreAll restores the named targets, spread over the CPUs (each
+// Restore writes its own tensor only).
+func restoreAll(targets map[string]*PatchTarget, names map[string]bool) error {
+	work := make(chan *PatchTarget)
+	var mu sync.Mutex
+	var errs []error
+	var wg sync.WaitGroup
+	for range max(1, runtime.GOMAXPROCS(0)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for t := range work {
+				if err := t.Restore(t.Data); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("restoring %q: %w", t.Name, err))
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for n := range names {
+		work <- targets[n]
+	}
+	close(work)
+	wg.Wait()
+	return errors.Join(errs...)
 }

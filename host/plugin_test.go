@@ -7,11 +7,14 @@ package host
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -191,15 +194,17 @@ func TestPatchSwapRestoreBitExact(t *testing.T) {
 func TestPluginCrashAndHang(t *testing.T) {
 	ctx := context.Background()
 	tests := []struct {
-		mode      string
-		wantErr   error
-		wantInErr []string
+		name, mode string
+		callerWait time.Duration // caller's own deadline, 0 = none
+		wantErr    error
+		wantInErr  []string
 	}{
-		{"crash", ErrCrashed, []string{`plugin "testplug" (pid `, "PatchWeights", "panic: testplug: crash requested", "testplug about to crash"}},
-		{"hang", context.DeadlineExceeded, []string{`plugin "testplug" (pid `, "no answer within"}},
+		{"crash", "crash", 0, ErrCrashed, []string{`plugin "testplug" (pid `, "PatchWeights", "panic: testplug: crash requested", "testplug about to crash"}},
+		{"hang", "hang", 0, context.DeadlineExceeded, []string{`plugin "testplug" (pid `, "no answer within"}},
+		{"caller gives up", "hang", 300 * time.Millisecond, context.DeadlineExceeded, []string{`plugin "testplug" (pid `, "PatchWeights"}},
 	}
 	for _, tc := range tests {
-		t.Run(tc.mode, func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			_, p := newTestSupervisor(t, "")
 			p.Timeout = 2 * time.Second
 			f := newPatchFixture(t, map[string]int{"a": 4096, "b": 64})
@@ -212,7 +217,14 @@ func TestPluginCrashAndHang(t *testing.T) {
 			}
 			before := f.snapshot()
 			pid := p.Pid()
-			_, err = w.Apply(ctx, p, params("touch", "a", "touch", "b", "scale", "5", "mode", tc.mode))
+			cctx := ctx
+			if tc.callerWait > 0 {
+				p.Timeout = time.Minute
+				var cancel context.CancelFunc
+				cctx, cancel = context.WithTimeout(ctx, tc.callerWait)
+				defer cancel()
+			}
+			_, err = w.Apply(cctx, p, params("touch", "a", "touch", "b", "scale", "5", "mode", tc.mode))
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}
@@ -420,4 +432,69 @@ func sameWeights(want, got map[string][]float32) bool {
 		}
 	}
 	return true
+}
+
+// TestPdeathsig kills a host process with SIGKILL and checks its plugin
+// dies with it (no orphans).
+func TestPdeathsig(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SDBRIDGE_TEST_HOST=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var word string
+	var pid int
+	if _, err := fmt.Fscan(out, &word, &pid); err != nil || word != "plugin" || pid <= 0 {
+		cmd.Process.Kill()
+		t.Fatalf("host helper said %q %d: %v", word, pid, err)
+	}
+	if err := processAlive(pid); err != nil {
+		t.Fatalf("plugin %d not running: %v", pid, err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for processAlive(pid) == nil {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("plugin %d outlived its killed host", pid)
+		}
+	}
+}
+
+// BenchmarkResidualsRoundTrip is one per-step hook call with the 13 named
+// ControlNet-style outputs granted in an arena (descriptors only).
+func BenchmarkResidualsRoundTrip(b *testing.B) {
+	_, p := newTestSupervisor(b, "")
+	ctx := context.Background()
+	pool := NewArenaPool("bench-io", 1<<20, true)
+	defer pool.Close()
+	x := pool.AllocFloat32(4)
+	xr, _ := RefOf("x", x, []int{1, 4}, false)
+	req := &sdk.ResidualsRequest{X: sdk.Ref(xr), Timesteps: []float32{1}}
+	for i := range 13 {
+		name := fmt.Sprintf("input_blocks.%d", i)
+		if i == 12 {
+			name = "middle_block"
+		}
+		r, _ := RefOf(name, pool.AllocFloat32(4), []int{1, 4}, true)
+		req.Outputs = append(req.Outputs, sdk.Ref(r))
+	}
+	if _, err := p.Residuals(ctx, req); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := p.Residuals(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -9,6 +9,7 @@
 package host
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -130,6 +131,24 @@ func (s *Supervisor) Names() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Unmap has every running plugin drop its mappings of arenas (call it
+// before closing arenas, e.g. when a model is unloaded).
+func (s *Supervisor) Unmap(ctx context.Context, arenas ...*Arena) error {
+	s.mu.Lock()
+	ps := make([]*Plugin, 0, len(s.plugins))
+	for _, p := range s.plugins {
+		ps = append(ps, p)
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, p := range ps {
+		if err := p.Unmap(ctx, arenas...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Close stops every plugin and removes the socket directory.

@@ -85,10 +85,15 @@ func NewUNet(w *Weights, cfg UNetConfig) (*UNet, error) {
 	return u, nil
 }
 
+// LatentMultiple is what the latent sides must be multiples of: 1, any
+// size works (host.Pipeline asks its EpsModel through this method).
+func (u *UNet) LatentMultiple() int { return 1 }
+
 // Forward predicts the noise for x [B, in, H, W] at timesteps [B]
 // (fractional allowed) under context [B, L, ContextDim] (any L: 77 for
 // CLIP, 64 for ELLA, 141 for both). res may be nil; see Residuals for the
-// names. Returns [B, out, H, W].
+// names. H and W may be any size >= 1 (odd sides as in ldm). Returns
+// [B, out, H, W].
 func (u *UNet) Forward(x *nn.Tensor, timesteps []float32, ctx *nn.Tensor, res Residuals) (*nn.Tensor, error) {
 	if err := checkConditioning("unet", u.Config, x, timesteps, ctx); err != nil {
 		return nil, err
@@ -104,7 +109,7 @@ func (u *UNet) Forward(x *nn.Tensor, timesteps []float32, ctx *nn.Tensor, res Re
 		h = blk.Forward(h, emb, ctx) // [B, C_i, H_i, W_i]
 		skips = append(skips, h)
 	}
-	h = u.MiddleBlock.Forward(h, emb, ctx) // [B, C_mid, H/8, W/8]
+	h = u.MiddleBlock.Forward(h, emb, ctx) // [B, C_mid, ceil(H/8), ceil(W/8)]
 	h, err := res.add(MiddleBlockResidual, h)
 	if err != nil {
 		return nil, fmt.Errorf("unet: %w", err)
@@ -116,8 +121,13 @@ func (u *UNet) Forward(x *nn.Tensor, timesteps []float32, ctx *nn.Tensor, res Re
 		if err != nil {
 			return nil, fmt.Errorf("unet: %w", err)
 		}
-		h = nn.Concat(1, h, skip)    // [B, C + C_i, H_i, W_i]: th.cat([h, hs.pop()], dim=1)
-		h = blk.Forward(h, emb, ctx) // [B, C_k, H_k, W_k]
+		h = nn.Concat(1, h, skip) // [B, C + C_i, H_i, W_i]: th.cat([h, hs.pop()], dim=1)
+		// output_shape = hs[-1].shape: an upsampler resizes to the next skip
+		th, tw := 0, 0
+		if i > 0 {
+			th, tw = skips[i-1].Shape[2], skips[i-1].Shape[3]
+		}
+		h = blk.forwardTo(h, emb, ctx, th, tw) // [B, C_k, H_k, W_k]
 	}
 	h = u.OutNorm.Forward(h) // [B, mc, H, W]
 	nn.SiLU(h)

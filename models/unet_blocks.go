@@ -60,6 +60,20 @@ func (b *TimestepBlock) Forward(x, emb, ctx *nn.Tensor) *nn.Tensor {
 	return x
 }
 
+// forwardTo is Forward with an Upsample layer resizing to h x w (the
+// spatial size of the skip the next output block concatenates); h == 0
+// keeps the plain 2x.
+func (b *TimestepBlock) forwardTo(x, emb, ctx *nn.Tensor, h, w int) *nn.Tensor {
+	for _, l := range b.Layers {
+		if up, ok := l.(*Upsample); ok && h > 0 {
+			x = up.ForwardTo(x, h, w) // [B, C, h, w]
+			continue
+		}
+		x = l.apply(x, emb, ctx)
+	}
+	return x
+}
+
 // InputConv is input_blocks.0.0: conv_nd(2, in_channels, mc, 3, padding=1).
 type InputConv struct {
 	Conv *nn.Conv2d // [mc, in, 3, 3]
@@ -114,15 +128,15 @@ func bindEncoder(w *Weights, cfg UNetConfig) *unetEncoder {
 }
 
 // checkConditioning validates the inputs shared by U-Net and ControlNet:
-// x [B, in, H, W] with H, W multiples of the downscale factor, one timestep
-// per batch row, context [B, L, ContextDim].
+// x [B, in, H, W] with H, W >= 1 (any size: odd sides are handled as ldm
+// does, see updown.go), one timestep per batch row, context [B, L, ContextDim].
 func checkConditioning(what string, cfg UNetConfig, x *nn.Tensor, timesteps []float32, ctx *nn.Tensor) error {
 	if x == nil || len(x.Shape) != 4 || x.Shape[1] != cfg.InChannels {
 		return fmt.Errorf("%s: x has shape %v, want [B, %d, H, W]", what, shapeOf(x), cfg.InChannels)
 	}
 	b, h, w := x.Shape[0], x.Shape[2], x.Shape[3]
-	if d := cfg.Downscale(); h%d != 0 || w%d != 0 || h == 0 || w == 0 {
-		return fmt.Errorf("%s: latent %dx%d is not a multiple of %d (image sides must be multiples of %d px)", what, h, w, d, 8*d)
+	if h < 1 || w < 1 {
+		return fmt.Errorf("%s: latent %dx%d is empty", what, h, w)
 	}
 	if len(timesteps) != b {
 		return fmt.Errorf("%s: %d timesteps for a batch of %d", what, len(timesteps), b)

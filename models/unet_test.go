@@ -98,7 +98,7 @@ func TestUNetForwardRejectsBadInputs(t *testing.T) {
 		message string
 	}{
 		{"9 channels into a 4-channel U-Net", ramp(2, 9, 8, 8), ts, ctx, nil, "x has shape [2 9 8 8], want [B, 4, H, W]"},
-		{"latent not a multiple of 8", ramp(2, 4, 12, 8), ts, ctx, nil, "latent 12x8 is not a multiple of 8"},
+		{"empty latent", ramp(2, 4, 0, 8), ts, ctx, nil, "latent 0x8 is empty"},
 		{"one timestep for two rows", x, ts[:1], ctx, nil, "1 timesteps for a batch of 2"},
 		{"context width", x, ts, ramp(2, 77, 768), nil, "context has shape [2 77 768], want [2, L, 128]"},
 		{"context batch", x, ts, ramp(1, 77, 128), nil, "context has shape [1 77 128]"},

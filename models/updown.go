@@ -1,5 +1,8 @@
 // updown.go: ldm's Downsample and Upsample (openaimodel.py) with
-// use_conv=True, the resolution changes between U-Net levels.
+// use_conv=True, the resolution changes between U-Net levels. Odd sides
+// work as in ldm/ComfyUI: the downsampler gives ceil(H/2) and the U-Net
+// decoder upsamples to the size of the skip it is concatenated with
+// (ForwardTo; ComfyUI passes output_shape, diffusers upsample_size).
 //
 // 2-D only; the conv-less (pooling) variants are not used by SD 1.x.
 package models
@@ -33,6 +36,14 @@ func newUpsample(w *Weights, key string, c int) *Upsample {
 func (u *Upsample) Forward(x *nn.Tensor) *nn.Tensor {
 	h := nn.UpsampleNearest2x(x) // [B, C, 2H, 2W]: F.interpolate(x, scale_factor=2, mode="nearest")
 	return u.Conv.Forward(h)     // [B, C, 2H, 2W]
+}
+
+// ForwardTo maps x [B, C, H, W] to [B, C, h, w]: nearest resize to the
+// target size (the next skip's), then the conv.
+func (u *Upsample) ForwardTo(x *nn.Tensor, h, w int) *nn.Tensor {
+	// F.interpolate(x, size=output_shape[-2:], mode="nearest")
+	up := nn.UpsampleNearest(x, h, w) // [B, C, h, w]
+	return u.Conv.Forward(up)         // [B, C, h, w]
 }
 
 func (u *Upsample) apply(x, _, _ *nn.Tensor) *nn.Tensor { return u.Forward(x) }

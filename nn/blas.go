@@ -1,10 +1,16 @@
 // blas.go: OpenBLAS loaded at run time through purego (no cgo, works with
 // CGO_ENABLED=0). The library is looked up once, on first use, under its
-// common sonames; SDBRIDGE_BLAS=go (or a missing library) keeps everything
-// on the pure-Go kernel, SDBRIDGE_BLAS=auto keeps OpenBLAS only if a quick
-// timing shows it faster than the Go kernel. It binds only cblas_sgemm (and sets OpenBLAS's
-// thread count to GOMAXPROCS unless OPENBLAS_NUM_THREADS is set). It does
-// not bind any other BLAS or LAPACK routine.
+// common sonames. SDBRIDGE_BLAS picks the GEMM backend:
+//
+//	auto (default)  OpenBLAS if present and a quick timing shows it faster
+//	                than the Go kernel (a generic OpenBLAS build on a CPU
+//	                it does not recognise can be 3-4x slower)
+//	openblas        OpenBLAS whenever it loads
+//	go              the Go kernel only
+//
+// It binds only cblas_sgemm (and sets OpenBLAS's thread count to
+// GOMAXPROCS unless OPENBLAS_NUM_THREADS is set); no other BLAS or LAPACK
+// routine.
 package nn
 
 import (
@@ -29,6 +35,7 @@ var blas struct {
 	ok   bool
 	name string
 	err  string
+	note string // calibration result, when one ran
 	// setThreads is openblas_set_num_threads, or nil.
 	setThreads func(int32)
 	sgemm      func(order, transA, transB, m, n, k int32, alpha float32, a *float32, lda int32, b *float32, ldb int32, beta float32, c *float32, ldc int32)
@@ -48,7 +55,8 @@ var blasNames = []string{
 }
 
 func loadBLAS() {
-	if os.Getenv("SDBRIDGE_BLAS") == "go" {
+	mode := os.Getenv("SDBRIDGE_BLAS")
+	if mode == "go" {
 		blas.err = "disabled by SDBRIDGE_BLAS=go"
 		return
 	}
@@ -73,7 +81,7 @@ func loadBLAS() {
 			}
 		}
 		blas.ok, blas.name, blas.err = true, name, ""
-		if os.Getenv("SDBRIDGE_BLAS") == "auto" {
+		if mode != "openblas" {
 			calibrateBLAS()
 		}
 		return
@@ -81,9 +89,8 @@ func loadBLAS() {
 }
 
 // calibrateBLAS (SDBRIDGE_BLAS=auto) times one 384^3 product on each
-// backend, best of three, and keeps OpenBLAS only if it is faster: a
-// generic OpenBLAS build on a CPU it does not recognise can be several
-// times slower than the Go kernel.
+// backend, best of three (a few milliseconds in all), and keeps OpenBLAS
+// only if it is faster.
 func calibrateBLAS() {
 	const n = 384
 	a, b, c := make([]float32, n*n), make([]float32, n*n), make([]float32, n*n)
@@ -100,9 +107,10 @@ func calibrateBLAS() {
 		return d
 	}
 	tb, tg := best(blasSgemm), best(GemmGo)
+	blas.note = fmt.Sprintf("%d^3: openblas %v, go %v", n, tb.Round(time.Microsecond), tg.Round(time.Microsecond))
 	if tg < tb {
 		blas.ok = false
-		blas.err = fmt.Sprintf("%s slower than the Go kernel at %d^3 (%v vs %v)", blas.name, n, tb, tg)
+		blas.err = blas.name + " slower than the Go kernel (" + blas.note + ")"
 	}
 }
 
@@ -116,6 +124,9 @@ func blasOK() bool {
 // is not used.
 func GemmBackend() string {
 	if blasOK() {
+		if blas.note != "" {
+			return "openblas (" + blas.name + "; " + blas.note + ")"
+		}
 		return "openblas (" + blas.name + ")"
 	}
 	return "go (" + kern.name + "; openblas: " + blas.err + ")"

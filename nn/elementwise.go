@@ -4,8 +4,6 @@
 // channel-bias forms; shapes are the caller's contract.
 package nn
 
-import "math"
-
 // elemCost is the per-element work estimate passed to parallelFor for
 // memory-bound loops; activations use higher costs.
 const (
@@ -97,10 +95,7 @@ func GELU(t *Tensor) { geluSlice(t.Data) }
 
 func geluSlice(d []float32) {
 	parallelFor(len(d), actCost, func(lo, hi int) {
-		x := d[lo:hi]
-		for i, v := range x {
-			x[i] = 0.5 * v * (1 + float32(math.Erf(float64(v)*(1/math.Sqrt2))))
-		}
+		vecGELU(d[lo:hi], d[lo:hi])
 	})
 }
 

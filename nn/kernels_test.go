@@ -54,6 +54,10 @@ func backends(t *testing.T, f func(t *testing.T)) {
 	saved, savedOK := kern, blas.ok
 	defer func() { kern, blas.ok = saved, savedOK }()
 	blasOK()
+	if blas.sgemm != nil { // loaded, whatever calibration chose
+		blas.ok = true
+		t.Run("openblas", f)
+	}
 	blas.ok = false
 	for _, k := range kerns {
 		kern = k
@@ -90,6 +94,10 @@ func TestGemm(t *testing.T) {
 		{37, 64, 300, false, true, 1, 1, 0, 5, 0},
 		{24, 8, 1000, false, false, 1, 0.5, 0, 0, 0},
 		{13, 1, 3, false, false, 1, 0, 0, 0, 0},
+		// few rows times a wide B^T: computed as C^T = B A^T
+		{2, 1280, 320, false, true, 1, 0, 0, 0, 0},
+		{7, 700, 900, false, true, 0.5, 0.25, 2, 3, 4},
+		{30, 2000, 1300, false, true, 1, 1, 0, 0, 0},
 	}
 	backends(t, func(t *testing.T) {
 		for _, tc := range cases {
@@ -459,5 +467,47 @@ func TestGemmBackend(t *testing.T) {
 	}
 	if GemmGoKernel() != kern.name || kern.name == "" {
 		t.Fatalf("GemmGoKernel() = %q, kernel %q", GemmGoKernel(), kern.name)
+	}
+}
+
+func TestGELUVector(t *testing.T) {
+	for _, n := range []int{1, 16, 17, 255, 256, 257, 1000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			r := rand.New(rand.NewPCG(25, uint64(n)))
+			g, h := randSlice(r, n), randSlice(r, n)
+			for i := range g {
+				g[i] *= 4
+			}
+			g[0] = -1.0001 // just below the exact-fallback threshold
+			if n > 2 {
+				g[1], g[2] = -0.9999, 12
+			}
+			want, wantG := make([]float32, n), make([]float32, n)
+			for i, v := range g {
+				wantG[i] = refGELU(v)
+				want[i] = h[i] * wantG[i]
+			}
+			got := make([]float32, n)
+			vecGEGLU(got, h, g)
+			assertClose(t, got, want, 1e-6, 2e-6)
+			inPlace := append([]float32(nil), g...)
+			vecGELU(inPlace, inPlace)
+			assertClose(t, inPlace, wantG, 1e-6, 2e-6)
+		})
+	}
+}
+
+func TestPackTransposed(t *testing.T) {
+	for _, tc := range []struct{ w, ld, kc int }{{32, 40, 37}, {16, 100, 1}, {32, 200, 192}, {16, 17, 5}} {
+		t.Run(fmt.Sprint(tc), func(t *testing.T) {
+			r := rand.New(rand.NewPCG(27, 28))
+			src := randSlice(r, tc.w*tc.ld)
+			want, got := make([]float32, tc.w*tc.kc), make([]float32, tc.w*tc.kc)
+			scatterPanel(want, tc.w, src, tc.ld, tc.w, tc.kc, 1)
+			if !packTransposed(got, tc.w, src, tc.ld, tc.kc) {
+				t.Skip("no vector packing on this CPU")
+			}
+			assertClose(t, got, want, 0, 0)
+		})
 	}
 }

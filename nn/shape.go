@@ -4,8 +4,6 @@
 // strided views, every helper returns a fresh dense tensor.
 package nn
 
-import "math"
-
 // Concat joins tensors along dim; all other dimensions must match.
 func Concat(dim int, ts ...*Tensor) *Tensor {
 	first := ts[0]
@@ -118,9 +116,7 @@ func GEGLU(x *Tensor) *Tensor {
 			h := x.Data[r*c : r*c+d]
 			g := x.Data[r*c+d : r*c+c]
 			o := out.Data[r*d : (r+1)*d]
-			for i, gv := range g[:len(o)] {
-				o[i] = h[i] * (0.5 * gv * (1 + float32(math.Erf(float64(gv)*(1/math.Sqrt2)))))
-			}
+			vecGEGLU(o, h, g)
 		}
 	})
 	return out

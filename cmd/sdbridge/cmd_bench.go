@@ -40,7 +40,7 @@ func runBench(args []string) error {
 	size := fs.Int("size", 512, "image size in pixels (multiple of 64)")
 	repeat := fs.Int("repeat", 1, "timed runs per part (after one warm-up run)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	parts := fs.String("parts", "clip,vae,unet", "comma-separated parts to time")
+	parts := fs.String("parts", "clip,vae,unet", "comma-separated parts to time: unet, vae, clip, ella")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -64,8 +64,10 @@ func runBench(args []string) error {
 			res, err = benchVAE(src, h, *repeat)
 		case "clip":
 			res, err = benchCLIP(src, *repeat)
+		case "ella":
+			res, err = benchELLA(*repeat)
 		default:
-			return fmt.Errorf("--parts: unknown part %q (unet, vae, clip)", part)
+			return fmt.Errorf("--parts: unknown part %q (unet, vae, clip, ella)", part)
 		}
 		if err != nil {
 			return fmt.Errorf("bench %s: %w", part, err)

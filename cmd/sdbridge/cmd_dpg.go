@@ -243,7 +243,7 @@ func dpg(ctx context.Context, o *dpgOptions, stderr io.Writer) error {
 	start := time.Now()
 	for i, pr := range todo {
 		t0 := time.Now()
-		if err := dpgOne(ctx, o, p, sup, pr); err != nil {
+		if err := dpgOne(ctx, o, p, sup, pr, stderr); err != nil {
 			return fmt.Errorf("prompt %s: %w", pr.ID, err)
 		}
 		done := i + 1
@@ -254,7 +254,7 @@ func dpg(ctx context.Context, o *dpgOptions, stderr io.Writer) error {
 }
 
 // dpgOne generates the samples of one prompt and writes its grid.
-func dpgOne(ctx context.Context, o *dpgOptions, p *host.Loaded, sup *host.Supervisor, pr dpgPrompt) error {
+func dpgOne(ctx context.Context, o *dpgOptions, p *host.Loaded, sup *host.Supervisor, pr dpgPrompt, stderr io.Writer) error {
 	req := host.Request{
 		Prompt: pr.Text, Negative: o.negative, Steps: o.steps, CFG: o.cfg,
 		Sampler: o.sampler, Schedule: o.scheduler, Width: o.resolution, Height: o.resolution,
@@ -267,6 +267,10 @@ func dpgOne(ctx context.Context, o *dpgOptions, p *host.Loaded, sup *host.Superv
 		}
 		defer cond.Close()
 		req.Conditioner = cond
+	}
+	if pp := newProgressPrinter(stderr); pp.tty { // step lines on a terminal only
+		req.Progress = pp.step
+		defer pp.done()
 	}
 	imgs := make([]image.Image, o.perPrompt)
 	for k := range imgs {

@@ -11,7 +11,12 @@
 //	--control-strength S         default 1
 //	--control-start F, --control-end F  fractions of the steps (A1111: step i
 //	                             of N runs iff start <= i/N <= end)
+//	--control-range R            steps (default: start/end are fractions of the
+//	                             steps) | sigma (ComfyUI start/end_percent of
+//	                             the noise schedule)
 //	--control-guess              guess mode: soft weights, cond half only
+//	--control-global-pool[=B]    spatial-mean residuals, cond half only (default:
+//	                             on for files whose name contains "shuffle")
 //	--control-prompt TEXT        a separate prompt for this net's context
 //
 // It does not run the generation (cmd_generate.go does) and does not start
@@ -24,7 +29,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/sdbridge/sdbridge/host"
 	"github.com/sdbridge/sdbridge/models"
@@ -36,7 +43,8 @@ import (
 type controlNetUnitFlags struct {
 	path, image, preprocess, resize, prompt string
 	strength, start, end                    float64
-	guess                                   bool
+	guess, sigmaRange                       bool
+	globalPool                              *bool // nil: from the file name
 }
 
 // controlNetOpts collects the repeatable ControlNet flags.
@@ -90,6 +98,25 @@ func controlNetFlags(fs *flag.FlagSet) *controlNetOpts {
 	num("control-strength", "residual multiplier (default 1)", func(u *controlNetUnitFlags) *float64 { return &u.strength })
 	num("control-start", "first step, as a fraction of the steps (default 0)", func(u *controlNetUnitFlags) *float64 { return &u.start })
 	num("control-end", "last step, as a fraction of the steps (default 1)", func(u *controlNetUnitFlags) *float64 { return &u.end })
+	str("control-range", "what --control-start/--control-end count: steps (default) or sigma (noise schedule, as ComfyUI)", func(u *controlNetUnitFlags, v string) error {
+		switch v {
+		case "steps":
+			u.sigmaRange = false
+		case "sigma":
+			u.sigmaRange = true
+		default:
+			return fmt.Errorf("unknown range %q (want steps or sigma)", v)
+		}
+		return nil
+	})
+	fs.BoolFunc("control-global-pool", "replace residuals by their spatial means, cond half only (default: on for *shuffle* files)", func(v string) error {
+		if len(o.units) == 0 {
+			return errors.New("--control-global-pool must follow the --controlnet it applies to")
+		}
+		b, err := strconv.ParseBool(v)
+		o.units[len(o.units)-1].globalPool = &b
+		return err
+	})
 	fs.BoolFunc("control-guess", "guess mode: soft weights 0.825^(12-i), control on the cond half only", func(v string) error {
 		if len(o.units) == 0 {
 			return errors.New("--control-guess must follow the --controlnet it applies to")
@@ -147,8 +174,12 @@ func (o *controlNetOpts) residualSource(ctx context.Context, sup *host.Superviso
 				return nil, fmt.Errorf("--control-prompt: %w", err)
 			}
 		}
+		pool := strings.Contains(strings.ToLower(filepath.Base(f.path)), "shuffle") // as A1111
+		if f.globalPool != nil {
+			pool = *f.globalPool
+		}
 		units = append(units, host.ControlNetUnit{Path: f.path, Hint: hint, Strength: f.strength,
-			Start: f.start, End: f.end, Guess: f.guess, Context: pctx})
+			Start: f.start, End: f.end, SigmaRange: f.sigmaRange, Guess: f.guess, GlobalPool: pool, Context: pctx})
 	}
 	plugin, err := builtinPlugin(sup, "controlnet")
 	if err != nil {

@@ -60,7 +60,11 @@ func TestELLAModesEndToEnd(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer cond.Close()
+			defer func() {
+				if err := cond.Close(); err != nil { // releases handles, unmaps the arena in the plugin
+					t.Errorf("close: %v", err)
+				}
+			}()
 			var pair [2]*nn.Tensor
 			for i, c := range []bool{false, true} {
 				x, err := cond.Context(ctx, 999, c)

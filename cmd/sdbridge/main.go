@@ -25,6 +25,7 @@ func commands() map[string]command {
 		"merge":    {summary: "merge LoRAs into a checkpoint and write a new file", run: runMerge},
 		"plugins":  {summary: "list built-in and installed plugins", run: runPlugins},
 		"bench":    {summary: "time the model parts at real SD1.5 shapes", run: runBench},
+		"dpg":      {summary: "generate DPG-Bench images (one grid per prompt; resumes)", run: runDPG},
 		"plugin":   {summary: "run a built-in plugin (started by the host)", run: runPlugin, hidden: true},
 	}
 }

@@ -15,9 +15,11 @@
 //
 // There is no Gaussian blur (cv2.Canny does none; kornia's canny, used by
 // ComfyUI's node, blurs first and thresholds in [0, 1] with 0.4/0.8 defaults;
-// pass Sigma > 0 to blur first). Output: white edges (1) on black (0).
-// OpenCV's SIMD path and this one agree except in the order hysteresis
-// visits pixels, which does not change the result.
+// use the blur preprocessor first for that look). Output: white edges (1)
+// on black (0). This mirrors OpenCV's scalar code path (imgproc canny.cpp);
+// it has not been compared pixel by pixel with OpenCV itself (no OpenCV in
+// the build or test environment), only against the expected behaviour on
+// synthetic images (preprocess_test.go).
 package controlnet
 
 import (

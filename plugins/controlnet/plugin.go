@@ -79,6 +79,7 @@ func (p *Plugin) Describe(context.Context, *sdk.DescribeRequest) (*sdk.DescribeR
 			{Name: ParamScales, Type: sdk.ParamString, Help: "one multiplier per output, comma-separated"},
 			{Name: ParamAccumulate, Type: sdk.ParamBool, Default: "false", Help: "add into the outputs instead of overwriting"},
 			{Name: ParamOp, Type: sdk.ParamString, Default: OpResiduals, Help: "residuals | load"},
+			{Name: ParamGlobalPool, Type: sdk.ParamBool, Default: "false", Help: "replace each residual by its spatial mean (shuffle nets)"},
 		},
 	}, nil
 }
@@ -254,6 +255,7 @@ func writeOutputs(req *sdk.ResidualsRequest, res models.Residuals) error {
 		}
 	}
 	acc := req.Params.String(ParamAccumulate, "false") == "true"
+	pool := req.Params.String(ParamGlobalPool, "false") == "true"
 	for i, o := range req.Outputs {
 		r, ok := res[o.Name]
 		if !ok {
@@ -265,6 +267,9 @@ func writeOutputs(req *sdk.ResidualsRequest, res models.Residuals) error {
 		dst, err := o.MutableFloat32() // [B, C_i, H_i, W_i]
 		if err != nil {
 			return err
+		}
+		if pool {
+			r = spatialMean(r)
 		}
 		s := scales[i]
 		switch {
@@ -281,4 +286,22 @@ func writeOutputs(req *sdk.ResidualsRequest, res models.Residuals) error {
 		}
 	}
 	return nil
+}
+
+// spatialMean returns r [B, C, H, W] with every H x W plane replaced by its
+// mean (torch.mean(x, dim=(2, 3), keepdim=True), broadcast back).
+func spatialMean(r *nn.Tensor) *nn.Tensor {
+	out := nn.New(r.Shape...) // [B, C, H, W]
+	hw := r.Shape[2] * r.Shape[3]
+	for p := 0; p+hw <= len(r.Data); p += hw {
+		var sum float64
+		for _, v := range r.Data[p : p+hw] {
+			sum += float64(v)
+		}
+		m := float32(sum / float64(hw))
+		for j := range hw {
+			out.Data[p+j] = m
+		}
+	}
+	return out
 }

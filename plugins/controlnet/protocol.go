@@ -34,6 +34,9 @@ const (
 	// ParamOp is "residuals" (default) or "load": load the net and check it
 	// against ParamUNet without computing anything (no tensors needed).
 	ParamOp = "op"
+	// ParamGlobalPool ("true") replaces every residual by its spatial mean
+	// per row and channel (v1.1 shuffle nets, cldm global_average_pooling).
+	ParamGlobalPool = "global_pool"
 )
 
 // Op values.

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/sdbridge/sdbridge/safetensors"
 )
 
@@ -54,8 +56,8 @@ func TestGoldenPlanKeys(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := p.Keys(); !slices.Equal(got, want) {
-				t.Errorf("plan touches %d keys, the case lists %d", len(got), len(want))
+			if diff := cmp.Diff(want, p.Keys()); diff != "" {
+				t.Errorf("touched keys differ from the case's outputs (-want +got):\n%s", diff)
 			}
 			in := Describe(f)
 			if in.Format != tt.format || in.Naming != tt.naming || in.DoRA != tt.dora || in.Modules != len(want) {

@@ -12,6 +12,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // Tiny synthetic checkpoint modules (ldm names, so they resolve).
@@ -528,10 +530,8 @@ func TestBlockWeightSlots(t *testing.T) {
 	}
 	// Omitted blocks get 1; named ones their value (lora_block_weight.py).
 	want := []float64{10, 1, 11, 12, 1, 13, 14, 1, 15, 16, 1, 1, 1, 17, 1, 1, 1, 18, 19, 20, 21, 22, 23, 24, 25, 26}
-	for i := range want {
-		if full[i] != want[i] {
-			t.Fatalf("expanded %v, want %v", full, want)
-		}
+	if diff := cmp.Diff(want, full); diff != "" {
+		t.Errorf("expanded 17-vector (-want +got):\n%s", diff)
 	}
 	if _, err := ExpandBlockWeights(make([]float64, 12)); err == nil {
 		t.Error("a 12-value vector was accepted")

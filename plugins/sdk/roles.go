@@ -102,7 +102,8 @@ type ConditioningRequest struct {
 	Params    Params
 }
 
-// ConditioningResponse reports the ref written.
+// ConditioningResponse reports the ref written (left empty, the SDK
+// reports req.Out).
 type ConditioningResponse struct {
 	Written TensorRef
 }

@@ -159,7 +159,11 @@ func (s *server) Conditioning(ctx context.Context, req *pb.ConditioningRequest) 
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &pb.ConditioningResponse{Written: refToPB(resp.Written)}, nil
+	written := resp.Written
+	if written.Name == "" && written.DType == "" && len(written.Shape) == 0 {
+		written = out.TensorRef // the one output; plugins may leave Written empty
+	}
+	return &pb.ConditioningResponse{Written: refToPB(written)}, nil
 }
 
 func (s *server) Residuals(ctx context.Context, req *pb.ResidualsRequest) (*pb.ResidualsResponse, error) {

@@ -8,10 +8,12 @@
 // that size. It always exits 0 so the whole log comes back; the last line
 // is `cudacheck: N passed, M failed`. It does not run a whole U-Net yet.
 // Build: CGO_ENABLED=0 go build -o cudacheck ./cuda/cmd/cudacheck
+// Run: ./cudacheck [-timings=false] [-stack=false] [-ipc=false].
 package main
 
 import (
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -29,6 +31,7 @@ import (
 var (
 	start          = time.Now()
 	passed, failed int
+	failures       []string // names of the failed cases, for tests
 	rng            *rand.Rand
 )
 
@@ -40,14 +43,25 @@ func main() {
 	if len(os.Args) == 4 && os.Args[1] == "-ipc-child" {
 		os.Exit(ipcChild(os.Args[2], os.Args[3]))
 	}
+	opt := options{sizes: fullSizes}
+	flag.BoolVar(&opt.timings, "timings", true, "time GEMMs, attention, group norm, conv and the SD1.5 stack")
+	flag.BoolVar(&opt.stack, "stack", true, "check the SD1.5 layer stack against the CPU models")
+	flag.BoolVar(&opt.ipc, "ipc", true, "check CUDA IPC with a child process")
+	flag.Parse()
 	seed := uint64(time.Now().UnixNano())
 	rng = rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	logf("cudacheck: seed %d", seed)
-	run()
+	run(opt)
 	fmt.Printf("cudacheck: %d passed, %d failed\n", passed, failed)
 }
 
-func run() {
+// options selects the parts of the check.
+type options struct {
+	timings, stack, ipc bool
+	sizes               sizes
+}
+
+func run(opt options) {
 	for _, s := range cuda.ProbeLibraries() {
 		logf("library %s", s)
 	}
@@ -92,11 +106,23 @@ func run() {
 	checkGemms(g)
 	checkGemmEx(g)
 	checkLayers(g)
-	checkIPC(dev)
+	checkShapes(g)
+	if opt.stack {
+		checkStacks(g)
+	}
+	if opt.ipc {
+		checkIPC(dev)
+	}
 
+	if !opt.timings {
+		return
+	}
 	logf("--- timings (median of 5 repeats after warm-up; host clock after stream sync)")
 	g.Poison = false
-	timeAll(g)
+	timeAll(g, opt.sizes)
+	if opt.stack {
+		timeStack(g, opt.sizes.hw)
+	}
 }
 
 func pass(name, detail string) {
@@ -106,6 +132,7 @@ func pass(name, detail string) {
 
 func fail(name string, err error) {
 	failed++
+	failures = append(failures, name)
 	logf("FAIL %s: %v", name, err)
 }
 
@@ -472,6 +499,9 @@ func checkIPC(dev *cuda.Device) {
 		}
 		out, err := exec.Command(self, "-ipc-child", hex.EncodeToString(h.Reserved[:]), strconv.Itoa(4*n)).CombinedOutput()
 		if err != nil {
+			if len(out) > 600 {
+				out = out[:600]
+			}
 			return fmt.Errorf("child: %v: %s", err, out)
 		}
 		back := make([]float32, n)

@@ -2,8 +2,9 @@
  * implements the driver entry points the cuda package binds on host
  * memory ("device pointers" are malloc'd addresses), requires the context
  * to be current on the calling thread (so a call off the device's locked
- * thread fails like the real driver would), runs two toy kernels by name
- * so launch-argument packing can be checked, and round-trips a 64-byte IPC
+ * thread fails like the real driver would), runs toy kernels by name
+ * (and the host twins of cuda/kernels in fakekernels.h) so launch-argument
+ * packing and nn's GPU ops can be checked, and round-trips a 64-byte IPC
  * handle passed by value. It is not a CUDA emulator. */
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,8 @@ int cuStreamDestroy_v2(void *s) { return 0; }
 int cuModuleLoadData(void **m, const void *img) { NEEDCTX; *m = (void *)0x77; return 0; }
 int cuModuleUnload(void *m) { return 0; }
 struct fn { char name[64]; };
+#define P(i, T) (*(T *)params[i])
+#include "fakekernels.h"
 int cuModuleGetFunction(void **f, void *m, const char *name) {
     NEEDCTX;
     struct fn *x = calloc(1, sizeof *x);
@@ -64,19 +67,14 @@ int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
     NEEDCTX;
     struct fn *x = f;
     if (stream != (void *)0x5 || extra != NULL || bx == 0) return 1;
-    if (!strcmp(x->name, "add_f32")) {
-        float *a = *(float **)params[0], *b = *(float **)params[1], *y = *(float **)params[2];
-        long long n = *(long long *)params[3];
-        for (long long i = 0; i < n; i++) y[i] = a[i] + b[i];
-        return 0;
-    }
-    if (!strcmp(x->name, "scale_f32")) {
-        float *a = *(float **)params[0];
-        float s = *(float *)params[1];
-        int n = *(int *)params[2];
+    if (!strcmp(x->name, "scale_f32")) { /* test-only kernel */
+        float *a = P(0, float *);
+        float s = P(1, float);
+        int n = P(2, int);
         for (int i = 0; i < n; i++) a[i] *= s;
         return 0;
     }
+    return host_kernel(x->name, gx, params);
     return 500; /* CUDA_ERROR_NOT_FOUND */
 }
 int cuGetErrorString(int r, const char **s) { *s = r == 201 ? "invalid device context" : "fake error"; return 0; }
@@ -95,3 +93,5 @@ int cuIpcOpenMemHandle_v2(CUdeviceptr *p, CUipcMemHandle h, unsigned flags) {
     return 0;
 }
 int cuIpcCloseMemHandle(CUdeviceptr p) { return 0; }
+int cuMemHostRegister_v2(void *p, size_t n, unsigned flags) { NEEDCTX; return p && n ? 0 : 1; }
+int cuMemHostUnregister(void *p) { NEEDCTX; return 0; }

@@ -1,0 +1,69 @@
+// main_test.go: cudacheck against the stand-in CUDA libraries of package
+// cudatest (no GPU): every case must pass except the fp16 GemmEx ones,
+// which the stand-in cuBLAS does not implement. This checks
+// the check itself (shapes, argument order, comparisons, poisoning) and
+// nn's GPU ops on the Go side; the kernels' CUDA C runs only on a GPU.
+// The timings run at tiny sizes (their numbers mean nothing here); the
+// SD1.5 stack and IPC are left out (slow or impossible on the stand-ins).
+package main
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/sdbridge/sdbridge/cuda/cudatest"
+)
+
+func TestCudacheckOnStandIns(t *testing.T) {
+	if cudatest.InChild() {
+		t.Skip("in the child")
+	}
+	cudatest.RunChild(t, "TestCudacheckChild", cudatest.Build(t))
+}
+
+func TestCudacheckChild(t *testing.T) {
+	if !cudatest.InChild() {
+		t.Skip("run by TestCudacheckOnStandIns")
+	}
+	rng = rand.New(rand.NewPCG(1, 2))
+	run(options{timings: true, sizes: smallSizes})
+	want := []string{ // the stand-in cuBLAS has no fp16
+		"gemmex fp16xfp16->fp32 256x320x768 (A [m,k], B^T [n,k])",
+		"time gemmex fp16 in/out, fp32 accumulate, 64^3",
+	}
+	if !slices.Equal(failures, want) {
+		t.Fatalf("failed cases %q, want only %q", failures, want)
+	}
+	if passed < 20 {
+		t.Fatalf("%d cases passed, want at least 20", passed)
+	}
+}
+
+func TestCompare(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		got, want []float32
+		tol       float64
+		pass      bool
+	}{
+		{"equal", []float32{1, 2}, []float32{1, 2}, 0, true},
+		{"close", []float32{1, 2.00001}, []float32{1, 2}, 1e-4, true},
+		{"far", []float32{1, 3}, []float32{1, 2}, 1e-4, false},
+		{"nan", []float32{1, float32NaN()}, []float32{1, 2}, 1, false},
+		{"length", []float32{1}, []float32{1, 2}, 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p0, f0 := passed, failed
+			compare(tc.name, tc.got, tc.want, tc.tol)
+			if gotPass := passed > p0; gotPass != tc.pass || passed+failed != p0+f0+1 {
+				t.Fatalf("compare passed=%v, want %v", gotPass, tc.pass)
+			}
+		})
+	}
+}
+
+func float32NaN() float32 {
+	var z float32
+	return z / z
+}
