@@ -240,6 +240,22 @@ func TestLoRAPluginSwapBitExact(t *testing.T) {
 	if !sameBits(stateA, r.snapshotBits()) {
 		t.Fatal("a refused patch changed the weights")
 	}
+	// An SDXL LoRA (second text encoder) is refused by name, through the process.
+	sdxl := filepath.Join(t.TempDir(), "sdxl.safetensors")
+	zeros := func(n int) []byte { return make([]byte, 2*n) }
+	err = safetensors.WriteFile(sdxl, []safetensors.TensorData{
+		{Spec: safetensors.Spec{Name: "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight", DType: safetensors.F16, Shape: []int{4, 1280}}, Data: zeros(4 * 1280)},
+		{Spec: safetensors.Spec{Name: "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight", DType: safetensors.F16, Shape: []int{1280, 4}}, Data: zeros(4 * 1280)},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.patch.Apply(ctx, r.plugin, loraParams(sdxl, 1, 1)); err == nil || !strings.Contains(err.Error(), "SDXL") {
+		t.Fatalf("SDXL LoRA: err = %v, want a refusal naming SDXL", err)
+	}
+	if !sameBits(stateA, r.snapshotBits()) {
+		t.Fatal("a refused SDXL patch changed the weights")
+	}
 }
 
 func TestLoRAMergePlugin(t *testing.T) {

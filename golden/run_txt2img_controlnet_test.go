@@ -61,7 +61,9 @@ func controlNetPlugin() (*host.Plugin, error) {
 
 // txt2imgControlNet sets req.Residuals to the case's ControlNet (strength
 // in.controlnet_strength, every step, both CFG halves) for a generation on
-// p; call the returned cleanup after Generate.
+// p. Fill req (steps, schedule, cfg, size, batch) first; call the returned
+// cleanup after Generate. With ELLA's Conditioner on req the ControlNet gets
+// ELLA's context, as the U-Net does.
 func txt2imgControlNet(c *Case, p *host.Loaded, req *host.Request) (cleanup func(), err error) {
 	file, err := c.File("controlnet")
 	if err != nil {

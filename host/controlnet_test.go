@@ -151,7 +151,10 @@ func compareRows(t *testing.T, cfg models.UNetConfig, got, want models.Residuals
 			}
 			continue
 		}
-		if rel := math.Sqrt(num / den); rel > 1e-5 || math.IsNaN(rel) {
+		// 1e-4 as the golden component cases: the plugin process may batch
+		// rows differently and pick another GEMM backend (nn calibrates
+		// OpenBLAS against pure Go per process).
+		if rel := math.Sqrt(num / den); rel > 1e-4 || math.IsNaN(rel) {
 			t.Fatalf("residual %q rows [%d, %d): rel_l2 %g", name, r0, r1, rel)
 		}
 	}
@@ -381,7 +384,8 @@ func TestControlNetSourceRefusals(t *testing.T) {
 
 // TestControlNetPluginCrash kills the plugin process during a generation:
 // the generation fails naming the plugin, and the next one (plugin
-// restarted) matches an undisturbed run exactly.
+// restarted) matches an undisturbed run (to float rounding: a new process
+// may pick another GEMM backend, see nn/blas.go calibrateBLAS).
 func TestControlNetPluginCrash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs three small generations")
@@ -427,9 +431,13 @@ func TestControlNetPluginCrash(t *testing.T) {
 	if p.Pid() == pid || p.Starts() < 2 {
 		t.Fatalf("plugin not restarted (pid %d -> %d, %d starts)", pid, p.Pid(), p.Starts())
 	}
-	for i := range want.Latent.Data {
-		if got.Latent.Data[i] != want.Latent.Data[i] {
-			t.Fatalf("latent[%d] = %v after restart, %v before", i, got.Latent.Data[i], want.Latent.Data[i])
-		}
+	var num, den float64
+	for i, w := range want.Latent.Data {
+		d := float64(got.Latent.Data[i] - w)
+		num += d * d
+		den += float64(w) * float64(w)
+	}
+	if rel := math.Sqrt(num / den); !(rel <= 1e-5) {
+		t.Fatalf("latent after restart differs from before: rel_l2 %g", rel)
 	}
 }

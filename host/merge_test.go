@@ -146,7 +146,7 @@ func TestMergeGolden(t *testing.T) {
 								continue
 							}
 							off++
-							if step := max(float64(abs32(r[0]))/1024, 1.0/(1<<24)); math.Abs(float64(have[i]-r[0])) > step {
+							if step := max(math.Abs(float64(r[0]))/1024, 1.0/(1<<24)); math.Abs(float64(have[i]-r[0])) > step {
 								t.Errorf("%s[%d] = %v, want %v (fp16 of %v) within one fp16 step", name, i, have[i], r[0], v)
 								break
 							}
@@ -196,8 +196,6 @@ func TestMergeGolden(t *testing.T) {
 		})
 	}
 }
-
-func abs32(x float32) float32 { return float32(math.Abs(float64(x))) }
 
 func slicesEqual[T comparable](a, b []T) bool {
 	if len(a) != len(b) {

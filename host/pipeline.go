@@ -28,21 +28,9 @@ type Pipeline struct {
 	VAE      ImageDecoder
 	Prompts  PromptEncoder // nil when a Conditioner provides every context
 	Schedule *DiscreteSchedule
-	// LatentChannels and Downscale describe the latent space (4 and 8 for SD1.x).
+	// LatentChannels and Downscale describe the latent space (4 and 8 for
+	// SD1.x). The U-Net takes latents of any size (odd sides as in ldm).
 	LatentChannels, Downscale int
-	// LatentMultiple is what the U-Net needs the latent sides to be
-	// multiples of (0 or 1: anything). A UNet with a LatentMultiple() int
-	// method (models.UNet: 1, odd sides work as in ldm) overrides it.
-	LatentMultiple int
-}
-
-// latentMultiple is the U-Net's own requirement when it states one, else
-// LatentMultiple; at least 1.
-func (p *Pipeline) latentMultiple() int {
-	if lm, ok := p.UNet.(interface{ LatentMultiple() int }); ok {
-		return max(lm.LatentMultiple(), 1)
-	}
-	return max(p.LatentMultiple, 1)
 }
 
 // Request is one txt2img generation.
@@ -92,8 +80,6 @@ func (p *Pipeline) Validate(req *Request) error {
 	down := max(p.Downscale, 1)
 	if req.Width <= 0 || req.Height <= 0 || req.Width%down != 0 || req.Height%down != 0 {
 		errs = append(errs, fmt.Sprintf("size %dx%d: width and height must be positive multiples of %d", req.Width, req.Height, down))
-	} else if m := p.latentMultiple(); (req.Width/down)%m != 0 || (req.Height/down)%m != 0 {
-		errs = append(errs, fmt.Sprintf("size %dx%d: this U-Net needs width and height in multiples of %d px", req.Width, req.Height, down*m))
 	}
 	if req.Steps < 1 {
 		errs = append(errs, fmt.Sprintf("steps %d: must be at least 1", req.Steps))

@@ -81,7 +81,6 @@ func (l *Loaded) load(checkpoint string, f *safetensors.File, opt LoadOptions) e
 		return fmt.Errorf("checkpoint %s: %w", checkpoint, err)
 	}
 	l.UNet = unet
-	l.LatentMultiple = unet.Config.Downscale()
 	l.LatentChannels = unet.Config.InChannels
 	if unet.Config.InChannels != 4 {
 		return fmt.Errorf("checkpoint %s: U-Net takes %d input channels (an inpainting or instruct model?); txt2img needs 4", checkpoint, unet.Config.InChannels)

@@ -35,7 +35,7 @@ func (halfDecoder) Decode(l *nn.Tensor) (*nn.Tensor, error) {
 
 func testPipeline(t *testing.T, unet EpsModel) *Pipeline {
 	return &Pipeline{UNet: unet, VAE: halfDecoder{}, Prompts: prompts{"cat": 1, "dog": 2}, Schedule: sd15(t),
-		LatentChannels: 4, Downscale: 8, LatentMultiple: 8}
+		LatentChannels: 4, Downscale: 8}
 }
 
 func TestPipelineGenerate(t *testing.T) {
@@ -75,7 +75,6 @@ func TestPipelineValidate(t *testing.T) {
 		want   string
 	}{
 		{"size", func(r *Request) { r.Width = 60 }, "multiples of 8"},
-		{"U-Net multiple", func(r *Request) { r.Height = 72 }, "multiples of 64 px"},
 		{"sampler", func(r *Request) { r.Sampler = "x" }, "valid: euler"},
 		{"schedule", func(r *Request) { r.Schedule = "x" }, "valid: normal"},
 		{"steps", func(r *Request) { r.Steps = 0 }, "steps 0"},

@@ -85,10 +85,6 @@ func NewUNet(w *Weights, cfg UNetConfig) (*UNet, error) {
 	return u, nil
 }
 
-// LatentMultiple is what the latent sides must be multiples of: 1, any
-// size works (host.Pipeline asks its EpsModel through this method).
-func (u *UNet) LatentMultiple() int { return 1 }
-
 // Forward predicts the noise for x [B, in, H, W] at timesteps [B]
 // (fractional allowed) under context [B, L, ContextDim] (any L: 77 for
 // CLIP, 64 for ELLA, 141 for both). res may be nil; see Residuals for the

@@ -76,12 +76,72 @@ type convSrc struct {
 }
 
 // pack writes rows [pc, pc+kc) x pixels [p0, p0+np) of the im2col matrix
-// into panel[l*width+j].
+// into panel[l*width+j]. The pixel range is cut into output-row runs once,
+// and (ci, ky, kx) advance incrementally, so the per-row work is copies.
 func (cs *convSrc) pack(panel []float32, width, pc, kc, p0, np int) {
+	var buf [16]pixelRun
+	runs := pixelRuns(buf[:0], p0, np, cs.ow)
+	plane := cs.h * cs.w
+	ci, ky, kx := pc/(cs.kh*cs.kw), pc/cs.kw%cs.kh, pc%cs.kw
 	for l := 0; l < kc; l++ {
-		r := pc + l
-		ci, ky, kx := r/(cs.kh*cs.kw), r/cs.kw%cs.kh, r%cs.kw
-		patchRow(panel[l*width:l*width+np], cs.x[ci*cs.h*cs.w:(ci+1)*cs.h*cs.w], cs.h, cs.w, ky, kx, cs.s, cs.pad, cs.ow, p0)
+		dst := panel[l*width : l*width+np]
+		src := cs.x[ci*plane : (ci+1)*plane]
+		for _, r := range runs {
+			seg := dst[r.q : r.q+r.n]
+			iy := r.oy*cs.s - cs.pad + ky
+			if iy < 0 || iy >= cs.h {
+				clear(seg)
+				continue
+			}
+			fillRun(seg, src[iy*cs.w:(iy+1)*cs.w], r.ox*cs.s-cs.pad+kx, cs.s)
+		}
+		if kx++; kx == cs.kw {
+			kx = 0
+			if ky++; ky == cs.kh {
+				ky = 0
+				ci++
+			}
+		}
+	}
+}
+
+// pixelRun is a stretch of consecutive output pixels on one output row:
+// dst[q : q+n] are pixels (oy, ox), (oy, ox+1), ...
+type pixelRun struct{ q, n, oy, ox int }
+
+// pixelRuns cuts output pixels [p0, p0+np) into runs along output rows.
+func pixelRuns(runs []pixelRun, p0, np, ow int) []pixelRun {
+	for q := 0; q < np; {
+		oy, ox := (p0+q)/ow, (p0+q)%ow
+		n := min(ow-ox, np-q)
+		runs = append(runs, pixelRun{q, n, oy, ox})
+		q += n
+	}
+	return runs
+}
+
+// fillRun sets seg[t] = src[ix+t*s] where that index is inside src, else 0
+// (the padding).
+func fillRun(seg, src []float32, ix, s int) {
+	run := len(seg)
+	if s == 1 {
+		// valid part of the run: t in [max(0, -ix), min(run, w-ix))
+		a, z := min(max(0, -ix), run), min(run, len(src)-ix)
+		if z <= a { // the run lies wholly in the padding
+			clear(seg)
+			return
+		}
+		clear(seg[:a])
+		copy(seg[a:z], src[ix+a:ix+z])
+		clear(seg[z:])
+		return
+	}
+	for t := range seg {
+		if xx := ix + t*s; xx >= 0 && xx < len(src) {
+			seg[t] = src[xx]
+		} else {
+			seg[t] = 0
+		}
 	}
 }
 
@@ -101,34 +161,14 @@ func im2col(cols, x []float32, ic, h, w, kh, kw, s, pad, ow, p0, np int) {
 // for output pixels p0, p0+1, ... (zeros where the window hangs over the
 // padding).
 func patchRow(dst, plane []float32, h, w, ky, kx, s, pad, ow, p0 int) {
-	np := len(dst)
-	for q := 0; q < np; {
-		oy, ox := (p0+q)/ow, (p0+q)%ow
-		run := min(ow-ox, np-q) // pixels left on this output row
-		seg := dst[q : q+run]
-		q += run
-		iy := oy*s - pad + ky
+	var buf [16]pixelRun
+	for _, r := range pixelRuns(buf[:0], p0, len(dst), ow) {
+		seg := dst[r.q : r.q+r.n]
+		iy := r.oy*s - pad + ky
 		if iy < 0 || iy >= h {
 			clear(seg)
 			continue
 		}
-		src := plane[iy*w : (iy+1)*w]
-		ix := ox*s - pad + kx
-		if s == 1 {
-			// valid part of the run: t in [max(0, -ix), min(run, w-ix))
-			a, z := min(max(0, -ix), run), min(run, w-ix)
-			z = max(z, a)
-			clear(seg[:a])
-			copy(seg[a:z], src[ix+a:ix+z])
-			clear(seg[z:])
-			continue
-		}
-		for t := range seg {
-			if xx := ix + t*s; xx >= 0 && xx < w {
-				seg[t] = src[xx]
-			} else {
-				seg[t] = 0
-			}
-		}
+		fillRun(seg, plane[iy*w:(iy+1)*w], r.ox*s-pad+kx, s)
 	}
 }

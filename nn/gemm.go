@@ -1,14 +1,16 @@
-// gemm.go: single-precision GEMM. Gemm picks OpenBLAS (loaded at run time,
-// see blas.go) when present and the product is big enough to amortise the
-// call, else the pure-Go packed kernel below: op(B) is packed into NR-wide
-// column panels and op(A) into MR-high row panels per (KC x NC) / (MC x KC)
-// block, and a register-blocked micro-kernel (assembly on amd64 where the
-// CPU has AVX-512 or AVX2+FMA, portable Go otherwise) computes each MR x NR
-// tile. Large products are split over all cores by rows (or columns when
-// the matrix is wide). It does not handle column-major storage or complex
-// types, and it does not check that slices are long enough beyond Go's own
-// bounds checks. OpenBLAS calls are made one at a time with OpenBLAS's own
-// threads; work that runs many products in parallel uses gemmSerial (Go).
+// gemm.go: single-precision GEMM. Gemm uses OpenBLAS (loaded at run time;
+// blas.go says when it is chosen) for products big enough to amortise the
+// call, else the Go packed kernel below: op(B) is packed into NR-wide
+// column panels per (KC x NC) block, op(A) is read in place by the kernel
+// when it is untransposed with alpha 1 and packed into MR-high row panels
+// otherwise, and a register-blocked micro-kernel (Go assembly on amd64
+// where the CPU has AVX-512 or AVX2+FMA, portable Go otherwise) computes
+// each MR x NR tile. Large products are split over all cores by rows (or
+// columns when C is wide); a few rows times a wide B^T run as C^T = B A^T.
+// It does not handle column-major storage or complex types, and it does
+// not check slice lengths beyond Go's bounds checks. OpenBLAS calls are
+// made one at a time with OpenBLAS's own threads; work that runs many
+// products in parallel uses gemmSerial (Go only).
 package nn
 
 import (

@@ -181,6 +181,8 @@ func TestConv2d(t *testing.T) {
 		{1, 6, 11, 10, 5, 3, 2, 1, true, 60},
 		{1, 4, 6, 6, 3, 1, 2, 0, false, 0},
 		{2, 32, 16, 16, 40, 3, 1, 1, true, 0},
+		{1, 3, 4, 5, 2, 3, 1, 3, true, 0}, // padding wider than the kernel reach
+		{1, 2, 3, 3, 2, 1, 1, 2, false, 0},
 	}
 	backends(t, func(t *testing.T) {
 		for _, tc := range cases {

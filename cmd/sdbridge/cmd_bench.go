@@ -37,7 +37,7 @@ type benchReport struct {
 func runBench(args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	device := fs.String("device", "cpu", "cpu (cuda arrives with the CUDA backend)")
-	size := fs.Int("size", 512, "image size in pixels (multiple of 64)")
+	size := fs.Int("size", 512, "image size in pixels (multiple of 8)")
 	repeat := fs.Int("repeat", 1, "timed runs per part (after one warm-up run)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	parts := fs.String("parts", "clip,vae,unet", "comma-separated parts to time: unet, vae, clip, ella")
@@ -47,8 +47,8 @@ func runBench(args []string) error {
 	if *device != "cpu" {
 		return fmt.Errorf("--device %s: only the cpu device is available in this build", *device)
 	}
-	if *size <= 0 || *size%64 != 0 {
-		return fmt.Errorf("--size %d: must be a positive multiple of 64", *size)
+	if *size <= 0 || *size%8 != 0 {
+		return fmt.Errorf("--size %d: must be a positive multiple of 8", *size)
 	}
 	rep := benchReport{Device: "cpu", Size: *size, Threads: runtime.GOMAXPROCS(0), BLAS: nn.GemmBackend()}
 	layout := models.SD15()

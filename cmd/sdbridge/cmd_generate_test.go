@@ -122,14 +122,10 @@ func TestGenerateRefusesCheckpoints(t *testing.T) {
 	}{
 		{"no VAE", noVAE, "--vae FILE"},
 		{"SDXL", sdxl, "SDXL"},
-		{"size the U-Net cannot take", "", "multiples of 64 px"},
 		{"missing file", filepath.Join(t.TempDir(), "none.safetensors"), "none.safetensors"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			height := "64"
-			if tc.model == "" {
-				tc.model, height = tinyCheckpoint(t, nil), "72"
-			}
 			o, err := parseGenerateFlags([]string{"--model", tc.model, "--clip-tokenizer", clip, "--prompt", "x",
 				"--steps", "1", "--width", "64", "--height", height, "-o", filepath.Join(t.TempDir(), "o.png")}, &bytes.Buffer{})
 			if err != nil {

@@ -5,10 +5,12 @@
 // PASS/FAIL at 1e-4 for fp32), checks CUDA IPC between two processes,
 // and times SGEMM and fp16 GemmEx at 4096^3, attention at [2, 4096, 320]
 // with 8 heads, group norm at [2, 320, 64, 64] and a 3x3 convolution at
-// that size. It always exits 0 so the whole log comes back; the last line
-// is `cudacheck: N passed, M failed`. It does not run a whole U-Net yet.
-// Build: CGO_ENABLED=0 go build -o cudacheck ./cuda/cmd/cudacheck
-// Run: ./cudacheck [-timings=false] [-stack=false] [-ipc=false].
+// that size, then checks the whole SD1.5 U-Net (random weights) against the
+// CPU one and times a CFG step at 512px. It always exits 0 so the whole
+// log comes back; the last line is `cudacheck: N passed, M failed`. It
+// does not run the golden cases (no --device wiring yet).
+// Build: CGO_ENABLED=0 go build -o out/cudacheck ./cuda/cmd/cudacheck (see ../../DEVCHECK.md).
+// Run: ./cudacheck [-timings=false] [-stack=false] [-ipc=false] [-unet=false].
 package main
 
 import (
@@ -47,6 +49,7 @@ func main() {
 	flag.BoolVar(&opt.timings, "timings", true, "time GEMMs, attention, group norm, conv and the SD1.5 stack")
 	flag.BoolVar(&opt.stack, "stack", true, "check the SD1.5 layer stack against the CPU models")
 	flag.BoolVar(&opt.ipc, "ipc", true, "check CUDA IPC with a child process")
+	flag.BoolVar(&opt.unet, "unet", true, "check the whole SD1.5 U-Net (random weights) and time a CFG step")
 	flag.Parse()
 	seed := uint64(time.Now().UnixNano())
 	rng = rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
@@ -57,8 +60,8 @@ func main() {
 
 // options selects the parts of the check.
 type options struct {
-	timings, stack, ipc bool
-	sizes               sizes
+	timings, stack, ipc, unet bool
+	sizes                     sizes
 }
 
 func run(opt options) {
@@ -122,6 +125,10 @@ func run(opt options) {
 	timeAll(g, opt.sizes)
 	if opt.stack {
 		timeStack(g, opt.sizes.hw)
+	}
+	if opt.unet {
+		logf("--- whole SD1.5 U-Net, random weights")
+		checkAndTimeUNet(g, 16, opt.sizes.hw)
 	}
 }
 

@@ -9,10 +9,13 @@ package main
 
 import (
 	"math/rand/v2"
+	"os"
 	"slices"
 	"testing"
 
+	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/cuda/cudatest"
+	"github.com/sdbridge/sdbridge/nn"
 )
 
 func TestCudacheckOnStandIns(t *testing.T) {
@@ -37,6 +40,42 @@ func TestCudacheckChild(t *testing.T) {
 	}
 	if passed < 20 {
 		t.Fatalf("%d cases passed, want at least 20", passed)
+	}
+}
+
+// TestUNetOnStandIns runs the whole SD1.5 U-Net (random weights) through
+// the GPU path on the stand-ins at an 8x8 latent and compares it with the
+// CPU U-Net. It takes about 40 s on two cores, so it runs only with
+// SDBRIDGE_CUDA_SLOW_TESTS=1.
+func TestUNetOnStandIns(t *testing.T) {
+	if cudatest.InChild() {
+		t.Skip("in the child")
+	}
+	if os.Getenv("SDBRIDGE_CUDA_SLOW_TESTS") == "" {
+		t.Skip("slow (about 40 s): set SDBRIDGE_CUDA_SLOW_TESTS=1")
+	}
+	cudatest.RunChild(t, "TestUNetChild", cudatest.Build(t))
+}
+
+func TestUNetChild(t *testing.T) {
+	if !cudatest.InChild() || os.Getenv("SDBRIDGE_CUDA_SLOW_TESTS") == "" {
+		t.Skip("run by TestUNetOnStandIns")
+	}
+	rng = rand.New(rand.NewPCG(3, 4))
+	d, err := cuda.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	bl, err := d.NewBLAS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bl.Close()
+	p0 := passed
+	checkAndTimeUNet(&nn.GPU{Dev: d, BLAS: bl, Poison: true}, 8, 0)
+	if len(failures) != 0 || passed != p0+1 {
+		t.Fatalf("U-Net check failed: %q", failures)
 	}
 }
 
