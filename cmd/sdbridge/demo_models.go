@@ -1,7 +1,8 @@
 // demo_models.go makes the demo's models: a CLIP vocabulary of its own
 // (byte-pair merges learned from a few prompts), a tiny SD1.5-structured
-// checkpoint with random weights in the real key layout, a kohya LoRA for it
-// and a ControlNet. Nothing is downloaded; the files are small (a few MB).
+// checkpoint with random weights in the real key layout, a kohya LoRA for
+// it, a ControlNet, a T5 encoder folder with its own SentencePiece
+// vocabulary, an ELLA connector, and a hint image. Nothing is downloaded; the files are small (a few MB).
 // The weights are random, so the image is structured noise, not a picture.
 package main
 
@@ -9,6 +10,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"image"
+	"image/color"
+	"image/png"
 	"math"
 	"os"
 	"path/filepath"
@@ -16,6 +20,7 @@ import (
 	"strings"
 
 	"github.com/sdbridge/sdbridge/models"
+	"github.com/sdbridge/sdbridge/plugins/ella"
 	"github.com/sdbridge/sdbridge/plugins/lora"
 	"github.com/sdbridge/sdbridge/safetensors"
 	"github.com/sdbridge/sdbridge/tokenizer"
@@ -29,6 +34,7 @@ blurry, low quality, watermark, text`
 
 type demoFiles struct {
 	Dir, Checkpoint, Vocab, Merges, LoRA, ControlNet string
+	ELLA, T5, Hint                                   string
 	VocabSize                                        int
 }
 
@@ -92,7 +98,8 @@ func writeDemoModels(dir string) (*demoFiles, error) {
 	d := &demoFiles{Dir: dir,
 		Checkpoint: filepath.Join(dir, "tiny-sd15.safetensors"),
 		Vocab:      filepath.Join(dir, "vocab.json"), Merges: filepath.Join(dir, "merges.txt"),
-		LoRA: filepath.Join(dir, "tiny-lora.safetensors"), ControlNet: filepath.Join(dir, "tiny-controlnet.safetensors")}
+		LoRA: filepath.Join(dir, "tiny-lora.safetensors"), ControlNet: filepath.Join(dir, "tiny-controlnet.safetensors"),
+		ELLA: filepath.Join(dir, "tiny-ella.safetensors"), T5: filepath.Join(dir, "tiny-t5"), Hint: filepath.Join(dir, "hint.png")}
 	vocab, merges := tokenizer.VocabFromMerges(trainMerges(demoCorpus, 200))
 	d.VocabSize = len(vocab)
 	vb, err := json.Marshal(vocab)
@@ -121,7 +128,94 @@ func writeDemoModels(dir string) (*demoFiles, error) {
 	if err := writeDemoLoRA(d.LoRA, layout); err != nil {
 		return nil, err
 	}
+	t5, err := writeDemoT5(d.T5)
+	if err != nil {
+		return nil, err
+	}
+	// The connector maps T5 features (d_model) to the U-Net's context width.
+	ellaSpecs := ella.ConnectorSpecs(safetensors.BF16, layout.ContextDim, 96, 32, t5.DModel, 64, 2)
+	if err := models.WriteRandom(d.ELLA, ellaSpecs, 3, nil); err != nil {
+		return nil, err
+	}
+	if err := writeDemoHint(d.Hint, 64*4, 64*4); err != nil {
+		return nil, err
+	}
 	return d, nil
+}
+
+// writeDemoT5 writes a tiny T5 v1.1 encoder folder: config.json,
+// model.safetensors and a SentencePiece-style tokenizer.json whose pieces
+// are the words and letters of the demo corpus.
+func writeDemoT5(dir string) (models.T5Config, error) {
+	pieces := [][2]any{{"<pad>", 0.0}, {"</s>", 0.0}, {"<unk>", 0.0}, {"\u2581", -2.0}}
+	seen := map[string]bool{}
+	for _, w := range strings.Fields(strings.ToLower(strings.NewReplacer(",", " ", ".", " ").Replace(demoCorpus))) {
+		if !seen[w] {
+			seen[w] = true
+			pieces = append(pieces, [2]any{"\u2581" + w, -float64(len(w))})
+		}
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		pieces = append(pieces, [2]any{string(c), -10.0})
+	}
+	cfg := models.T5Config{DModel: 64, DKV: 16, DFF: 96, NumHeads: 4, NumLayers: 2, VocabSize: len(pieces),
+		NumBuckets: 32, MaxDistance: 128, FeedForwardProj: "gated-gelu", LayerNormEps: 1e-6, ModelType: "t5"}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return cfg, err
+	}
+	cb, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return cfg, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), cb, 0o644); err != nil {
+		return cfg, err
+	}
+	tok := map[string]any{
+		"added_tokens": []map[string]any{
+			{"id": 0, "content": "<pad>", "special": true}, {"id": 1, "content": "</s>", "special": true},
+			{"id": 2, "content": "<unk>", "special": true}},
+		"normalizer":    nil,
+		"pre_tokenizer": map[string]any{"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": true},
+		"post_processor": map[string]any{"type": "TemplateProcessing",
+			"single":         []map[string]any{{"Sequence": map[string]any{"id": "A", "type_id": 0}}, {"SpecialToken": map[string]any{"id": "</s>", "type_id": 0}}},
+			"special_tokens": map[string]any{"</s>": map[string]any{"id": "</s>", "ids": []int{1}, "tokens": []string{"</s>"}}}},
+		"model": map[string]any{"type": "Unigram", "unk_id": 2, "vocab": pieces, "byte_fallback": false},
+	}
+	tb, err := json.Marshal(tok)
+	if err != nil {
+		return cfg, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tokenizer.json"), tb, 0o644); err != nil {
+		return cfg, err
+	}
+	return cfg, models.WriteRandom(filepath.Join(dir, "model.safetensors"), models.T5Specs(cfg, safetensors.F16), 4, map[string]string{"format": "pt"})
+}
+
+// writeDemoHint draws the ControlNet hint: a ring and a bar on black, which
+// the canny preprocessor turns into edges.
+func writeDemoHint(path string, w, h int) error {
+	img := image.NewNRGBA(image.Rect(0, 0, w, h))
+	cx, cy, r := float64(w)/2, float64(h)/2, float64(min(w, h))/3
+	for y := range h {
+		for x := range w {
+			d := math.Hypot(float64(x)-cx, float64(y)-cy)
+			on := math.Abs(d-r) < float64(w)/24 || y > h*3/4 && y < h*3/4+h/16
+			v := uint8(0)
+			if on {
+				v = 255
+			}
+			img.SetNRGBA(x, y, color.NRGBA{v, v, v, 255})
+		}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := png.Encode(f, img); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // writeDemoLoRA writes a rank-4 kohya LoRA (diffusers-style names, F32) on

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/sdbridge/sdbridge/inspect"
+	"github.com/sdbridge/sdbridge/models"
 	"github.com/sdbridge/sdbridge/plugins/lora"
 	"github.com/sdbridge/sdbridge/safetensors"
 	"github.com/sdbridge/sdbridge/tokenizer"
@@ -73,5 +74,40 @@ func TestDemoModels(t *testing.T) {
 	defer lf.Close()
 	if _, err := lora.NewPlan(ck, []lora.Adapter{{File: lf, UNet: 1, TE: 1}}); err != nil {
 		t.Errorf("demo LoRA does not apply to the demo checkpoint: %v", err)
+	}
+}
+
+// The demo's T5 folder loads with its tokenizer, and the ELLA connector
+// fits both the T5 width and the U-Net context width.
+func TestDemoT5AndELLA(t *testing.T) {
+	d, err := writeDemoModels(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := tokenizer.LoadT5Tokenizer(d.T5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := tok.Encode("a red fox in a forest")
+	if len(ids) != 7 || ids[len(ids)-1] != 1 {
+		t.Errorf("ids = %v, want 6 word pieces and EOS 1", ids)
+	}
+	enc, err := models.LoadT5Encoder(d.T5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := models.OpenELLA(d.ELLA, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.CheckInputDim(enc.Config.DModel); err != nil {
+		t.Error(err)
+	}
+	if err := e.CheckContextDim(models.Tiny(d.VocabSize).ContextDim); err != nil {
+		t.Error(err)
+	}
+	r, err := inspect.Path(d.ELLA)
+	if err != nil || r.Kind != inspect.KindELLA {
+		t.Errorf("inspect(ella) = %+v, %v", r, err)
 	}
 }

@@ -26,9 +26,15 @@ const (
 // ReleaseSpecs lists the released connector's tensors (F16) in module
 // order.
 func ReleaseSpecs() []safetensors.Spec {
-	const w, e, ct, din, q = ReleaseWidth, ReleaseTimeEmbed, ReleaseTimeChannels, ReleaseInputDim, ReleaseLatents
+	return ConnectorSpecs(safetensors.F16, ReleaseWidth, ReleaseTimeEmbed, ReleaseTimeChannels, ReleaseInputDim, ReleaseLatents, ReleaseLayers)
+}
+
+// ConnectorSpecs lists the tensors of a connector of any size with the
+// official key names: width w, time embedding e, sinusoid channels ct,
+// text input din, q latents and the given number of perceiver blocks.
+func ConnectorSpecs(dt safetensors.DType, w, e, ct, din, q, layers int) []safetensors.Spec {
 	spec := func(name string, shape ...int) safetensors.Spec {
-		return safetensors.Spec{Name: name, DType: safetensors.F16, Shape: shape}
+		return safetensors.Spec{Name: name, DType: dt, Shape: shape}
 	}
 	specs := []safetensors.Spec{
 		spec("time_embedding.linear_1.weight", e, ct), spec("time_embedding.linear_1.bias", e),
@@ -37,7 +43,7 @@ func ReleaseSpecs() []safetensors.Spec {
 		spec("connector.time_aware_linear.weight", w, e), spec("connector.time_aware_linear.bias", w),
 		spec("connector.proj_in.weight", w, din), spec("connector.proj_in.bias", w),
 	}
-	for i := range ReleaseLayers {
+	for i := range layers {
 		p := fmt.Sprintf("connector.perceiver_blocks.%d.", i)
 		specs = append(specs,
 			spec(p+"attn.in_proj_weight", 3*w, w), spec(p+"attn.in_proj_bias", 3*w),
