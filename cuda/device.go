@@ -155,14 +155,15 @@ func (d *Device) MemInfo() (free, total uint64, err error) {
 // Close unloads the device's modules, destroys its stream, releases the
 // primary context and stops its thread. Buffers must be freed before.
 func (d *Device) Close() error {
+	d.modMu.Lock()
+	mods := d.mods
+	d.mods, d.fns = map[string]*Module{}, nil
+	d.modMu.Unlock()
 	err := d.Do(func() error {
 		var errs []error
-		d.modMu.Lock()
-		for k, m := range d.mods {
+		for _, m := range mods {
 			errs = append(errs, check("cuModuleUnload", d.api.cuModuleUnload(m.h)))
-			delete(d.mods, k)
 		}
-		d.modMu.Unlock()
 		errs = append(errs, check("cuStreamDestroy", d.api.cuStreamDestroy(d.stream)))
 		errs = append(errs, check("cuDevicePrimaryCtxRelease", d.api.cuDevicePrimaryCtxRelease(d.dev)))
 		return errors.Join(errs...)

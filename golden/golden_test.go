@@ -26,7 +26,7 @@ var runners = map[string]Runner{
 	"clip_text":       runCLIPText,
 	"t5_encoder":      runT5Encoder,
 	"ella":            runELLA,
-	"lora_merge":      runLoRAMerge,
+	"lora_merge":      runLoRAMergePlugin,
 	"txt2img":         runTxt2Img,
 }
 

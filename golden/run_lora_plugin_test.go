@@ -1,18 +1,16 @@
 // run_lora_plugin_test.go runs "lora_merge" cases through the real plugin
 // path: the checkpoint's U-Net and text-encoder tensors widened to float32
 // into shared memfd arenas, the LoRA plugin in its own process (this test
-// binary re-executed, TestLoRAPluginHelper), the host's WeightPatch driving
+// binary re-executed, plugins_test.go), the host's WeightPatch driving
 // PlanPatch/PatchWeights, and the merged tensors read back from the arena.
-// It also checks that no tensor bytes crossed gRPC.
-//
-// runLoRAMergePlugin is meant to replace runLoRAMerge in the runner table
-// (owned by the lead); TestLoRAMergePlugin runs the lora_merge cases
-// through it meanwhile.
+// It also checks that no tensor bytes crossed gRPC, and (TestLoRAPluginSwapBitExact)
+// that swaps and restores through the process are bit-exact. It works on the
+// checkpoint's tensors directly, not through a loaded pipeline (txt2img
+// cases use host.Loaded.ApplyLoRAs).
 package golden
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -29,18 +27,6 @@ import (
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 	"github.com/sdbridge/sdbridge/safetensors"
 )
-
-const goldenPluginEnv = "SDBRIDGE_GOLDEN_PLUGIN"
-
-// TestLoRAPluginHelper is the LoRA plugin process (helper-process pattern);
-// it skips in a normal test run.
-func TestLoRAPluginHelper(t *testing.T) {
-	if os.Getenv(goldenPluginEnv) != "lora" {
-		t.Skip("helper process for runLoRAMergePlugin")
-	}
-	lora.Serve()
-	os.Exit(0)
-}
 
 // loraRig is a checkpoint's U-Net and text-encoder tensors in
 // plugin-writable arenas, a WeightPatch over them and a LoRA plugin process.
@@ -104,13 +90,10 @@ func newLoRARig(ckptPath string) (*loraRig, error) {
 		r.Close()
 		return nil, err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		r.Close()
-		return nil, err
+	spec, err := pluginHelperSpec("lora")
+	if err == nil {
+		r.plugin, err = r.sup.Register(spec)
 	}
-	r.plugin, err = r.sup.Register(host.Spec{Name: "lora", Path: exe, Args: []string{"-test.run=^TestLoRAPluginHelper$"},
-		Env: []string{goldenPluginEnv + "=lora"}, BuiltIn: true})
 	if err != nil {
 		r.Close()
 		return nil, err
@@ -118,11 +101,11 @@ func newLoRARig(ckptPath string) (*loraRig, error) {
 	return r, nil
 }
 
-func loraParams(path string, unet, te float32) sdk.Params {
+func loraParams(path string, unet, te float64) sdk.Params {
 	return sdk.Params{
 		{Name: "lora", Value: path},
-		{Name: "unet", Value: strconv.FormatFloat(float64(unet), 'g', -1, 32)},
-		{Name: "te", Value: strconv.FormatFloat(float64(te), 'g', -1, 32)},
+		{Name: "unet", Value: strconv.FormatFloat(unet, 'g', -1, 64)},
+		{Name: "te", Value: strconv.FormatFloat(te, 'g', -1, 64)},
 	}
 }
 
@@ -137,11 +120,11 @@ func runLoRAMergePlugin(c *Case) (Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	su, _, err := c.Input("in.strength_unet")
+	su, err := caseScalar(c, "in.strength_unet", 1)
 	if err != nil {
 		return nil, err
 	}
-	st, _, err := c.Input("in.strength_te")
+	st, err := caseScalar(c, "in.strength_te", su)
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +133,7 @@ func runLoRAMergePlugin(c *Case) (Result, error) {
 		return nil, err
 	}
 	defer r.Close()
-	rep, err := r.patch.Apply(context.Background(), r.plugin, loraParams(loraPath, su[0], st[0]))
+	rep, err := r.patch.Apply(context.Background(), r.plugin, loraParams(loraPath, su, st))
 	if err != nil {
 		return nil, err
 	}
@@ -255,44 +238,6 @@ func TestLoRAPluginSwapBitExact(t *testing.T) {
 	}
 	if !sameBits(stateA, r.snapshotBits()) {
 		t.Fatal("a refused SDXL patch changed the weights")
-	}
-}
-
-func TestLoRAMergePlugin(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts plugin processes")
-	}
-	root := Dir()
-	idx, err := os.ReadFile(filepath.Join(root, "cases", "index.json"))
-	if err != nil {
-		t.Skipf("golden directory %s: %v", root, err)
-	}
-	var index struct {
-		Cases []string `json:"cases"`
-	}
-	if err := json.Unmarshal(idx, &index); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range index.Cases {
-		if !strings.HasPrefix(name, "lora_merge") {
-			continue
-		}
-		t.Run(name, func(t *testing.T) {
-			c, err := Load(root, name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			got, err := runLoRAMergePlugin(c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rel, err := c.Compare(got)
-			fmt.Printf("golden: %s %s rel_l2=%.3g (plugin process) %v\n", name, c.Kind, rel, err)
-			if err != nil {
-				t.Fatal(err)
-			}
-		})
 	}
 }
 

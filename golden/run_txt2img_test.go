@@ -3,12 +3,16 @@
 // reference does (ids truncated to 77 and padded with the end token, no
 // A1111 syntax), the case's in.noise as the initial noise and in.step_noise.i
 // as the noise of step i, compared on out.sigmas, out.latent (before the VAE)
-// and out.image. Cases that need LoRA, ControlNet or ELLA plugins are
-// unsupported until those plugins are wired into the pipeline.
+// and out.image. A case's plugin files add their hooks, each plugin in its
+// own process (plugins_test.go): "lora" patches the U-Net and text encoder
+// in shared arenas through the LoRA plugin (txt2imgLoRA), "controlnet" adds
+// residuals (txt2imgControlNet), "ella" replaces CLIP's context
+// (txt2imgELLA); any combination runs in one generation.
 package golden
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/sdbridge/sdbridge/host"
@@ -27,13 +31,23 @@ type txt2imgConfig struct {
 	Height   int     `json:"height"`
 }
 
-// runTxt2Img runs a "txt2img" case.
+// txt2imgHook installs one plugin's part on a generation on p (a patch of
+// the weights, a request hook); the cleanup runs after Generate.
+type txt2imgHook func(c *Case, p *host.Loaded, req *host.Request) (cleanup func(), err error)
+
+// txt2imgHooks are the plugin parts, by the case file that asks for them,
+// in the order they are installed.
+var txt2imgHooks = []struct {
+	role string
+	hook txt2imgHook
+}{
+	{"lora", txt2imgLoRA},
+	{"controlnet", txt2imgControlNet},
+	{"ella", txt2imgELLA},
+}
+
+// runTxt2Img runs a "txt2img" case with the plugins its files name.
 func runTxt2Img(c *Case) (Result, error) {
-	for _, role := range []string{"lora", "controlnet", "ella"} {
-		if _, ok := c.FilesRel[role]; ok {
-			return nil, ErrUnsupported // plugin cases: wired when the plugins land
-		}
-	}
 	var pc txt2imgConfig
 	if err := c.ConfigInto("pipeline", &pc); err != nil {
 		return nil, err
@@ -46,9 +60,10 @@ func runTxt2Img(c *Case) (Result, error) {
 		}
 		paths[role] = p
 	}
+	_, withLoRA := c.FilesRel["lora"]
 	p, err := host.LoadPipeline(paths["checkpoint"], host.LoadOptions{
 		CLIPVocab: paths["clip_vocab"], CLIPMerges: paths["clip_merges"],
-		PromptMode: host.PromptTruncate,
+		PromptMode: host.PromptTruncate, Patchable: withLoRA,
 	})
 	if err != nil {
 		return nil, err
@@ -67,14 +82,28 @@ func runTxt2Img(c *Case) (Result, error) {
 		}
 		steps = append(steps, t)
 	}
-	res, err := p.Generate(context.Background(), host.Request{
+	req := host.Request{
 		Prompt: pc.Prompt, Negative: pc.Negative,
 		Steps: pc.Steps, CFG: pc.CFG, Sampler: pc.Sampler, Schedule: pc.Schedule,
 		Width: pc.Width, Height: pc.Height, Batch: noise.Shape[0],
 		InitialNoise: noise, StepNoise: &host.ListNoise{List: steps},
-	})
+	}
+	for _, h := range txt2imgHooks {
+		if _, ok := c.FilesRel[h.role]; !ok {
+			continue
+		}
+		cleanup, err := h.hook(c, p, &req)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", h.role, err)
+		}
+		defer cleanup()
+	}
+	res, err := p.Generate(context.Background(), req)
 	if err != nil {
 		return nil, err
+	}
+	if cond, ok := req.Conditioner.(*host.ELLAConditioner); ok && cond.Stats().Calls == 0 {
+		return nil, errors.New("the ELLA conditioner was never called")
 	}
 	sigmas := make([]float32, len(res.Sigmas))
 	for i, s := range res.Sigmas {
@@ -85,4 +114,30 @@ func runTxt2Img(c *Case) (Result, error) {
 		"out.latent": {Shape: res.Latent.Shape, Data: res.Latent.Data},
 		"out.image":  {Shape: res.Image.Shape, Data: res.Image.Data},
 	}, nil
+}
+
+// txt2imgLoRA applies the case's LoRA at in.strength_unet and
+// in.strength_te (0 when absent: under ELLA the text encoder is unused)
+// through the LoRA plugin process, in place in the pipeline's arenas.
+func txt2imgLoRA(c *Case, p *host.Loaded, _ *host.Request) (cleanup func(), err error) {
+	path, err := c.File("lora")
+	if err != nil {
+		return nil, err
+	}
+	unet, err := caseScalar(c, "in.strength_unet", 1)
+	if err != nil {
+		return nil, err
+	}
+	te, err := caseScalar(c, "in.strength_te", 0)
+	if err != nil {
+		return nil, err
+	}
+	sup, err := goldenPlugins()
+	if err != nil {
+		return nil, err
+	}
+	if err := p.ApplyLoRAs(context.Background(), sup, []host.LoRASpec{{Path: path, UNet: unet, TE: te}}); err != nil {
+		return nil, err
+	}
+	return func() {}, nil
 }

@@ -2,8 +2,10 @@
 // U-Net, VAE decoder (from the checkpoint or a separate --vae file), CLIP
 // text encoder and tokenizer, and the noise schedule (the checkpoint's
 // alphas_cumprod when stored, else SD1.5's). It refuses SDXL and other
-// non-SD1 checkpoints by name and says how to supply a missing VAE. It does
-// not apply LoRAs or start plugins.
+// non-SD1 checkpoints by name and says how to supply a missing VAE. With
+// LoadOptions.Patchable the U-Net and text encoder are bound into shared
+// arenas for LoRA patching (modelstore.go). It does not apply LoRAs or start
+// plugins.
 package host
 
 import (
@@ -26,20 +28,38 @@ type LoadOptions struct {
 	CLIPTokenizerDir      string
 	ClipSkip              int
 	PromptMode            PromptMode
+	// Patchable binds the U-Net and CLIP text-encoder weights into
+	// plugin-writable shared arenas and keeps the checkpoint mapped (the
+	// restore source), so Loaded.ApplyLoRAs can patch them in place. The
+	// VAE stays in private memory.
+	Patchable bool
 }
 
 // Loaded is a loaded Pipeline. The models widen every weight into their own
 // memory at bind time, so LoadPipeline unmaps the files once the models are
-// bound (about 2 GB less resident memory for an fp16 SD1.5 file); Close
+// bound (about 2 GB less resident memory for an fp16 SD1.5 file), except a
+// Patchable checkpoint, which stays mapped as the restore source; Close
 // releases what is still held.
 type Loaded struct {
 	*Pipeline
 	Tokenizer *tokenizer.CLIP
 	files     []io.Closer
+	store     *modelStore // nil unless Patchable
 }
 
-// Close unmaps the model files.
+// Close frees the shared weight arenas (after the plugins unmap them) and
+// unmaps the model files. Close it before the plugins' Supervisor.
 func (l *Loaded) Close() error {
+	var errs []error
+	if l.store != nil {
+		errs = append(errs, l.store.close())
+		l.store = nil
+	}
+	errs = append(errs, l.closeFiles())
+	return errors.Join(errs...)
+}
+
+func (l *Loaded) closeFiles() error {
 	var errs []error
 	for _, f := range l.files {
 		errs = append(errs, f.Close())
@@ -57,12 +77,19 @@ func LoadPipeline(checkpoint string, opt LoadOptions) (*Loaded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", checkpoint, err)
 	}
-	l := &Loaded{Pipeline: &Pipeline{LatentChannels: 4, Downscale: 8}, files: []io.Closer{f}}
+	l := &Loaded{Pipeline: &Pipeline{LatentChannels: 4, Downscale: 8}}
+	if opt.Patchable {
+		// The checkpoint stays mapped as the restore source; store.close unmaps it.
+		l.store = &modelStore{pool: NewArenaPool("weights", modelArenaChunk, true), ckpt: f}
+	} else {
+		l.files = []io.Closer{f}
+	}
 	err = l.load(checkpoint, f, opt)
-	if cerr := l.Close(); err == nil && cerr != nil {
+	if cerr := l.closeFiles(); err == nil && cerr != nil {
 		err = fmt.Errorf("checkpoint %s: %w", checkpoint, cerr)
 	}
 	if err != nil {
+		l.Close()
 		return nil, err
 	}
 	return l, nil
@@ -75,7 +102,12 @@ func (l *Loaded) load(checkpoint string, f *safetensors.File, opt LoadOptions) e
 	if _, ok := f.Lookup("model.diffusion_model.label_emb.0.0.weight"); ok {
 		return fmt.Errorf("checkpoint %s: %w (its U-Net has SDXL's label_emb)", checkpoint, ErrSDXL)
 	}
-	w := models.NewWeights(f)
+	w, teW := models.NewWeights(f), models.NewWeights(f)
+	var unetRec, teRec *recordingSource
+	if l.store != nil {
+		w, unetRec = l.store.patchableWeights(f)
+		teW, teRec = l.store.patchableWeights(f)
+	}
 	unet, err := models.LoadUNet(w.Sub("model.diffusion_model."))
 	if err != nil {
 		return fmt.Errorf("checkpoint %s: %w", checkpoint, err)
@@ -104,9 +136,14 @@ func (l *Loaded) load(checkpoint string, f *safetensors.File, opt LoadOptions) e
 	}
 	l.VAE = vae
 
-	clip, err := models.LoadCLIPText(models.NewWeights(f), models.CLIPTextOptions{})
+	clip, err := models.LoadCLIPText(teW, models.CLIPTextOptions{})
 	if err != nil {
 		return fmt.Errorf("checkpoint %s: %w", checkpoint, err)
+	}
+	if l.store != nil {
+		if err := l.store.seal(unetRec, teRec); err != nil {
+			return fmt.Errorf("checkpoint %s: %w", checkpoint, err)
+		}
 	}
 	vocab, merges := opt.CLIPVocab, opt.CLIPMerges
 	if vocab == "" || merges == "" {

@@ -18,12 +18,18 @@ type AttentionOpts struct {
 	Bias *Tensor
 }
 
-// attnBlock is the number of query rows per task.
-const attnBlock = 256
+// attnBlock is the number of query rows per task (at most attnBlockMax;
+// a variable so a benchmark can sweep it).
+var attnBlock = 128
+
+const attnBlockMax = 256
 
 // ScaledDotProductAttention computes softmax(q k^T * scale + bias) v per head.
 // q [B, Lq, heads*d], k and v [B, Lk, heads*d]; returns [B, Lq, heads*d].
 func ScaledDotProductAttention(q, k, v *Tensor, heads int, opt AttentionOpts) *Tensor {
+	mustf(len(q.Shape) == 3 && len(k.Shape) == 3 && heads > 0 && q.Shape[2]%heads == 0, "ScaledDotProductAttention", "q %v, %d heads", q.Shape, heads)
+	mustSameShape("ScaledDotProductAttention (k, v)", k, v)
+	mustf(k.Shape[0] == q.Shape[0] && k.Shape[2] == q.Shape[2], "ScaledDotProductAttention", "q %v, k %v", q.Shape, k.Shape)
 	b, lq, c := q.Shape[0], q.Shape[1], q.Shape[2]
 	lk := k.Shape[1]
 	d := c / heads
@@ -35,13 +41,16 @@ func ScaledDotProductAttention(q, k, v *Tensor, heads int, opt AttentionOpts) *T
 		scale = 1
 	}
 	out := New(b, lq, c) // [B, Lq, C]
-	bq := min(attnBlock, lq)
+	bq := min(attnBlock, attnBlockMax, lq)
 	nblk := (lq + bq - 1) / bq
 	var bias []float32
 	biasB, biasH := 0, 0
 	if opt.Bias != nil {
+		bs := opt.Bias.Shape
+		mustf(len(bs) == 4 && (bs[0] == 1 || bs[0] == b) && (bs[1] == 1 || bs[1] == heads) && bs[2] == lq && bs[3] == lk,
+			"ScaledDotProductAttention", "bias %v for [%d, %d, %d, %d] scores", bs, b, heads, lq, lk)
 		bias = opt.Bias.Data
-		biasB, biasH = opt.Bias.Shape[0], opt.Bias.Shape[1]
+		biasB, biasH = bs[0], bs[1]
 	}
 	task := func(t int) {
 		n, h, blk := t/(heads*nblk), t/nblk%heads, t%nblk
@@ -67,10 +76,16 @@ func ScaledDotProductAttention(q, k, v *Tensor, heads int, opt AttentionOpts) *T
 				scores[i] += bs[i]
 			}
 		}
+		// Unnormalised softmax: exp(s - max) here, the 1/sum applied to
+		// the d outputs of each row after P V (d values, not Lk).
+		var inv [attnBlockMax]float32
 		for r := 0; r < rows; r++ {
-			softmaxRow(scores[r*lk : (r+1)*lk])
+			inv[r] = softmaxRowUnnormalised(scores[r*lk : (r+1)*lk])
 		}
 		gemmSerial(false, false, rows, d, lk, 1, scores, lk, v.Data[ko:], c, 0, out.Data[qo:], c)
+		for r := 0; r < rows; r++ {
+			vecScale(out.Data[qo+r*c:qo+r*c+d], inv[r])
+		}
 	}
 	ntask := b * heads * nblk
 	parallelTasks(ntask, bq*lk*(2*d+actCost), task)

@@ -22,15 +22,17 @@ func benchGemm(b *testing.B, n int, gemm func(bool, bool, int, int, int, float32
 }
 
 func BenchmarkGemm1024(b *testing.B) {
+	// OpenBLAS whenever it loaded, even if calibration prefers Go.
+	blasOK()
 	b.Run("openblas", func(b *testing.B) {
-		if !blasOK() {
+		if blas.sgemm == nil {
 			b.Skip("OpenBLAS not loaded: " + blas.err)
 		}
-		benchGemm(b, 1024, Gemm)
+		benchGemm(b, 1024, blasSgemm)
 	})
 	// OpenBLAS on one thread, for the per-core figure.
 	b.Run("openblas-1thread", func(b *testing.B) {
-		if !blasOK() || blas.setThreads == nil {
+		if blas.sgemm == nil || blas.setThreads == nil {
 			b.Skip("OpenBLAS not loaded or no openblas_set_num_threads")
 		}
 		blas.setThreads(1)
@@ -147,5 +149,24 @@ func BenchmarkGemmShapes(b *testing.B) {
 				b.ReportMetric(2*float64(sh.m*sh.n*sh.k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 			})
 		}
+	}
+}
+
+// BenchmarkAttentionBlock sweeps the query block size at the SD 512px shape.
+func BenchmarkAttentionBlock(b *testing.B) {
+	r := rand.New(rand.NewPCG(3, 3))
+	q, k, v := randTensor(r, 2, 4096, 320), randTensor(r, 2, 4096, 320), randTensor(r, 2, 4096, 320)
+	saved := attnBlock
+	defer func() { attnBlock = saved }()
+	for _, bq := range []int{32, 64, 128, 256} {
+		b.Run(fmt.Sprint(bq), func(b *testing.B) {
+			attnBlock = bq
+			b.SetBytes(int64(4 * 3 * q.Numel()))
+			b.ReportAllocs()
+			for b.Loop() {
+				ScaledDotProductAttention(q, k, v, 8, AttentionOpts{})
+			}
+			b.ReportMetric(2*2*2*4096*4096*320*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
 	}
 }

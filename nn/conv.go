@@ -22,9 +22,11 @@ var convColsBudget = 4 << 20 // a variable so tests can force chunking
 // Forward maps x [B, in, H, W] to [B, out, H', W'].
 func (c *Conv2d) Forward(x *Tensor) *Tensor {
 	oc, ic, kh, kw := c.Weight.Shape[0], c.Weight.Shape[1], c.Weight.Shape[2], c.Weight.Shape[3]
+	mustf(len(x.Shape) == 4 && x.Shape[1] == ic, "Conv2d", "input %v, weight %v", x.Shape, c.Weight.Shape)
 	b, h, w := x.Shape[0], x.Shape[2], x.Shape[3]
 	s, p := max(c.Stride, 1), c.Padding
 	oh, ow := (h+2*p-kh)/s+1, (w+2*p-kw)/s+1
+	mustf(oh > 0 && ow > 0 && p >= 0, "Conv2d", "input %v too small for weight %v, padding %d", x.Shape, c.Weight.Shape, p)
 	y := New(b, oc, oh, ow) // [B, out, H', W']
 	opix := oh * ow
 	beta := float32(0)

@@ -13,6 +13,7 @@ const (
 
 // Add returns a + b (same shape).
 func Add(a, b *Tensor) *Tensor {
+	mustSameShape("Add", a, b)
 	out := New(a.Shape...)
 	ad, bd, od := a.Data, b.Data[:len(a.Data)], out.Data
 	parallelFor(len(od), elemCost, func(lo, hi int) {
@@ -26,6 +27,7 @@ func Add(a, b *Tensor) *Tensor {
 
 // AddInPlace does a += b (same shape).
 func AddInPlace(a, b *Tensor) {
+	mustSameShape("AddInPlace", a, b)
 	ad, bd := a.Data, b.Data[:len(a.Data)]
 	parallelFor(len(ad), elemCost, func(lo, hi int) {
 		x, y := ad[lo:hi], bd[lo:hi]
@@ -37,6 +39,7 @@ func AddInPlace(a, b *Tensor) {
 
 // AddScaledInPlace does a += s*b (same shape).
 func AddScaledInPlace(a, b *Tensor, s float32) {
+	mustSameShape("AddScaledInPlace", a, b)
 	ad, bd := a.Data, b.Data[:len(a.Data)]
 	parallelFor(len(ad), elemCost, func(lo, hi int) {
 		x, y := ad[lo:hi], bd[lo:hi]
@@ -48,6 +51,7 @@ func AddScaledInPlace(a, b *Tensor, s float32) {
 
 // Mul returns a * b elementwise (same shape).
 func Mul(a, b *Tensor) *Tensor {
+	mustSameShape("Mul", a, b)
 	out := New(a.Shape...)
 	ad, bd, od := a.Data, b.Data[:len(a.Data)], out.Data
 	parallelFor(len(od), elemCost, func(lo, hi int) {
@@ -61,6 +65,7 @@ func Mul(a, b *Tensor) *Tensor {
 
 // MulInPlace does a *= b elementwise (same shape).
 func MulInPlace(a, b *Tensor) {
+	mustSameShape("MulInPlace", a, b)
 	ad, bd := a.Data, b.Data[:len(a.Data)]
 	parallelFor(len(ad), elemCost, func(lo, hi int) {
 		x, y := ad[lo:hi], bd[lo:hi]
@@ -129,6 +134,7 @@ func QuickGELU(t *Tensor) {
 // trailing dimensions (for a per-batch bias use AddBatchChannelBias).
 func AddChannelBias(x *Tensor, bias []float32) {
 	b, c := x.Shape[0], x.Shape[1]
+	mustf(len(bias) >= c, "AddChannelBias", "bias has %d values for %d channels of %v", len(bias), c, x.Shape)
 	inner := x.Numel() / (b * c)
 	d := x.Data
 	parallelFor(b*c, inner, func(lo, hi int) {
@@ -145,6 +151,7 @@ func AddChannelBias(x *Tensor, bias []float32) {
 // AddBatchChannelBias adds bias [B, C] to x [B, C, ...] in place.
 func AddBatchChannelBias(x *Tensor, bias *Tensor) {
 	b, c := x.Shape[0], x.Shape[1]
+	mustf(len(bias.Data) == b*c, "AddBatchChannelBias", "bias %v for x %v", bias.Shape, x.Shape)
 	inner := x.Numel() / (b * c)
 	d, bd := x.Data, bias.Data[:b*c]
 	parallelFor(b*c, inner, func(lo, hi int) {
@@ -161,6 +168,7 @@ func AddBatchChannelBias(x *Tensor, bias *Tensor) {
 // AddRowBias adds bias [C] to every row of x [..., C] in place.
 func AddRowBias(x *Tensor, bias []float32) {
 	c := len(bias)
+	mustf(c > 0 && len(x.Data)%c == 0, "AddRowBias", "bias of %d for x %v", c, x.Shape)
 	rows := len(x.Data) / c
 	d := x.Data
 	parallelFor(rows, c, func(lo, hi int) {

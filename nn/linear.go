@@ -12,6 +12,7 @@ type Linear struct {
 // Forward maps x [..., in] to [..., out].
 func (l *Linear) Forward(x *Tensor) *Tensor {
 	out := l.Weight.Shape[0]
+	mustf(len(x.Shape) > 0 && x.Shape[len(x.Shape)-1] == l.Weight.Shape[1], "Linear", "input %v, weight %v", x.Shape, l.Weight.Shape)
 	shape := append(append([]int{}, x.Shape[:len(x.Shape)-1]...), out)
 	y := &Tensor{Shape: shape, Data: make([]float32, x.Numel()/l.Weight.Shape[1]*out)} // [..., out]
 	l.ForwardInto(y, x)
@@ -22,7 +23,9 @@ func (l *Linear) Forward(x *Tensor) *Tensor {
 // contents are overwritten).
 func (l *Linear) ForwardInto(y, x *Tensor) {
 	out, in := l.Weight.Shape[0], l.Weight.Shape[1]
+	mustf(len(x.Shape) > 0 && x.Shape[len(x.Shape)-1] == in, "Linear", "input %v, weight %v", x.Shape, l.Weight.Shape)
 	rows := x.Numel() / in
+	mustf(len(y.Data) == rows*out, "Linear", "output %v for input %v, weight %v", y.Shape, x.Shape, l.Weight.Shape)
 	beta := float32(0)
 	if l.Bias != nil {
 		bias := l.Bias.Data[:out]

@@ -34,6 +34,7 @@ func (g *GroupNorm) ForwardSiLU(x *Tensor) *Tensor {
 func (g *GroupNorm) ForwardInPlace(x *Tensor, silu bool) { g.apply(x, x, silu) }
 
 func (g *GroupNorm) apply(x, y *Tensor, silu bool) {
+	mustf(len(x.Shape) >= 2 && g.Groups > 0 && x.Shape[1]%g.Groups == 0, "GroupNorm", "%d groups for input %v", g.Groups, x.Shape)
 	b, c := x.Shape[0], x.Shape[1]
 	hw := x.Numel() / (b * c)
 	cg := c / g.Groups

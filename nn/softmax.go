@@ -30,3 +30,13 @@ func softmaxRow(row []float32) {
 	inv := 1 / vecExpSubSum(row, m)
 	vecScale(row, inv)
 }
+
+// softmaxRowUnnormalised replaces row by exp(row - max(row)) and returns
+// 1/sum of the result (NaN for a row that is all -inf, as torch gives).
+func softmaxRowUnnormalised(row []float32) float32 {
+	m := vecMax(row)
+	if math.IsInf(float64(m), -1) {
+		return float32(math.NaN())
+	}
+	return 1 / vecExpSubSum(row, m)
+}

@@ -1,6 +1,7 @@
 // cmd_bench.go: 'sdbridge bench' times the model parts at real SD1.5 shapes
 // with random weights (no checkpoint needed), so users can size their
-// hardware: U-Net CFG step (batch 2), VAE decode, CLIP encode. Each part is
+// hardware: U-Net CFG step (batch 2), VAE decode, CLIP encode, and on
+// request the plugin parts (--parts controlnet,ella). Each part is
 // loaded, run once to warm up, then timed over --repeat runs (the median is
 // reported). It does not check numerics (the golden tests do).
 package main
@@ -40,7 +41,7 @@ func runBench(args []string) error {
 	size := fs.Int("size", 512, "image size in pixels (multiple of 8)")
 	repeat := fs.Int("repeat", 1, "timed runs per part (after one warm-up run)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	parts := fs.String("parts", "clip,vae,unet", "comma-separated parts to time: unet, vae, clip, ella")
+	parts := fs.String("parts", "clip,vae,unet", "comma-separated parts to time: unet, vae, clip, controlnet, ella")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -64,10 +65,12 @@ func runBench(args []string) error {
 			res, err = benchVAE(src, h, *repeat)
 		case "clip":
 			res, err = benchCLIP(src, *repeat)
+		case "controlnet":
+			res, err = benchControlNet(layout, h, *repeat)
 		case "ella":
 			res, err = benchELLA(*repeat)
 		default:
-			return fmt.Errorf("--parts: unknown part %q (unet, vae, clip, ella)", part)
+			return fmt.Errorf("--parts: unknown part %q (unet, vae, clip, controlnet, ella)", part)
 		}
 		if err != nil {
 			return fmt.Errorf("bench %s: %w", part, err)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	"github.com/sdbridge/sdbridge/plugins/controlnet"
+	"github.com/sdbridge/sdbridge/plugins/ella"
 	"github.com/sdbridge/sdbridge/plugins/lora"
 )
 
@@ -23,7 +24,7 @@ func builtins() []builtin {
 	return []builtin{
 		{name: "lora", serve: lora.Serve},
 		{name: "controlnet", serve: controlnet.Serve},
-		{name: "ella", note: "not yet available in this build"},
+		{name: "ella", serve: ella.Serve},
 	}
 }
 
