@@ -76,6 +76,16 @@ func goldenPlugins() (*host.Supervisor, error) {
 	return goldenSup, goldenSupErr
 }
 
+// TestMain stops the shared plugin processes and removes their socket
+// directory after the run.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if goldenSup != nil {
+		goldenSup.Close()
+	}
+	os.Exit(code)
+}
+
 // goldenPlugin is one plugin of the shared supervisor.
 func goldenPlugin(name string) (*host.Plugin, error) {
 	sup, err := goldenPlugins()

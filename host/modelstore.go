@@ -125,13 +125,14 @@ func (s *modelStore) close() error {
 	return errors.Join(errs...)
 }
 
-// LoRAPlugin returns sup's "lora" plugin, registering the built-in one
-// (this binary re-run as `sdbridge plugin lora`) if none is registered.
-func LoRAPlugin(sup *Supervisor) (*Plugin, error) {
-	if p, err := sup.Get("lora"); err == nil {
+// BuiltinPlugin returns sup's plugin name, registering the built-in one
+// (this binary re-run as `sdbridge plugin NAME`) if none is registered;
+// tests register their own process under the name first.
+func BuiltinPlugin(sup *Supervisor, name string) (*Plugin, error) {
+	if p, err := sup.Get(name); err == nil {
 		return p, nil
 	}
-	spec, err := BuiltinSpec("lora")
+	spec, err := BuiltinSpec(name)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +163,8 @@ func loraParams(loras []LoRASpec) sdk.Params {
 // touching the union of old and new tensors once; a nil or empty list
 // restores the checkpoint's weights. On error (a file that does not apply,
 // a LoRA for SDXL, a crashed plugin) the weights are as before the call.
-// The pipeline must have been loaded with LoadOptions.Patchable.
+// The pipeline must have been loaded with LoadOptions.Patchable; pass the
+// same sup every time (Close has its plugins unmap the arenas).
 func (l *Loaded) ApplyLoRAs(ctx context.Context, sup *Supervisor, loras []LoRASpec) error {
 	s := l.store
 	if s == nil {
@@ -178,7 +180,7 @@ func (l *Loaded) ApplyLoRAs(ctx context.Context, sup *Supervisor, loras []LoRASp
 	if sup == nil {
 		return errors.New("apply LoRAs: no plugin supervisor")
 	}
-	plug, err := LoRAPlugin(sup)
+	plug, err := BuiltinPlugin(sup, "lora")
 	if err != nil {
 		return err
 	}

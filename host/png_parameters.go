@@ -13,16 +13,24 @@
 // our samplers (see A1111SamplerName). "RNG: CPU" says the noise is torch's
 // CPU generator (our "comfy" noise, A1111's "CPU" random source), "RNG: NV"
 // the Philox one (A1111's "NV"). The model hash is A1111's AutoV2: the first
-// 10 hex digits of the file's SHA-256. It does not parse infotexts.
+// 10 hex digits of the file's SHA-256.
+//
+// Plugins add A1111's extension fields after RNG (Parameters.Extra), as
+// A1111 writes extra_generation_params: LoRAs as `<lora:name:w>` tags
+// appended to the prompt plus `Lora hashes: "name: hash"` (LoRAInfotext),
+// ControlNet units as `ControlNet 0: "Module: canny, Model: ..."`
+// (ControlNetInfotext), ELLA as plain fields. It does not parse infotexts.
 package host
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -35,13 +43,18 @@ type Parameters struct {
 	CFG                 float64
 	Seed                uint64
 	Width, Height       int
-	ModelHash           string // AutoV2 (10 hex digits); "" omits it
-	ModelName           string // file name without extension; "" omits it
-	VAEName             string // a separate VAE file's name; "" omits it
-	BatchSize, BatchPos int    // written when BatchSize > 1
-	ClipSkip            int    // written when > 1
-	NoiseKind           string // "comfy" -> RNG: CPU, "a1111" -> RNG: NV
+	ModelHash           string      // AutoV2 (10 hex digits); "" omits it
+	ModelName           string      // file name without extension; "" omits it
+	VAEName             string      // a separate VAE file's name; "" omits it
+	BatchSize, BatchPos int         // written when BatchSize > 1
+	ClipSkip            int         // written when > 1
+	NoiseKind           string      // "comfy" -> RNG: CPU, "a1111" -> RNG: NV
+	Extra               []InfoField // written after RNG, in order
 }
+
+// InfoField is one extra "Key: value" of an infotext; a value holding ',',
+// ':' or a newline is quoted when written.
+type InfoField struct{ Key, Value string }
 
 // A1111SamplerName is A1111's label for a sampler.
 func A1111SamplerName(name string) string {
@@ -108,6 +121,9 @@ func (p Parameters) String() string {
 	case "a1111":
 		fields = append(fields, kv{"RNG", "NV"})
 	}
+	for _, f := range p.Extra {
+		fields = append(fields, kv{f.Key, f.Value})
+	}
 	var parts []string
 	for _, f := range fields {
 		if f.v != "" {
@@ -151,4 +167,101 @@ func AutoV2Hash(path string) (string, error) {
 		return "", fmt.Errorf("hash %s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:10], nil
+}
+
+// LoRAInfotext describes applied LoRAs as A1111 does: tags for the prompt
+// (" <lora:name:W>", or " <lora:name:te=T:unet=U>" when the strengths
+// differ, plus ":lbw=..." for block weights, the lora-block-weight
+// extension's syntax) and the "Lora hashes" field (name: the first 12 hex
+// digits of the SHA-256 of the tensor data after the safetensors header,
+// A1111's LoRA short hash). name is the file name without extension.
+func LoRAInfotext(loras []LoRASpec) (promptTags string, hashes InfoField, err error) {
+	f := func(x float64) string { return strconv.FormatFloat(x, 'f', -1, 64) }
+	var tags, hs []string
+	for _, l := range loras {
+		name := strings.TrimSuffix(filepath.Base(l.Path), filepath.Ext(l.Path))
+		tag := "<lora:" + name + ":" + f(l.UNet)
+		if l.TE != l.UNet {
+			tag = "<lora:" + name + ":te=" + f(l.TE) + ":unet=" + f(l.UNet)
+		}
+		if len(l.Blocks) > 0 {
+			b := make([]string, len(l.Blocks))
+			for i, v := range l.Blocks {
+				b[i] = f(v)
+			}
+			tag += ":lbw=" + strings.Join(b, ",")
+		}
+		tags = append(tags, tag+">")
+		h, err := LoRAHash(l.Path)
+		if err != nil {
+			return "", InfoField{}, err
+		}
+		hs = append(hs, name+": "+h)
+	}
+	if len(loras) == 0 {
+		return "", InfoField{}, nil
+	}
+	return " " + strings.Join(tags, " "), InfoField{"Lora hashes", strings.Join(hs, ", ")}, nil
+}
+
+// LoRAHash is A1111's short hash of a .safetensors LoRA: the first 12 hex
+// digits of the SHA-256 of the file after its 8-byte length and JSON header.
+func LoRAHash(path string) (string, error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer file.Close()
+	var n [8]byte
+	if _, err := io.ReadFull(file, n[:]); err != nil {
+		return "", fmt.Errorf("hash %s: %w", path, err)
+	}
+	if _, err := file.Seek(int64(binary.LittleEndian.Uint64(n[:])), io.SeekCurrent); err != nil {
+		return "", fmt.Errorf("hash %s: %w", path, err)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, file); err != nil {
+		return "", fmt.Errorf("hash %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12], nil
+}
+
+// ControlNetInfo is one ControlNet unit as the infotext records it.
+type ControlNetInfo struct {
+	Preprocess string // as given: none, canny:100:200, scribble:0.5, ...
+	Model      string // file path
+	Weight     float64
+	Resize     string // resize, crop or pad
+	Start, End float64
+	Guess      bool
+}
+
+// ControlNetInfotext is sd-webui-controlnet's field for unit i:
+// ControlNet i: "Module: canny, Model: name, Weight: 1, Resize Mode: Crop
+// and Resize, Threshold A: 100, Threshold B: 200, Guidance Start: 0,
+// Guidance End: 1, Control Mode: Balanced".
+func ControlNetInfotext(i int, u ControlNetInfo) InfoField {
+	f := func(x float64) string { return strconv.FormatFloat(x, 'f', -1, 64) }
+	parts := strings.Split(u.Preprocess, ":")
+	resize := map[string]string{"resize": "Just Resize", "crop": "Crop and Resize", "pad": "Resize and Fill"}[u.Resize]
+	if resize == "" {
+		resize = u.Resize
+	}
+	v := []string{
+		"Module: " + parts[0],
+		"Model: " + strings.TrimSuffix(filepath.Base(u.Model), filepath.Ext(u.Model)),
+		"Weight: " + f(u.Weight),
+		"Resize Mode: " + resize,
+	}
+	for j, name := range []string{"Threshold A", "Threshold B"} {
+		if j+1 < len(parts) {
+			v = append(v, name+": "+parts[j+1])
+		}
+	}
+	mode := "Balanced"
+	if u.Guess {
+		mode = "ControlNet is more important"
+	}
+	v = append(v, "Guidance Start: "+f(u.Start), "Guidance End: "+f(u.End), "Control Mode: "+mode)
+	return InfoField{Key: "ControlNet " + strconv.Itoa(i), Value: strings.Join(v, ", ")}
 }

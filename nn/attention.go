@@ -20,7 +20,7 @@ type AttentionOpts struct {
 
 // attnBlock is the number of query rows per task (at most attnBlockMax;
 // a variable so a benchmark can sweep it).
-var attnBlock = 128
+var attnBlock = 256
 
 const attnBlockMax = 256
 
@@ -41,6 +41,9 @@ func ScaledDotProductAttention(q, k, v *Tensor, heads int, opt AttentionOpts) *T
 		scale = 1
 	}
 	out := New(b, lq, c) // [B, Lq, C]
+	if b == 0 || lq == 0 || lk == 0 || d == 0 {
+		return out // nothing to attend to: zeros, as an empty sum
+	}
 	bq := min(attnBlock, attnBlockMax, lq)
 	nblk := (lq + bq - 1) / bq
 	var bias []float32

@@ -22,8 +22,8 @@ func benchGemm(b *testing.B, n int, gemm func(bool, bool, int, int, int, float32
 }
 
 func BenchmarkGemm1024(b *testing.B) {
-	// OpenBLAS whenever it loaded, even if calibration prefers Go.
-	blasOK()
+	// OpenBLAS whenever it loads, even where Go is the default backend.
+	openBLASLib()
 	b.Run("openblas", func(b *testing.B) {
 		if blas.sgemm == nil {
 			b.Skip("OpenBLAS not loaded: " + blas.err)

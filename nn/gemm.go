@@ -326,6 +326,7 @@ func scatterPanel(panel []float32, w int, src []float32, ld, rows, kc int, alpha
 type microKernel struct {
 	mr, nr int
 	name   string
+	simd   bool // assembly kernel (the default backend where available)
 	fn     func(k int, a, b, c []float32, ldc int, load bool)
 	// fnA, when not nil, is the same kernel reading A unpacked: row i of
 	// the tile is a[i*lda : i*lda+k].

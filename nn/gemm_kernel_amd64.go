@@ -31,7 +31,7 @@ func sgemmKernel12x16AVX512DirectA(k int, a *float32, lda int, b, c *float32, ld
 func sgemmKernel6x16AVX2DirectA(k int, a *float32, lda int, b, c *float32, ldc int, load bool)
 
 var (
-	kernAVX512 = microKernel{mr: 12, nr: 32, name: "avx512-12x32",
+	kernAVX512 = microKernel{mr: 12, nr: 32, name: "avx512-12x32", simd: true,
 		fn: func(k int, a, b, c []float32, ldc int, load bool) {
 			_, _, _ = a[12*k-1], b[32*k-1], c[11*ldc+31]
 			sgemmKernel12x32AVX512(k, &a[0], &b[0], &c[0], ldc, load)
@@ -48,7 +48,7 @@ var (
 			_, _, _ = a[11*lda+k-1], b[16*k-1], c[11*ldc+15]
 			sgemmKernel12x16AVX512DirectA(k, &a[0], lda, &b[0], &c[0], ldc, load)
 		}}
-	kernAVX2 = microKernel{mr: 6, nr: 16, name: "avx2-6x16",
+	kernAVX2 = microKernel{mr: 6, nr: 16, name: "avx2-6x16", simd: true,
 		fn: func(k int, a, b, c []float32, ldc int, load bool) {
 			_, _, _ = a[6*k-1], b[16*k-1], c[5*ldc+15]
 			sgemmKernel6x16AVX2(k, &a[0], &b[0], &c[0], ldc, load)

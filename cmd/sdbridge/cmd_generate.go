@@ -6,7 +6,16 @@
 // --allow-empty-prompt, since it is far more often a shell quoting mistake),
 // unknown samplers and schedules (the valid names are listed), pickle
 // checkpoints; after loading, SDXL checkpoints are refused by name and a
-// checkpoint without VAE asks for --vae FILE. It does not run plugins.
+// checkpoint without VAE asks for --vae FILE.
+//
+// Plugins: --lora FILE:0.8[:te=0.5][:blocks=...] (repeatable; host.ParseMergeLoRA
+// syntax) patches the U-Net and text encoder in shared memory through the
+// LoRA plugin before any step (a LoRA that does not apply, e.g. one for
+// SDXL, is refused then); the ControlNet flags (generate_controlnet.go) and
+// the ELLA flags (generate_ella.go) add their hooks to the request. All
+// plugins of a generation run under one Supervisor, closed last. The PNG
+// infotext records them as A1111 does (LoRA tags and hashes, ControlNet
+// units, ELLA fields). It does not implement the plugins' flags.
 package main
 
 import (
@@ -40,6 +49,12 @@ type generateOptions struct {
 	clipSkip                  int
 	out                       string
 	plainPrompt               bool
+	loras                     []host.LoRASpec
+	controlnet                *controlNetOpts
+	ella                      *ellaOpts
+	// plugins, when set (tests), runs the plugins under this supervisor
+	// instead of a fresh one closed at the end.
+	plugins *host.Supervisor
 }
 
 func parseGenerateFlags(args []string, stderr io.Writer) (*generateOptions, error) {
@@ -64,6 +79,16 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateOptions, erro
 	fs.IntVar(&o.clipSkip, "clip-skip", 1, "CLIP layers to skip from the end (A1111 'Clip skip'; 2 for many anime models)")
 	fs.StringVar(&o.out, "o", "out.png", "output `FILE`; a batch writes FILE-0.png, FILE-1.png, ...")
 	fs.BoolVar(&o.plainPrompt, "plain-prompt", false, "no A1111 syntax or chunking: ids cut to 77 tokens (the reference behaviour)")
+	fs.Func("lora", "LoRA `FILE[:STRENGTH][:te=X][:unet=X][:blocks=V]` (repeatable; STRENGTH sets both, default 1; blocks: 17/26 values or a preset such as INS)", func(v string) error {
+		l, err := host.ParseMergeLoRA(v)
+		if err != nil {
+			return err
+		}
+		o.loras = append(o.loras, l)
+		return nil
+	})
+	o.controlnet = controlNetFlags(fs)
+	o.ella = ellaFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: sdbridge generate --model FILE --prompt TEXT [flags]")
 		fs.PrintDefaults()
@@ -115,6 +140,23 @@ func (o *generateOptions) validate() error {
 	if !contains(host.NoiseKinds, o.noise) {
 		errs = append(errs, fmt.Sprintf("--noise: unknown %q (valid: %s)", o.noise, strings.Join(host.NoiseKinds, ", ")))
 	}
+	for _, l := range o.loras {
+		if st, err := os.Stat(l.Path); err != nil {
+			errs = append(errs, fmt.Sprintf("--lora: %v", err))
+		} else if st.IsDir() {
+			errs = append(errs, fmt.Sprintf("--lora %s: is a folder, want a .safetensors file", l.Path))
+		}
+	}
+	if o.controlnet.enabled() {
+		for i, u := range o.controlnet.units {
+			if u.image == "" {
+				errs = append(errs, fmt.Sprintf("--controlnet %s (#%d) has no --control-image", u.path, i+1))
+			} else if _, err := os.Stat(u.image); err != nil {
+				errs = append(errs, fmt.Sprintf("--control-image: %v", err))
+			}
+		}
+	}
+	errs = append(errs, o.ella.problems()...)
 	if len(errs) > 0 {
 		return errors.New(strings.Join(errs, "\n  "))
 	}
@@ -176,6 +218,15 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 		hash <- h
 	}()
 
+	sup := o.plugins
+	if sup == nil && (len(o.loras) > 0 || o.controlnet.enabled() || o.ella.enabled()) {
+		var err error
+		if sup, err = host.NewSupervisor(host.Options{LogOutput: stderr}); err != nil {
+			return err
+		}
+		defer sup.Close() // last: after the hooks and the model arenas
+	}
+
 	t0 := time.Now()
 	mode := host.PromptA1111
 	if o.plainPrompt {
@@ -183,6 +234,7 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 	}
 	p, err := host.LoadPipeline(o.model, host.LoadOptions{
 		VAEPath: o.vae, CLIPTokenizerDir: o.clipTokenizer, ClipSkip: o.clipSkip, PromptMode: mode,
+		Patchable: len(o.loras) > 0,
 	})
 	if err != nil {
 		return err
@@ -191,13 +243,20 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "loaded %s in %.1fs; seed %d, %d steps of %s (%s), cfg %g, %dx%d, batch %d\n",
 		filepath.Base(o.model), time.Since(t0).Seconds(), seed, o.steps, o.sampler, o.scheduler, o.cfg, o.width, o.height, o.batch)
 
-	progress := newProgressPrinter(stderr)
-	res, err := p.Generate(ctx, host.Request{
+	req := host.Request{
 		Prompt: o.prompt, Negative: o.negative,
 		Steps: o.steps, CFG: o.cfg, Sampler: o.sampler, Schedule: o.scheduler,
 		Width: o.width, Height: o.height, Batch: o.batch, Seed: seed, NoiseKind: o.noise,
-		Progress: progress.step,
-	})
+	}
+	cleanup, err := o.installPlugins(ctx, sup, p, &req, stderr)
+	defer cleanup()
+	if err != nil {
+		return err
+	}
+
+	progress := newProgressPrinter(stderr)
+	req.Progress = progress.step
+	res, err := p.Generate(ctx, req)
 	progress.done()
 	if err != nil {
 		return err
@@ -210,6 +269,9 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 	}
 	if o.vae != "" {
 		params.VAEName = filepath.Base(o.vae)
+	}
+	if err := o.pluginInfotext(&params); err != nil {
+		return err
 	}
 	for i, path := range o.outputPaths() {
 		img, err := host.ToRGBA(res.Image, i)
@@ -225,6 +287,75 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stderr, "wrote %s\n", path)
+	}
+	return nil
+}
+
+// installPlugins applies the LoRAs to p (before any step) and sets the
+// ELLA conditioner and the ControlNet source on req, all under sup. Call
+// cleanup after the generation, even after an error.
+func (o *generateOptions) installPlugins(ctx context.Context, sup *host.Supervisor, p *host.Loaded, req *host.Request, stderr io.Writer) (cleanup func(), err error) {
+	var closers []func() error
+	cleanup = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	if len(o.loras) > 0 {
+		t0 := time.Now()
+		if err := p.ApplyLoRAs(ctx, sup, o.loras); err != nil {
+			return cleanup, err
+		}
+		for _, l := range o.loras {
+			fmt.Fprintf(stderr, "LoRA %s: unet %g, te %g\n", filepath.Base(l.Path), l.UNet, l.TE)
+		}
+		fmt.Fprintf(stderr, "applied %d LoRA(s) through the lora plugin in %.2fs\n", len(o.loras), time.Since(t0).Seconds())
+	}
+	if o.ella.enabled() {
+		cond, err := newELLAConditioner(ctx, o.ella, sup, p, o.prompt, o.negative)
+		if err != nil {
+			return cleanup, err
+		}
+		closers = append(closers, cond.Close)
+		req.Conditioner = cond
+		fmt.Fprintln(stderr, o.ella.label())
+	}
+	if o.controlnet.enabled() {
+		src, err := o.controlnet.residualSource(ctx, sup, p, req)
+		if err != nil {
+			return cleanup, err
+		}
+		closers = append(closers, src.Close)
+		req.Residuals = src
+		fmt.Fprintf(stderr, "%d ControlNet unit(s)\n", len(o.controlnet.units))
+	}
+	return cleanup, nil
+}
+
+// pluginInfotext adds the plugins' A1111 infotext: LoRA tags on the prompt
+// and their hashes, one field per ControlNet unit, the ELLA setup.
+func (o *generateOptions) pluginInfotext(params *host.Parameters) error {
+	if len(o.loras) > 0 {
+		tags, hashes, err := host.LoRAInfotext(o.loras)
+		if err != nil {
+			return err
+		}
+		params.Prompt += tags
+		params.Extra = append(params.Extra, hashes)
+	}
+	if o.controlnet.enabled() {
+		for i, u := range o.controlnet.units {
+			params.Extra = append(params.Extra, host.ControlNetInfotext(i, host.ControlNetInfo{
+				Preprocess: u.preprocess, Model: u.path, Weight: u.strength, Resize: u.resize,
+				Start: u.start, End: u.end, Guess: u.guess,
+			}))
+		}
+	}
+	if o.ella.enabled() {
+		params.Extra = append(params.Extra,
+			host.InfoField{Key: "ELLA", Value: strings.TrimSuffix(filepath.Base(o.ella.ella), filepath.Ext(o.ella.ella))},
+			host.InfoField{Key: "ELLA mode", Value: o.ella.mode},
+			host.InfoField{Key: "T5", Value: filepath.Base(filepath.Clean(o.ella.t5))})
 	}
 	return nil
 }
