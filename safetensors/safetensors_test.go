@@ -231,13 +231,13 @@ func TestF32ToF16Rounding(t *testing.T) {
 		in   float32
 		want uint16
 	}{
-		{1 + 1.0/2048, 0x3c00},                // tie -> even (down)
-		{1 + 3.0/2048, 0x3c02},                // tie -> even (up)
-		{65520, 0x7c00},                       // rounds to +Inf
-		{65504, 0x7bff},                       // max half
-		{float32(math.Pow(2, -25)), 0x0000},   // tie between 0 and min subnormal -> 0
-		{float32(math.Pow(2, -25)) * 1.5, 1},  // above the tie -> min subnormal
-		{float32(math.Pow(2, -14)), 0x0400},   // min normal
+		{1 + 1.0/2048, 0x3c00},               // tie -> even (down)
+		{1 + 3.0/2048, 0x3c02},               // tie -> even (up)
+		{65520, 0x7c00},                      // rounds to +Inf
+		{65504, 0x7bff},                      // max half
+		{float32(math.Pow(2, -25)), 0x0000},  // tie between 0 and min subnormal -> 0
+		{float32(math.Pow(2, -25)) * 1.5, 1}, // above the tie -> min subnormal
+		{float32(math.Pow(2, -14)), 0x0400},  // min normal
 		{-2, 0xc000},
 	}
 	for _, tt := range tests {
@@ -261,8 +261,8 @@ func TestBF16AndF8(t *testing.T) {
 		b    byte
 		want float32
 	}{
-		{F8E4M3, 0x38, 1},     // exp 7, mant 0
-		{F8E4M3, 0x7e, 448},   // max finite
+		{F8E4M3, 0x38, 1},   // exp 7, mant 0
+		{F8E4M3, 0x7e, 448}, // max finite
 		{F8E4M3, 0x01, 1.0 / 512},
 		{F8E4M3, 0xb8, -1},
 		{F8E5M2, 0x3c, 1},
