@@ -41,7 +41,7 @@ func runBench(args []string) error {
 	size := fs.Int("size", 512, "image size in pixels (multiple of 8)")
 	repeat := fs.Int("repeat", 1, "timed runs per part (after one warm-up run)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	parts := fs.String("parts", "clip,vae,unet", "comma-separated parts to time: unet, vae, clip, controlnet, ella")
+	parts := fs.String("parts", "clip,vae,unet", "comma-separated parts to time: unet, vae, clip, controlnet, ella, t5")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -69,8 +69,10 @@ func runBench(args []string) error {
 			res, err = benchControlNet(layout, h, *repeat)
 		case "ella":
 			res, err = benchELLA(*repeat)
+		case "t5":
+			res, err = benchT5(*repeat)
 		default:
-			return fmt.Errorf("--parts: unknown part %q (unet, vae, clip, controlnet, ella)", part)
+			return fmt.Errorf("--parts: unknown part %q (unet, vae, clip, controlnet, ella, t5)", part)
 		}
 		if err != nil {
 			return fmt.Errorf("bench %s: %w", part, err)
