@@ -69,7 +69,7 @@ func BenchmarkControlNetStep(b *testing.B) {
 	for i := range hint.Data {
 		hint.Data[i] = 0.5 + hint.Data[i]/2
 	}
-	sched, err := NewDiscreteSchedule(SD15AlphasCumprod())
+	sched, err := NewDiscreteSchedule(models.SD15AlphasCumprod())
 	if err != nil {
 		b.Fatal(err)
 	}

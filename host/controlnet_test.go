@@ -105,7 +105,7 @@ func pseudoRandom(seed int, shape ...int) *nn.Tensor {
 }
 
 func (fx *cnFixture) options(steps, batch int, cfgScale float64) ControlNetOptions {
-	sched, err := NewDiscreteSchedule(SD15AlphasCumprod())
+	sched, err := NewDiscreteSchedule(models.SD15AlphasCumprod())
 	if err != nil {
 		panic(err)
 	}

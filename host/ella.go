@@ -129,7 +129,7 @@ func NewELLAConditioner(ctx context.Context, p ConditionerPlugin, opt ELLAOption
 		opt.Mode = ELLAFlexible
 	}
 	switch {
-	case !containsName(ELLAModes, opt.Mode):
+	case !slices.Contains(ELLAModes, opt.Mode):
 		return nil, fmt.Errorf("ella: unknown mode %q (valid: %v)", opt.Mode, ELLAModes)
 	case opt.ELLA == "":
 		return nil, errors.New("ella: no connector file (--ella FILE)")

@@ -20,13 +20,10 @@ package host
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -133,7 +130,7 @@ func Merge(ctx context.Context, opts MergeOptions) (*MergeStats, error) {
 		}
 		defer f.Close()
 		adapters[i] = lora.Adapter{File: f, UNet: l.UNet, TE: l.TE, Blocks: l.Blocks}
-		sum, err := mergeFileSHA256(l.Path)
+		sum, err := sha256Hex(l.Path)
 		if err != nil {
 			return nil, fmt.Errorf("merge: LoRA %s: %w", l.Path, err)
 		}
@@ -447,19 +444,6 @@ func mergedMetadata(in map[string]string, loras []MergedLoRA) (map[string]string
 	}
 	meta[MergedLoRAsKey] = string(b)
 	return meta, nil
-}
-
-func mergeFileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("hash %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // blockPresets are lora-block-weight's default 17-value presets

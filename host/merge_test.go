@@ -181,7 +181,7 @@ func TestMergeGolden(t *testing.T) {
 			if err := json.Unmarshal([]byte(got.Metadata[MergedLoRAsKey]), &list); err != nil {
 				t.Fatalf("metadata %s: %v", MergedLoRAsKey, err)
 			}
-			sum, _ := mergeFileSHA256(loraPath)
+			sum, _ := sha256Hex(loraPath)
 			want := []MergedLoRA{{File: filepath.Base(loraPath), SHA256: sum, AutoV2: sum[:10], UNet: unet, TE: te}}
 			if diff := cmp.Diff(want, list); diff != "" {
 				t.Errorf("merged LoRAs metadata (-want +got):\n%s", diff)

@@ -10,6 +10,7 @@ package host
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,10 +94,10 @@ func (p *Pipeline) Validate(req *Request) error {
 	if _, err := LookupSampler(req.Sampler); err != nil {
 		errs = append(errs, err.Error())
 	}
-	if !containsName(ScheduleNames, req.Schedule) {
+	if !slices.Contains(ScheduleNames, req.Schedule) {
 		errs = append(errs, fmt.Sprintf("unknown schedule %q (valid: %s)", req.Schedule, strings.Join(ScheduleNames, ", ")))
 	}
-	if req.InitialNoise == nil && !containsName(append([]string{""}, NoiseKinds...), req.NoiseKind) {
+	if req.InitialNoise == nil && req.NoiseKind != "" && !slices.Contains(NoiseKinds, req.NoiseKind) {
 		errs = append(errs, fmt.Sprintf("unknown noise kind %q (valid: %s)", req.NoiseKind, strings.Join(NoiseKinds, ", ")))
 	}
 	if req.Conditioner == nil && p.Prompts == nil {
@@ -106,15 +107,6 @@ func (p *Pipeline) Validate(req *Request) error {
 		return fmt.Errorf("bad request: %s", strings.Join(errs, "; "))
 	}
 	return nil
-}
-
-func containsName(list []string, s string) bool {
-	for _, n := range list {
-		if n == s {
-			return true
-		}
-	}
-	return false
 }
 
 // LatentShape is the latent shape of a request: [B, C, H/8, W/8].

@@ -156,7 +156,7 @@ func (l *Loaded) load(checkpoint string, f *safetensors.File, opt LoadOptions) e
 	}
 	l.Prompts = &CLIPPrompts{Tokenizer: l.Tokenizer, Model: clip, ClipSkip: opt.ClipSkip, Mode: opt.PromptMode}
 
-	ac := SD15AlphasCumprod()
+	ac := models.SD15AlphasCumprod()
 	if t, err := f.Get("alphas_cumprod"); err == nil {
 		if ac, err = t.Float32(); err != nil {
 			return fmt.Errorf("checkpoint %s: alphas_cumprod: %w", checkpoint, err)

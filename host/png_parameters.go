@@ -157,16 +157,31 @@ func quoteInfotext(s string) string {
 // AutoV2Hash is A1111's short model hash: the first 10 hex digits of the
 // SHA-256 of the whole file.
 func AutoV2Hash(path string) (string, error) {
+	sum, err := sha256Hex(path)
+	if err != nil {
+		return "", err
+	}
+	return sum[:10], nil
+}
+
+// sha256Hex is the hex SHA-256 of the whole file at path.
+func sha256Hex(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
+	return sha256HexFrom(f, path)
+}
+
+// sha256HexFrom is the hex SHA-256 of the rest of r; path names it in the
+// error.
+func sha256HexFrom(r io.Reader, path string) (string, error) {
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	if _, err := io.Copy(h, r); err != nil {
 		return "", fmt.Errorf("hash %s: %w", path, err)
 	}
-	return hex.EncodeToString(h.Sum(nil))[:10], nil
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // LoRAInfotext describes applied LoRAs as A1111 does: tags for the prompt
@@ -219,11 +234,11 @@ func LoRAHash(path string) (string, error) {
 	if _, err := file.Seek(int64(binary.LittleEndian.Uint64(n[:])), io.SeekCurrent); err != nil {
 		return "", fmt.Errorf("hash %s: %w", path, err)
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, file); err != nil {
-		return "", fmt.Errorf("hash %s: %w", path, err)
+	sum, err := sha256HexFrom(file, path)
+	if err != nil {
+		return "", err
 	}
-	return hex.EncodeToString(h.Sum(nil))[:12], nil
+	return sum[:12], nil
 }
 
 // ControlNetInfo is one ControlNet unit as the infotext records it.

@@ -3,11 +3,12 @@
 // sigma schedules, the seeded noise generators, the PNG writer, and (in other
 // files) the plugin supervisor and tensor arenas.
 //
-// schedule.go holds the model's discrete noise schedule (SD1.5's 1000
-// alphas_cumprod and the sigmas they imply) and the conversions between
-// sigma and the continuous U-Net timestep, with the k-diffusion semantics of
-// CompVisDenoiser with quantize=False. It does not choose the sampling sigmas
-// (schedule_kinds.go does) and runs no model.
+// schedule.go holds the model's discrete noise schedule (1000
+// alphas_cumprod, the checkpoint's or SD1.5's from models.SD15AlphasCumprod,
+// and the sigmas they imply) and the conversions between sigma and the
+// continuous U-Net timestep, with the k-diffusion semantics of
+// CompVisDenoiser with quantize=False. It does not choose the sampling
+// sigmas (schedule_kinds.go does) and runs no model.
 package host
 
 import (
@@ -24,23 +25,8 @@ type DiscreteSchedule struct {
 	LogSigmas     []float64 // [1000] log(Sigmas)
 }
 
-// SD15AlphasCumprod returns SD1.5's alphas_cumprod as ldm computes it:
-// betas = linspace(0.00085**0.5, 0.012**0.5, 1000, float64)**2, cumprod of
-// 1-betas in float64, then stored as float32.
-func SD15AlphasCumprod() []float32 {
-	const n = 1000
-	start, end := math.Sqrt(0.00085), math.Sqrt(0.012)
-	out := make([]float32, n)
-	prod := 1.0
-	for i, b := range linspace(start, end, n) {
-		prod *= 1 - b*b
-		out[i] = float32(prod)
-	}
-	return out
-}
-
 // NewDiscreteSchedule builds the schedule from alphas_cumprod (the
-// checkpoint's `alphas_cumprod` tensor when present, else SD15AlphasCumprod).
+// checkpoint's `alphas_cumprod` tensor when present, else models.SD15AlphasCumprod).
 func NewDiscreteSchedule(alphasCumprod []float32) (*DiscreteSchedule, error) {
 	if len(alphasCumprod) < 2 {
 		return nil, fmt.Errorf("schedule: alphas_cumprod has %d values, need at least 2", len(alphasCumprod))

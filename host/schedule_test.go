@@ -6,11 +6,13 @@ package host
 import (
 	"math"
 	"testing"
+
+	"github.com/sdbridge/sdbridge/models"
 )
 
 func sd15(t *testing.T) *DiscreteSchedule {
 	t.Helper()
-	s, err := NewDiscreteSchedule(SD15AlphasCumprod())
+	s, err := NewDiscreteSchedule(models.SD15AlphasCumprod())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -22,7 +24,7 @@ func closeRel(got, want, rel float64) bool {
 }
 
 func TestSD15AlphasCumprod(t *testing.T) {
-	ac := SD15AlphasCumprod()
+	ac := models.SD15AlphasCumprod()
 	for _, tc := range []struct {
 		i    int
 		want float32

@@ -13,6 +13,8 @@
 // products in parallel uses gemmSerial (Go only).
 package nn
 
+//go:generate go run ./internal/gengemm
+
 import (
 	"sync"
 )

@@ -48,11 +48,17 @@ type SentencePiece struct {
 
 // LoadSentencePiece reads a spiece.model file.
 func LoadSentencePiece(path string) (*SentencePiece, error) {
+	return loadSentencePieceFile(path, ParseSPModel)
+}
+
+// loadSentencePieceFile reads path, decodes it with parse and builds the
+// encoder; errors name the file.
+func loadSentencePieceFile(path string, parse func([]byte) (*SPModelSpec, error)) (*SentencePiece, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("sentencepiece: %w", err)
 	}
-	spec, err := ParseSPModel(b)
+	spec, err := parse(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

@@ -18,7 +18,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"os"
 	"regexp"
 )
 
@@ -84,19 +83,7 @@ var multiSpace = regexp.MustCompile(`^ ?( |\\s)\{2,\}$|^( |\\s)\+$`)
 
 // LoadSentencePieceJSON reads a Hugging Face tokenizer.json (Unigram model).
 func LoadSentencePieceJSON(path string) (*SentencePiece, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("sentencepiece: %w", err)
-	}
-	spec, err := ParseHFUnigram(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	sp, err := NewSentencePiece(spec)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return sp, nil
+	return loadSentencePieceFile(path, ParseHFUnigram)
 }
 
 // ParseHFUnigram converts tokenizer.json bytes into a model spec.

@@ -106,24 +106,11 @@ func (o *dpgOptions) validate() error {
 	if o.resolution <= 0 || o.resolution%8 != 0 {
 		errs = append(errs, fmt.Sprintf("--resolution %d: must be a positive multiple of 8", o.resolution))
 	}
-	if o.steps < 1 || o.steps > 1000 {
-		errs = append(errs, fmt.Sprintf("--steps %d: must be in 1..1000", o.steps))
-	}
-	if o.cfg < 0 {
-		errs = append(errs, fmt.Sprintf("--cfg %v: must not be negative", o.cfg))
-	}
+	errs = append(errs, stepsCFGProblems(o.steps, o.cfg)...)
 	if o.seed < 0 {
 		errs = append(errs, fmt.Sprintf("--seed %d: must not be negative", o.seed))
 	}
-	if _, err := host.LookupSampler(o.sampler); err != nil {
-		errs = append(errs, "--sampler: "+err.Error())
-	}
-	if !contains(host.ScheduleNames, o.scheduler) {
-		errs = append(errs, fmt.Sprintf("--scheduler: unknown schedule %q (valid: %s)", o.scheduler, strings.Join(host.ScheduleNames, ", ")))
-	}
-	if !contains(host.NoiseKinds, o.noise) {
-		errs = append(errs, fmt.Sprintf("--noise: unknown %q (valid: %s)", o.noise, strings.Join(host.NoiseKinds, ", ")))
-	}
+	errs = append(errs, samplingNameProblems(o.sampler, o.scheduler, o.noise)...)
 	errs = append(errs, o.ella.problems()...)
 	if len(errs) > 0 {
 		return errors.New(strings.Join(errs, "\n  "))

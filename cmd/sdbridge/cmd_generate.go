@@ -30,6 +30,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -116,12 +117,7 @@ func (o *generateOptions) validate() error {
 	if o.width <= 0 || o.height <= 0 || o.width%8 != 0 || o.height%8 != 0 {
 		errs = append(errs, fmt.Sprintf("--width %d --height %d: both must be positive multiples of 8 (e.g. 512x512, 512x768)", o.width, o.height))
 	}
-	if o.steps < 1 || o.steps > 1000 {
-		errs = append(errs, fmt.Sprintf("--steps %d: must be in 1..1000", o.steps))
-	}
-	if o.cfg < 0 {
-		errs = append(errs, fmt.Sprintf("--cfg %v: must not be negative", o.cfg))
-	}
+	errs = append(errs, stepsCFGProblems(o.steps, o.cfg)...)
 	if o.batch < 1 {
 		errs = append(errs, fmt.Sprintf("--batch %d: must be at least 1", o.batch))
 	}
@@ -131,15 +127,7 @@ func (o *generateOptions) validate() error {
 	if o.seed < -1 {
 		errs = append(errs, fmt.Sprintf("--seed %d: must be -1 (random) or non-negative", o.seed))
 	}
-	if _, err := host.LookupSampler(o.sampler); err != nil {
-		errs = append(errs, "--sampler: "+err.Error())
-	}
-	if !contains(host.ScheduleNames, o.scheduler) {
-		errs = append(errs, fmt.Sprintf("--scheduler: unknown schedule %q (valid: %s)", o.scheduler, strings.Join(host.ScheduleNames, ", ")))
-	}
-	if !contains(host.NoiseKinds, o.noise) {
-		errs = append(errs, fmt.Sprintf("--noise: unknown %q (valid: %s)", o.noise, strings.Join(host.NoiseKinds, ", ")))
-	}
+	errs = append(errs, samplingNameProblems(o.sampler, o.scheduler, o.noise)...)
 	for _, l := range o.loras {
 		if st, err := os.Stat(l.Path); err != nil {
 			errs = append(errs, fmt.Sprintf("--lora: %v", err))
@@ -163,13 +151,32 @@ func (o *generateOptions) validate() error {
 	return nil
 }
 
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
+// stepsCFGProblems checks --steps and --cfg, shared by generate and dpg.
+func stepsCFGProblems(steps int, cfg float64) []string {
+	var errs []string
+	if steps < 1 || steps > 1000 {
+		errs = append(errs, fmt.Sprintf("--steps %d: must be in 1..1000", steps))
 	}
-	return false
+	if cfg < 0 {
+		errs = append(errs, fmt.Sprintf("--cfg %v: must not be negative", cfg))
+	}
+	return errs
+}
+
+// samplingNameProblems checks the --sampler, --scheduler and --noise names,
+// shared by generate and dpg.
+func samplingNameProblems(sampler, scheduler, noise string) []string {
+	var errs []string
+	if _, err := host.LookupSampler(sampler); err != nil {
+		errs = append(errs, "--sampler: "+err.Error())
+	}
+	if !slices.Contains(host.ScheduleNames, scheduler) {
+		errs = append(errs, fmt.Sprintf("--scheduler: unknown schedule %q (valid: %s)", scheduler, strings.Join(host.ScheduleNames, ", ")))
+	}
+	if !slices.Contains(host.NoiseKinds, noise) {
+		errs = append(errs, fmt.Sprintf("--noise: unknown %q (valid: %s)", noise, strings.Join(host.NoiseKinds, ", ")))
+	}
+	return errs
 }
 
 // outputPaths names the files of a batch.
@@ -351,12 +358,7 @@ func (o *generateOptions) pluginInfotext(params *host.Parameters) error {
 			}))
 		}
 	}
-	if o.ella.enabled() {
-		params.Extra = append(params.Extra,
-			host.InfoField{Key: "ELLA", Value: strings.TrimSuffix(filepath.Base(o.ella.ella), filepath.Ext(o.ella.ella))},
-			host.InfoField{Key: "ELLA mode", Value: o.ella.mode},
-			host.InfoField{Key: "T5", Value: filepath.Base(filepath.Clean(o.ella.t5))})
-	}
+	params.Extra = append(params.Extra, o.ella.infoFields()...)
 	return nil
 }
 

@@ -28,7 +28,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -131,19 +130,6 @@ func controlNetFlags(fs *flag.FlagSet) *controlNetOpts {
 // enabled reports whether any --controlnet was given.
 func (o *controlNetOpts) enabled() bool { return o != nil && len(o.units) > 0 }
 
-// builtinPlugin returns the registered built-in plugin name, registering it
-// as `<this binary> plugin <name>` on first use.
-func builtinPlugin(sup *host.Supervisor, name string) (*host.Plugin, error) {
-	if p, err := sup.Get(name); err == nil {
-		return p, nil
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("plugin %s: %w", name, err)
-	}
-	return sup.Register(host.Spec{Name: name, Path: exe, Args: []string{"plugin", name}, BuiltIn: true})
-}
-
 // residualSource prepares the hints (load, fit to the output size,
 // preprocess) and returns the ControlNet source for req on p, started
 // through sup; the caller sets req.Residuals and closes the source after
@@ -181,7 +167,7 @@ func (o *controlNetOpts) residualSource(ctx context.Context, sup *host.Superviso
 		units = append(units, host.ControlNetUnit{Path: f.path, Hint: hint, Strength: f.strength,
 			Start: f.start, End: f.end, SigmaRange: f.sigmaRange, Guess: f.guess, GlobalPool: pool, Context: pctx})
 	}
-	plugin, err := builtinPlugin(sup, "controlnet")
+	plugin, err := host.BuiltinPlugin(sup, "controlnet")
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/sdbridge/sdbridge/host"
@@ -78,26 +79,13 @@ func (o *ellaOpts) problems() []string {
 			errs = append(errs, fmt.Sprintf("--t5-tokenizer: %v", err))
 		}
 	}
-	if !contains(host.ELLAModes, o.mode) {
+	if !slices.Contains(host.ELLAModes, o.mode) {
 		errs = append(errs, fmt.Sprintf("--ella-mode: unknown mode %q (valid: %s)", o.mode, strings.Join(host.ELLAModes, ", ")))
 	}
 	if o.heads < 1 {
 		errs = append(errs, fmt.Sprintf("--ella-heads %d: must be at least 1", o.heads))
 	}
 	return errs
-}
-
-// ellaPlugin returns the supervisor's "ella" plugin, registering the
-// built-in one on first use.
-func ellaPlugin(sup *host.Supervisor) (*host.Plugin, error) {
-	if p, err := sup.Get("ella"); err == nil {
-		return p, nil
-	}
-	spec, err := host.BuiltinSpec("ella")
-	if err != nil {
-		return nil, err
-	}
-	return sup.Register(spec)
 }
 
 // newELLAConditioner starts the ella plugin (if needed), has it load and
@@ -112,7 +100,7 @@ func newELLAConditioner(ctx context.Context, o *ellaOpts, sup *host.Supervisor, 
 	if !ok {
 		return nil, fmt.Errorf("ella: the pipeline's U-Net (%T) does not say its context dim", p.UNet)
 	}
-	plug, err := ellaPlugin(sup)
+	plug, err := host.BuiltinPlugin(sup, "ella")
 	if err != nil {
 		return nil, err
 	}
@@ -124,11 +112,25 @@ func newELLAConditioner(ctx context.Context, o *ellaOpts, sup *host.Supervisor, 
 	}, prompt, negative)
 }
 
-// label describes the ELLA setup for logs and image metadata.
-func (o *ellaOpts) label() string {
+// infoFields are the ELLA setup's infotext fields (connector file name
+// without extension, mode, T5 folder name); nil when ELLA is off.
+func (o *ellaOpts) infoFields() []host.InfoField {
 	if !o.enabled() {
-		return ""
+		return nil
 	}
-	name := strings.TrimSuffix(filepath.Base(o.ella), filepath.Ext(o.ella))
-	return fmt.Sprintf("ELLA: %s, ELLA mode: %s, T5: %s", name, o.mode, filepath.Base(filepath.Clean(o.t5)))
+	return []host.InfoField{
+		{Key: "ELLA", Value: strings.TrimSuffix(filepath.Base(o.ella), filepath.Ext(o.ella))},
+		{Key: "ELLA mode", Value: o.mode},
+		{Key: "T5", Value: filepath.Base(filepath.Clean(o.t5))},
+	}
+}
+
+// label describes the ELLA setup for logs: infoFields as "Key: value"
+// joined by ", ", unquoted; "" when ELLA is off.
+func (o *ellaOpts) label() string {
+	var parts []string
+	for _, f := range o.infoFields() {
+		parts = append(parts, f.Key+": "+f.Value)
+	}
+	return strings.Join(parts, ", ")
 }

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"sort"
 )
 
@@ -46,7 +47,18 @@ func usage() {
 	fmt.Fprintln(os.Stderr, "\nrun 'sdbridge <command> -h' for the flags of a command")
 }
 
+// gcPercent keeps the heap close to the live set. The model weights (about
+// 4 GB of float32 for SD1.5) are most of the live heap and live for the
+// whole run; Go's default GOGC=100 would let short-lived activations grow
+// the heap to twice that before collecting (9 GB peak at 512x512 measured,
+// against 6 GB with 20). Collecting these pointer-free float slices costs
+// little next to the compute. GOGC in the environment wins.
+const gcPercent = 20
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	if len(os.Args) < 2 {
 		usage()
 		os.Exit(2)

@@ -8,6 +8,7 @@
 package cudatest
 
 import (
+	"bytes"
 	"embed"
 	"os"
 	"os/exec"
@@ -65,7 +66,7 @@ func RunChild(t testing.TB, name string, env []string) string {
 	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.v", "-test.count=1")
 	cmd.Env = append(append(os.Environ(), env...), "SDBRIDGE_CUDATEST_CHILD=1")
 	out, err := cmd.CombinedOutput()
-	if err != nil || !contains(out, "--- PASS: "+name) {
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: "+name)) {
 		t.Fatalf("child %s failed: %v\n%s", name, err, out)
 	}
 	return string(out)
@@ -73,12 +74,3 @@ func RunChild(t testing.TB, name string, env []string) string {
 
 // InChild reports whether this process is a RunChild child.
 func InChild() bool { return os.Getenv("SDBRIDGE_CUDATEST_CHILD") != "" }
-
-func contains(b []byte, s string) bool {
-	for i := 0; i+len(s) <= len(b); i++ {
-		if string(b[i:i+len(s)]) == s {
-			return true
-		}
-	}
-	return false
-}
