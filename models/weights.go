@@ -26,6 +26,12 @@ type Source interface {
 	Names() []string
 }
 
+// Releaser is a Source whose stored bytes can be dropped from memory once a
+// tensor is bound (*safetensors.File: madvise on its mapping).
+type Releaser interface {
+	Release(name string)
+}
+
 // Weights binds tensors from a Source under a key prefix. Errors are sticky:
 // after the first failure every getter returns nil and Err reports it, so a
 // layer constructor can ask for all its tensors and check once.
@@ -105,6 +111,9 @@ func (w *Weights) Tensor(key string, shape ...int) *nn.Tensor {
 		return nil
 	}
 	w.st.used[full] = true
+	if r, ok := w.src.(Releaser); ok {
+		r.Release(full) // the float32 copy is what stays resident
+	}
 	return nn.From(data, t.Shape...)
 }
 

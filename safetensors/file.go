@@ -129,6 +129,24 @@ func (f *File) view(info *Info) Tensor {
 	return Tensor{Name: info.Name, DType: info.DType, Shape: info.Shape, Data: f.data[b:e:e]}
 }
 
+// Release tells the kernel that the named tensor's bytes are not needed in
+// memory for now (madvise MADV_DONTNEED on the whole pages inside it): once
+// a tensor has been widened into its own memory, its file pages need not
+// count towards the process's resident size. A later read faults them in
+// again from the file, so views stay valid. Unknown names are ignored.
+func (f *File) Release(name string) {
+	info, ok := f.Lookup(name)
+	if !ok || f.data == nil {
+		return
+	}
+	page := int64(os.Getpagesize())
+	b := (f.DataStart + info.Begin + page - 1) / page * page
+	e := (f.DataStart + info.End) / page * page
+	if e > b {
+		unix.Madvise(f.data[b:e], unix.MADV_DONTNEED)
+	}
+}
+
 // Check verifies that the file on disk still has the size it had when mapped.
 func (f *File) Check() error {
 	st, err := os.Stat(f.Path)

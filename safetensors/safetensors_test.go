@@ -350,3 +350,28 @@ func TestHeaderLengthThatLooksLikePickle(t *testing.T) {
 		t.Errorf("raw pickle: err = %v, want ErrPickle", err)
 	}
 }
+
+// Release drops pages from memory but views still read the same values.
+func TestReleaseKeepsViewsValid(t *testing.T) {
+	n := 1 << 15 // 128 KiB of float32: several whole pages
+	vals := make([]float32, n)
+	for i := range vals {
+		vals[i] = float32(i)
+	}
+	p := filepath.Join(t.TempDir(), "r.safetensors")
+	if err := WriteFile(p, []TensorData{{Spec{"w", F32, []int{n}}, f32bytes(vals...)}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Release("w")
+	f.Release("missing") // ignored
+	tn, _ := f.Get("w")
+	got, err := tn.Float32()
+	if err != nil || !slices.Equal(got, vals) {
+		t.Fatalf("after Release: %v, values equal %v", err, slices.Equal(got, vals))
+	}
+}

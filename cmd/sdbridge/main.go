@@ -81,6 +81,3 @@ func main() {
 		os.Exit(1)
 	}
 }
-
-// errNotYet is returned by commands whose issue has not landed.
-var errNotYet = errors.New("not implemented yet")
