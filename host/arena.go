@@ -38,6 +38,9 @@ type Arena struct {
 	mem  []byte
 	mu   sync.Mutex
 	used int
+	// borrowed: mem is someone else's mapping (a file arena over a mapped
+	// checkpoint, plugin_originals.go); Close leaves it mapped.
+	borrowed bool
 }
 
 // NewArena creates an arena of size bytes.
@@ -116,7 +119,10 @@ func (a *Arena) Close() error {
 	arenaMu.Lock()
 	delete(arenaByID, a.ID)
 	arenaMu.Unlock()
-	err := shm.Unmap(a.mem)
+	var err error
+	if !a.borrowed {
+		err = shm.Unmap(a.mem)
+	}
 	a.mem = nil
 	if cerr := a.f.Close(); err == nil {
 		err = cerr

@@ -2,7 +2,10 @@
 // weights where the LoRA plugin can patch them in place: float32 tensors in
 // plugin-writable shared arenas, a WeightPatch over every one of them whose
 // restore source is the mmap'd checkpoint tensor (so the checkpoint stays
-// open until Loaded.Close). Loaded.ApplyLoRAs is the whole API:
+// open until Loaded.Close). The checkpoint is also shared read-only with the
+// plugin (CheckpointArena), so a LoRA patches each touched tensor in one
+// pass from its stored bytes (plugin_patch.go). Loaded.ApplyLoRAs is the
+// whole API:
 //
 //	p, _ := host.LoadPipeline(ckpt, host.LoadOptions{Patchable: true, ...})
 //	defer p.Close()                       // before sup.Close
@@ -40,6 +43,8 @@ const modelArenaChunk = 256 << 20
 type modelStore struct {
 	pool    *ArenaPool
 	ckpt    *safetensors.File // mapped while the store lives: every Restore reads it
+	orig    *Arena            // ckpt shared read-only with plugins, nil if it could not be
+	views   map[*PatchTarget]safetensors.Tensor
 	targets []*PatchTarget
 	patch   *WeightPatch
 	sup     *Supervisor // the supervisor of the last ApplyLoRAs (unmapped on Close)
@@ -55,6 +60,7 @@ type recordingSource struct {
 	pool    *ArenaPool
 	pending *safetensors.Tensor
 	targets *[]*PatchTarget
+	views   map[*PatchTarget]safetensors.Tensor
 	err     error
 }
 
@@ -78,7 +84,9 @@ func (r *recordingSource) alloc(n int) []float32 {
 	}
 	data := r.pool.AllocFloat32(n)
 	if n > 0 {
-		*r.targets = append(*r.targets, &PatchTarget{Name: t.Name, Data: data, Shape: t.Shape, Restore: t.Float32Into})
+		pt := &PatchTarget{Name: t.Name, Data: data, Shape: t.Shape, Restore: t.Float32Into}
+		*r.targets = append(*r.targets, pt)
+		r.views[pt] = *t
 	}
 	return data
 }
@@ -86,7 +94,10 @@ func (r *recordingSource) alloc(n int) []float32 {
 // patchableWeights returns Weights over f whose tensors land in the
 // store's arenas and are recorded as patch targets.
 func (s *modelStore) patchableWeights(f models.Source) (*models.Weights, *recordingSource) {
-	rs := &recordingSource{Source: f, pool: s.pool, targets: &s.targets}
+	if s.views == nil {
+		s.views = map[*PatchTarget]safetensors.Tensor{}
+	}
+	rs := &recordingSource{Source: f, pool: s.pool, targets: &s.targets, views: s.views}
 	w := models.NewWeights(rs)
 	w.SetAlloc(rs.alloc)
 	return w, rs
@@ -109,6 +120,17 @@ func (s *modelStore) seal(sources ...*recordingSource) error {
 		}
 		seen[t.Name] = true
 	}
+	// One-pass patching where the plugin can read the stored originals;
+	// without the checkpoint arena every patch restores first.
+	if a, err := CheckpointArena(s.ckpt); err == nil {
+		s.orig = a
+		for _, t := range s.targets {
+			if ref, ok := OriginalRef(a, s.views[t]); ok {
+				t.Original = &ref
+			}
+		}
+	}
+	s.views = nil
 	var err error
 	s.patch, err = NewWeightPatch(s.targets)
 	return err
@@ -118,10 +140,18 @@ func (s *modelStore) seal(sources ...*recordingSource) error {
 // the checkpoint.
 func (s *modelStore) close() error {
 	var errs []error
-	if s.sup != nil {
-		errs = append(errs, s.sup.Unmap(context.Background(), s.pool.Arenas()...))
+	arenas := s.pool.Arenas()
+	if s.orig != nil {
+		arenas = append(arenas, s.orig)
 	}
-	errs = append(errs, s.pool.Close(), s.ckpt.Close())
+	if s.sup != nil {
+		errs = append(errs, s.sup.Unmap(context.Background(), arenas...))
+	}
+	errs = append(errs, s.pool.Close())
+	if s.orig != nil {
+		errs = append(errs, s.orig.Close())
+	}
+	errs = append(errs, s.ckpt.Close())
 	return errors.Join(errs...)
 }
 
@@ -202,4 +232,12 @@ func (l *Loaded) LoRAs() []LoRASpec {
 		return nil
 	}
 	return append([]LoRASpec(nil), l.store.loras...)
+}
+
+// Release forwards to the checkpoint, so its pages are dropped from memory
+// once a tensor is widened into the arena (they are read again on restore).
+func (r *recordingSource) Release(name string) {
+	if rel, ok := r.Source.(models.Releaser); ok {
+		rel.Release(name)
+	}
 }

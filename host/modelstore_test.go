@@ -103,6 +103,16 @@ func TestLoadedApplyLoRAs(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("patch targets: %d, want the %d U-Net and text-encoder tensors", len(got), len(want))
 	}
+	// The checkpoint is shared with the plugin read-only: every target can
+	// be patched in one pass from its stored bytes.
+	if p.store.orig == nil {
+		t.Fatal("the checkpoint is not shared with plugins")
+	}
+	for _, tg := range p.store.targets {
+		if tg.Original == nil {
+			t.Fatalf("%s has no original in the checkpoint arena", tg.Name)
+		}
+	}
 
 	orig := bitsOf(p.store)
 	if err := p.ApplyLoRAs(ctx, sup, a); err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/sdbridge/sdbridge/plugins/lora"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
+	"github.com/sdbridge/sdbridge/safetensors"
 )
 
 func TestMain(m *testing.M) {
@@ -43,17 +44,29 @@ func (testplug) Describe(context.Context, *sdk.DescribeRequest) (*sdk.DescribeRe
 }
 
 func (testplug) PlanPatch(_ context.Context, req *sdk.PlanPatchRequest) (*sdk.PlanPatchResponse, error) {
-	return &sdk.PlanPatchResponse{Touched: req.Params.All("touch")}, nil
+	return &sdk.PlanPatchResponse{Touched: req.Params.All("touch"), ReadsOriginals: req.Params.String("onepass", "") == "1"}, nil
 }
 
 func (p testplug) PatchWeights(_ context.Context, req *sdk.PatchWeightsRequest) (*sdk.PatchWeightsResponse, error) {
 	scale, _ := req.Params.Float("scale", 1)
 	add, _ := req.Params.Float("add", 0)
 	mode := req.Params.String("mode", "")
+	origs := map[string]*sdk.Tensor{}
+	for _, in := range req.Inputs {
+		origs[in.Name] = in
+	}
 	for i, t := range req.Tensors {
 		w, err := t.MutableFloat32()
 		if err != nil {
 			return nil, err
+		}
+		if in, ok := origs[t.Name]; ok { // one pass: w = original, never read before
+			b := in.Bytes()
+			for j := range w {
+				var one [1]float32
+				safetensors.F16ToF32(one[:], []uint16{uint16(b[2*j]) | uint16(b[2*j+1])<<8})
+				w[j] = one[0]
+			}
 		}
 		for j := range w {
 			w[j] = w[j]*float32(scale) + float32(add)

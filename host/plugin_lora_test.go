@@ -1,9 +1,11 @@
 // plugin_lora_test.go: LoRA patch, swap and restore timings through the real
-// path (LoRA plugin process, shared arena, host restores from fp16
-// originals) on the tensors a rank-32 attention LoRA touches in SD1.5: the
-// 192 U-Net transformer modules and the 72 text-encoder modules, at real
-// shapes divided in width by SDBRIDGE_BENCH_DIV (default 4; 1 = real size,
-// about 2.2 GB of memory).
+// path (LoRA plugin process, shared arena, fp16 originals in a mapped
+// safetensors checkpoint shared read-only with the plugin) on the tensors a
+// rank-32 attention LoRA touches in SD1.5: the 192 U-Net transformer modules
+// and the 72 text-encoder modules, at real shapes divided in width by
+// SDBRIDGE_BENCH_DIV (default 4; 1 = real size, about 2.2 GB of memory and
+// a 0.7 GB file). SDBRIDGE_BENCH_ONEPASS=0 withholds the originals from the
+// plugin (the host restores, then the plugin patches: two passes).
 package host
 
 import (
@@ -145,23 +147,11 @@ func BenchmarkLoRAPlugin(b *testing.B) {
 
 	pool := NewArenaPool("bench-weights", 256<<20, true)
 	defer pool.Close()
-	rng := rand.New(rand.NewPCG(3, 4))
-	var targets []*PatchTarget
-	var touchedBytes int64
-	for _, m := range ms {
-		shapes := map[string][]int{m.key + ".weight": m.shape()}
-		if m.bias {
-			shapes[m.key+".bias"] = []int{m.out}
-		}
-		for name, shape := range shapes {
-			orig := randF16(rng, sdk.Numel(shape), 0.02)
-			data := pool.AllocFloat32(len(orig))
-			safetensors.F16ToF32(data, orig)
-			targets = append(targets, &PatchTarget{Name: name, Data: data, Shape: shape,
-				Restore: func(dst []float32) error { safetensors.F16ToF32(dst, orig); return nil }})
-			touchedBytes += int64(len(orig)) * 6 // read fp16 + write fp32
-		}
-	}
+	ckpt, orig := writeBenchCheckpoint(b, filepath.Join(dir, "model.safetensors"), ms)
+	defer ckpt.Close()
+	defer orig.Close()
+	onePass := os.Getenv("SDBRIDGE_BENCH_ONEPASS") != "0"
+	targets, touchedBytes := benchTargets(b, pool, ckpt, orig, onePass)
 	w, err := NewWeightPatch(targets)
 	if err != nil {
 		b.Fatal(err)
@@ -183,7 +173,7 @@ func BenchmarkLoRAPlugin(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Logf("width/%d: %d tensors, %.0f M params touched, %d modules", div, len(rep.Touched), float64(touchedBytes)/6e6, len(ms))
+	b.Logf("width/%d: %d tensors (%d in one pass), %.0f M params touched, %d modules", div, len(rep.Touched), rep.OnePass, float64(touchedBytes)/6e6, len(ms))
 
 	b.Run("read-write-once", func(b *testing.B) {
 		b.SetBytes(touchedBytes)
@@ -234,4 +224,62 @@ func BenchmarkLoRAPlugin(b *testing.B) {
 		}
 		b.ReportMetric(float64(st.SentBytes.Load()+st.RecvBytes.Load()-before)/float64(i), "grpc-B/op")
 	})
+}
+
+// writeBenchCheckpoint writes random fp16 weights (and biases) of ms to
+// path and maps it, shared with plugins as a CheckpointArena.
+func writeBenchCheckpoint(t testing.TB, path string, ms []benchModule) (*safetensors.File, *Arena) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var ts []safetensors.TensorData
+	for _, m := range ms {
+		add := func(name string, shape []int) {
+			ts = append(ts, safetensors.TensorData{Spec: safetensors.Spec{Name: name, DType: safetensors.F16, Shape: shape},
+				Data: f16Bytes(randF16(rng, sdk.Numel(shape), 0.02))})
+		}
+		add(m.key+".weight", m.shape())
+		if m.bias {
+			add(m.key+".bias", []int{m.out})
+		}
+	}
+	if err := safetensors.WriteFile(path, ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	f, err := safetensors.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := CheckpointArena(f)
+	if err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	return f, a
+}
+
+// benchTargets allocates every tensor of ckpt as a float32 patch target in
+// pool, restored from ckpt, with its Original in orig when onePass. bytes
+// is what reading the fp16 originals and writing the float32 weights once
+// moves.
+func benchTargets(t testing.TB, pool *ArenaPool, ckpt *safetensors.File, orig *Arena, onePass bool) (targets []*PatchTarget, bytes int64) {
+	for _, name := range ckpt.Names() {
+		st, err := ckpt.Get(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := pool.AllocFloat32(st.Numel())
+		if err := st.Float32Into(data); err != nil {
+			t.Fatal(err)
+		}
+		pt := &PatchTarget{Name: name, Data: data, Shape: st.Shape, Restore: st.Float32Into}
+		if onePass {
+			ref, ok := OriginalRef(orig, st)
+			if !ok {
+				t.Fatalf("%s: no original ref", name)
+			}
+			pt.Original = &ref
+		}
+		targets = append(targets, pt)
+		bytes += int64(st.Numel()) * 6 // read fp16 + write fp32
+	}
+	return targets, bytes
 }

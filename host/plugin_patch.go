@@ -8,6 +8,13 @@
 // original values (re-widened from the mmap'd checkpoint: "restore, never
 // subtract") and grants the touched ones writable; the plugin merges in place.
 //
+// One pass: when the plugin's plan says ReadsOriginals and a touched target
+// has a file-backed Original (a read-only ref into the mapped checkpoint,
+// plugin_originals.go), the host does not restore it first; the plugin gets
+// the original bytes as a read-only input of the same name and writes
+// widen(original) + delta straight into the weight. Tensors patched before
+// but not touched now are still restored by the host.
+//
 // Atomicity (chosen design: restore and replay). A plan that is refused
 // writes nothing. If the plugin fails after writes began (error, invalid
 // refs, crash, hang), the host restores every tensor of the union from the
@@ -42,6 +49,11 @@ type PatchTarget struct {
 	// Restore writes the original values into dst (bit-exact), e.g.
 	// safetensors.Tensor.Float32Into from the mmap'd checkpoint.
 	Restore func(dst []float32) error
+	// Original optionally locates the same original values, as stored
+	// (F16, BF16 or F32, same element count), read-only in a live arena
+	// (OriginalRef); it must widen to exactly what Restore writes. A plugin
+	// that ReadsOriginals then patches this tensor in one pass.
+	Original *sdk.TensorRef
 }
 
 // WeightPatch tracks which tensors of a model hold a patch.
@@ -70,6 +82,19 @@ func NewWeightPatch(targets []*PatchTarget) (*WeightPatch, error) {
 		if err != nil {
 			return nil, fmt.Errorf("patch target: %w", err)
 		}
+		if o := t.Original; o != nil {
+			switch {
+			case o.DType != sdk.F16 && o.DType != sdk.BF16 && o.DType != sdk.F32:
+				return nil, fmt.Errorf("patch target %q: original is %s, want F16, BF16 or F32", t.Name, o.DType)
+			case o.Writable:
+				return nil, fmt.Errorf("patch target %q: original must be read-only", t.Name)
+			case sdk.Numel(o.Shape) != len(t.Data):
+				return nil, fmt.Errorf("patch target %q: original has shape %v, weight %d values", t.Name, o.Shape, len(t.Data))
+			}
+			if err := checkRef(*o); err != nil {
+				return nil, fmt.Errorf("patch target %q: original: %w", t.Name, err)
+			}
+		}
 		w.targets[t.Name] = t
 		w.refs[t.Name] = ref
 		w.model = append(w.model, ref.Info())
@@ -90,7 +115,8 @@ func (w *WeightPatch) Patched() []string {
 // PatchReport says what one Apply did.
 type PatchReport struct {
 	Touched  []string // tensors the plugin patched
-	Restored int      // tensors written back to original (union size)
+	Restored int      // tensors the host wrote back to original first
+	OnePass  int      // touched tensors the plugin computed from their originals
 	Warnings []string
 }
 
@@ -139,27 +165,59 @@ func (w *WeightPatch) apply(ctx context.Context, p *Plugin, params sdk.Params) (
 		union = maps.Clone(touched)
 		maps.Copy(union, w.patched)
 	}
-	restore := func() error {
-		w.patched = map[string]bool{}
-		return restoreAll(w.targets, union)
+	// One pass: touched tensors with an original the plugin reads itself
+	// are not restored first.
+	req := &sdk.PatchWeightsRequest{Params: params}
+	first := union
+	if plan.ReadsOriginals {
+		for _, n := range plan.Touched {
+			o := w.targets[n].Original
+			if o == nil {
+				continue
+			}
+			if err := checkOriginal(*o); err != nil {
+				return nil, false, fmt.Errorf("patch target %q: %w", n, err)
+			}
+			if len(req.Inputs) == 0 {
+				first = maps.Clone(union)
+			}
+			in := *o
+			in.Name = n
+			req.Inputs = append(req.Inputs, sdk.Ref(in))
+			delete(first, n)
+		}
 	}
-	if err := restore(); err != nil {
+	w.patched = map[string]bool{}
+	if err := restoreAll(w.targets, first); err != nil {
 		return nil, true, err
 	}
 	if len(touched) > 0 {
-		req := &sdk.PatchWeightsRequest{Params: params}
 		for _, n := range plan.Touched {
 			req.Tensors = append(req.Tensors, sdk.Ref(w.refs[n]))
 		}
 		if _, err := p.PatchWeights(ctx, req); err != nil {
-			if rerr := restore(); rerr != nil {
+			// The one-pass tensors may hold anything now: restore the union.
+			if rerr := restoreAll(w.targets, union); rerr != nil {
 				err = errors.Join(err, rerr)
 			}
 			return nil, true, err
 		}
 	}
 	w.patched = touched
-	return &PatchReport{Touched: append([]string(nil), plan.Touched...), Restored: len(union), Warnings: plan.Warnings}, true, nil
+	return &PatchReport{Touched: append([]string(nil), plan.Touched...), Restored: len(first), OnePass: len(req.Inputs), Warnings: plan.Warnings}, true, nil
+}
+
+// checkOriginal checks an original's arena is live and, for a file arena,
+// that the file did not shrink under its mapping.
+func checkOriginal(o sdk.TensorRef) error {
+	a, ok := lookupArena(o.Arena)
+	if !ok {
+		return fmt.Errorf("original: unknown arena %d", o.Arena)
+	}
+	if err := checkFileArena(a); err != nil {
+		return fmt.Errorf("original: %w", err)
+	}
+	return o.CheckBounds(uint64(a.Size()))
 }
 
 // Reset restores every patched tensor to its original values.

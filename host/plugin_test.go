@@ -118,6 +118,46 @@ func newPatchFixture(t testing.TB, sizes map[string]int) *patchFixture {
 	return f
 }
 
+// withOriginals puts the fp16 originals of the named targets in a
+// read-only arena and sets their Original (one-pass patching).
+func (f *patchFixture) withOriginals(t testing.TB, names ...string) {
+	size := 0
+	for _, n := range names {
+		size += 2*len(f.orig[n]) + arenaAlign
+	}
+	a, err := NewArena("originals", size, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	for _, n := range names {
+		bits := f.orig[n]
+		off, ok := a.alloc(2 * len(bits))
+		if !ok {
+			t.Fatal("originals arena full")
+		}
+		copy(a.Bytes()[off:], f16Bytes(bits))
+		for _, pt := range f.targets {
+			if pt.Name == n {
+				pt.Original = &sdk.TensorRef{Name: n, Arena: a.ID, Offset: uint64(off), DType: sdk.F16, Shape: []int{len(bits)}}
+			}
+		}
+	}
+}
+
+// patchModes runs fn with the host restoring every tensor first (two
+// passes) and with originals for a and b passed to testplug (one pass;
+// c, if any, keeps the restore path).
+func patchModes(t *testing.T, fn func(t *testing.T, onePass bool, f func(*patchFixture), p func(kv ...string) sdk.Params)) {
+	t.Run("two-pass", func(t *testing.T) {
+		fn(t, false, func(*patchFixture) {}, params)
+	})
+	t.Run("one-pass", func(t *testing.T) {
+		fn(t, true, func(f *patchFixture) { f.withOriginals(t, "a", "b") },
+			func(kv ...string) sdk.Params { return params(append(kv, "onepass", "1")...) })
+	})
+}
+
 // snapshot copies the live weights.
 func (f *patchFixture) snapshot() map[string][]float32 {
 	out := map[string][]float32{}
@@ -145,9 +185,14 @@ func params(kv ...string) sdk.Params {
 }
 
 func TestPatchSwapRestoreBitExact(t *testing.T) {
+	patchModes(t, testPatchSwapRestoreBitExact)
+}
+
+func testPatchSwapRestoreBitExact(t *testing.T, onePass bool, setup func(*patchFixture), params func(kv ...string) sdk.Params) {
 	ctx := context.Background()
 	_, p := newTestSupervisor(t, "")
 	f := newPatchFixture(t, map[string]int{"a": 1 << 20, "b": 1000, "c": 10})
+	setup(f)
 	w, err := NewWeightPatch(f.targets)
 	if err != nil {
 		t.Fatal(err)
@@ -155,8 +200,12 @@ func TestPatchSwapRestoreBitExact(t *testing.T) {
 	orig := f.original()
 
 	// Patch A: a and b scaled in place.
-	if _, err := w.Apply(ctx, p, params("touch", "a", "touch", "b", "scale", "3")); err != nil {
+	rep, err := w.Apply(ctx, p, params("touch", "a", "touch", "b", "scale", "3"))
+	if err != nil {
 		t.Fatal(err)
+	}
+	if want := map[bool]int{false: 0, true: 2}[onePass]; rep.OnePass != want || rep.Restored != 2-want {
+		t.Fatalf("patch A: %d one-pass, %d restored first; want %d, %d", rep.OnePass, rep.Restored, want, 2-want)
 	}
 	got := f.snapshot()
 	if got["a"][7] != orig["a"][7]*3 || got["b"][0] != orig["b"][0]*3 || !slices.Equal(got["c"], orig["c"]) {
@@ -170,8 +219,16 @@ func TestPatchSwapRestoreBitExact(t *testing.T) {
 
 	// Many swaps A <-> B, then reset: bit-exact every time.
 	for i := range 20 {
-		if _, err := w.Apply(ctx, p, params("touch", "b", "touch", "c", "add", "0.1")); err != nil {
+		rep, err := w.Apply(ctx, p, params("touch", "b", "touch", "c", "add", "0.1"))
+		if err != nil {
 			t.Fatal(err)
+		}
+		// a (patched before, not now) is always restored by the host.
+		if want := map[bool]int{false: 3, true: 2}[onePass]; rep.Restored != want {
+			t.Fatalf("swap %d: %d restored first, want %d", i, rep.Restored, want)
+		}
+		if got, want := f.snapshot()["b"][5], orig["b"][5]+0.1; got != want {
+			t.Fatalf("swap %d: b = %v, want %v", i, got, want)
 		}
 		if !slices.Equal(f.snapshot()["a"], orig["a"]) {
 			t.Fatalf("swap %d: a not restored bit-exactly", i)
@@ -192,6 +249,10 @@ func TestPatchSwapRestoreBitExact(t *testing.T) {
 }
 
 func TestPluginCrashAndHang(t *testing.T) {
+	patchModes(t, testPluginCrashAndHang)
+}
+
+func testPluginCrashAndHang(t *testing.T, _ bool, setup func(*patchFixture), params func(kv ...string) sdk.Params) {
 	ctx := context.Background()
 	tests := []struct {
 		name, mode string
@@ -208,6 +269,7 @@ func TestPluginCrashAndHang(t *testing.T) {
 			_, p := newTestSupervisor(t, "")
 			p.Timeout = 2 * time.Second
 			f := newPatchFixture(t, map[string]int{"a": 4096, "b": 64})
+			setup(f)
 			w, err := NewWeightPatch(f.targets)
 			if err != nil {
 				t.Fatal(err)

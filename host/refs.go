@@ -23,10 +23,15 @@ func checkRef(r sdk.TensorRef) error {
 	return r.CheckBounds(uint64(a.Size()))
 }
 
-// validateWritten checks every written ref against the call's grants.
+// validateWritten checks every written ref against the call's grants. A
+// read-only input may share its name with a writable grant (a tensor's
+// original, plugin_patch.go); the writable grant is the one checked.
 func validateWritten(grants []sdk.TensorRef, written []sdk.TensorRef) error {
 	byName := make(map[string]sdk.TensorRef, len(grants))
 	for _, g := range grants {
+		if old, ok := byName[g.Name]; ok && old.Writable && !g.Writable {
+			continue
+		}
 		byName[g.Name] = g
 	}
 	seen := make(map[string]bool, len(written))

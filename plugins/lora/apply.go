@@ -5,10 +5,14 @@
 //
 // It works on the flattened [out, in*kh*kw] buffer only; it neither casts to
 // a storage dtype nor knows where the weight lives (plan.go hands it a
-// float32 copy).
+// float32 copy). Plan.ApplyFrom is the one-pass variant: it widens the
+// original into the destination block by block and patches each block while
+// it is in cache; it does not read the stored bytes itself (the caller's
+// widen does).
 package lora
 
 import (
+	"fmt"
 	"math"
 	"math/bits"
 	"sync"
@@ -184,5 +188,100 @@ func (o *Op) applyDoRA(shape []int, w, d, mag []float32) {
 				blend(i, g[c])
 			}
 		}
+	}
+}
+
+// fusedBlockBytes is the float32 block ApplyFrom widens and patches at a
+// time: small enough to stay in a core's L2 between the two steps, large
+// enough that re-packing the LoRA down factor per block stays cheap.
+const fusedBlockBytes = 1 << 20
+
+// ApplyFrom computes the merged float32 tensor of key into dst from its
+// original values, which widen supplies: widen(lo, hi) writes the original
+// values of elements [lo, hi) into dst[lo:hi]. When every op is row-local
+// (plain LoRA, bias and full/norm differences: attention LoRAs) it goes
+// through dst once, in blocks of rows widened and patched while in cache;
+// otherwise it widens all of dst, then applies the ops as Apply does. The
+// result equals Apply(key, original, dst) for a given op kind and shape
+// (blocks are fixed by the shape, so it is deterministic).
+func (p *Plan) ApplyFrom(key string, dst []float32, widen func(lo, hi int) error) error {
+	t, ok := p.targets[key]
+	if !ok {
+		return fmt.Errorf("lora: %q is not touched by this plan", key)
+	}
+	n := numel(t.Shape)
+	if len(dst) != n {
+		return fmt.Errorf("lora: %q holds %d values (shape %v), got dst %d", key, n, t.Shape, len(dst))
+	}
+	local := len(t.Shape) > 0 && t.Shape[0] > 0
+	for i := range t.Ops {
+		local = local && t.Ops[i].rowLocal()
+	}
+	if !local {
+		if err := widen(0, n); err != nil {
+			return err
+		}
+		return p.Apply(key, dst, dst)
+	}
+	fss := make([]map[Part]*nn.Tensor, len(t.Ops))
+	for i := range t.Ops {
+		fs, err := t.Ops[i].file.load(t.Ops[i].mod)
+		if err != nil {
+			return fmt.Errorf("lora: %s: %w", key, err)
+		}
+		fss[i] = fs
+	}
+	rows := t.Shape[0]
+	rowLen := n / rows
+	block := max(24, fusedBlockBytes/(4*max(rowLen, 1))/24*24) // rows, a multiple of the gemm tile
+	for r0 := 0; r0 < rows; r0 += block {
+		r1 := min(rows, r0+block)
+		if err := widen(r0*rowLen, r1*rowLen); err != nil {
+			return err
+		}
+		for i := range t.Ops {
+			t.Ops[i].applyRows(fss[i], dst, rowLen, r0, r1)
+		}
+	}
+	return nil
+}
+
+// rowLocal reports whether the op changes each output row from that row
+// alone (so applyRows on row blocks equals apply on the whole).
+func (o *Op) rowLocal() bool {
+	if o.padIn > 0 {
+		return false
+	}
+	if o.bias {
+		return true
+	}
+	switch o.mod.Algo {
+	case AlgoFull, AlgoNorm:
+		return true
+	case AlgoLoRA:
+		return !o.mod.Tucker && !o.mod.DoRA
+	}
+	return false
+}
+
+// applyRows is apply restricted to rows [r0, r1) of w (rows of rowLen
+// values) for a rowLocal op whose factors fs are loaded.
+func (o *Op) applyRows(fs map[Part]*nn.Tensor, w []float32, rowLen, r0, r1 int) {
+	lo, hi := r0*rowLen, r1*rowLen
+	var src []float32
+	switch {
+	case o.bias:
+		src = factor(fs, PartDiffB, PartBNorm)
+	case o.mod.Algo == AlgoFull || o.mod.Algo == AlgoNorm:
+		src = factor(fs, PartDiff, PartWNorm)
+	default:
+		// rows of W += m·s·(up @ down)  [r1-r0, r] @ [r, rowLen]
+		up, down := fs[PartUp], fs[PartDown]
+		r := down.Shape[0]
+		nn.Gemm(false, false, r1-r0, rowLen, r, float32(o.Strength*o.Scale), up.Data[r0*r:], r, down.Data, rowLen, 1, w[lo:], rowLen)
+		return
+	}
+	if lo < len(src) { // as apply: a shorter source covers a prefix
+		axpy(float32(o.Strength), src[lo:min(hi, len(src))], w[lo:hi])
 	}
 }

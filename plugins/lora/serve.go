@@ -2,7 +2,10 @@
 // of the merge maths of this package: PlanPatch resolves and validates every
 // adapter against the model's tensor list (atomic: any problem refuses the
 // whole request), PatchWeights merges each granted float32 tensor in place
-// in the host's arena, from the original values the host restored there.
+// in the host's arena, from the original values the host restored there or,
+// in one pass, from the original stored bytes the host passes as a
+// read-only input of the same name (ReadsOriginals; read under
+// debug.SetPanicOnFault, since that input may be a mapped checkpoint file).
 //
 // Parameters, in order (each "lora" starts an adapter; the strength
 // parameters after it apply to it):
@@ -20,10 +23,12 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 	"github.com/sdbridge/sdbridge/safetensors"
@@ -222,7 +227,7 @@ func (p *Plugin) PlanPatch(_ context.Context, req *sdk.PlanPatchRequest) (*sdk.P
 		}
 	}
 	p.plans[key] = plan
-	resp := &sdk.PlanPatchResponse{Touched: plan.Keys()}
+	resp := &sdk.PlanPatchResponse{Touched: plan.Keys(), ReadsOriginals: true}
 	for _, ig := range plan.Ignored {
 		resp.Warnings = append(resp.Warnings, "ignored: "+ig)
 	}
@@ -230,7 +235,8 @@ func (p *Plugin) PlanPatch(_ context.Context, req *sdk.PlanPatchRequest) (*sdk.P
 }
 
 // PatchWeights merges every granted tensor in place (they hold original
-// values), in parallel across tensors.
+// values, or come with an input of the same name holding them), in
+// parallel across tensors.
 func (p *Plugin) PatchWeights(ctx context.Context, req *sdk.PatchWeightsRequest) (*sdk.PatchWeightsResponse, error) {
 	p.mu.Lock()
 	plan, ok := p.plans[paramsKey(req.Params)]
@@ -238,13 +244,29 @@ func (p *Plugin) PatchWeights(ctx context.Context, req *sdk.PatchWeightsRequest)
 	if !ok {
 		return nil, fmt.Errorf("lora: PatchWeights without a matching PlanPatch")
 	}
+	origs := make(map[string]*sdk.Tensor, len(req.Inputs))
+	for _, in := range req.Inputs {
+		origs[in.Name] = in
+	}
 	for _, t := range req.Tensors {
+		if in, ok := origs[t.Name]; ok {
+			if err := checkOriginal(in, t); err != nil {
+				return nil, err
+			}
+			delete(origs, t.Name)
+		}
 		if _, ok := plan.Target(t.Name); !ok {
 			return nil, fmt.Errorf("lora: tensor %q is not touched by the planned adapters", t.Name)
 		}
 		if !t.Writable || t.DType != sdk.F32 {
 			return nil, fmt.Errorf("lora: tensor %q must be granted writable F32 (is %s, writable=%v)", t.Name, t.DType, t.Writable)
 		}
+	}
+	for name := range origs {
+		return nil, fmt.Errorf("lora: input %q pairs with no granted tensor", name)
+	}
+	for _, in := range req.Inputs {
+		origs[in.Name] = in
 	}
 	work := make(chan *sdk.Tensor)
 	errs := make(chan error, len(req.Tensors))
@@ -256,7 +278,11 @@ func (p *Plugin) PatchWeights(ctx context.Context, req *sdk.PatchWeightsRequest)
 			for t := range work {
 				w, err := t.MutableFloat32() // [numel], the host's arena
 				if err == nil {
-					err = plan.Apply(t.Name, w, w)
+					if in, ok := origs[t.Name]; ok {
+						err = applyFromOriginal(plan, t.Name, in, w)
+					} else {
+						err = plan.Apply(t.Name, w, w)
+					}
 				}
 				if err != nil {
 					errs <- err
@@ -280,4 +306,52 @@ func (p *Plugin) PatchWeights(ctx context.Context, req *sdk.PatchWeightsRequest)
 		return nil, err
 	}
 	return &sdk.PatchWeightsResponse{Written: sdk.Refs(req.Tensors...)}, nil
+}
+
+// checkOriginal checks an input holds the original of granted tensor t.
+func checkOriginal(in, t *sdk.Tensor) error {
+	switch in.DType {
+	case sdk.F16, sdk.BF16, sdk.F32:
+	default:
+		return fmt.Errorf("lora: original of %q is %s, want F16, BF16 or F32", t.Name, in.DType)
+	}
+	if in.Numel() != t.Numel() || len(in.Bytes()) != in.Numel()*in.DType.Size() {
+		return fmt.Errorf("lora: original of %q has shape %v, tensor %v", t.Name, in.Shape, t.Shape)
+	}
+	return nil
+}
+
+// applyFromOriginal merges tensor name into w from in, its original stored
+// values, in one pass. in may be a mapped file that shrank: a fault reading
+// it becomes an error, not a crash.
+func applyFromOriginal(plan *Plan, name string, in *sdk.Tensor, w []float32) (err error) {
+	b := in.Bytes()
+	var widen func(lo, hi int) error
+	switch in.DType {
+	case sdk.F16, sdk.BF16:
+		src := unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/2)
+		conv := safetensors.F16ToF32
+		if in.DType == sdk.BF16 {
+			conv = safetensors.BF16ToF32
+		}
+		widen = func(lo, hi int) error { conv(w[lo:hi], src[lo:hi]); return nil }
+	default:
+		src, ferr := in.Float32()
+		if ferr != nil {
+			return ferr
+		}
+		widen = func(lo, hi int) error { copy(w[lo:hi], src[lo:hi]); return nil }
+	}
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if r := recover(); r != nil {
+			if re, ok := r.(interface{ Addr() uintptr }); ok {
+				err = fmt.Errorf("lora: reading the original of %q faulted at %#x (did the checkpoint file shrink?)", name, re.Addr())
+				return
+			}
+			panic(r)
+		}
+	}()
+	return plan.ApplyFrom(name, w, widen)
 }

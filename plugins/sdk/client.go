@@ -95,7 +95,7 @@ func (r *Remote) PlanPatch(ctx context.Context, req *PlanPatchRequest) (*PlanPat
 	if err != nil {
 		return nil, fromStatus(err)
 	}
-	return &PlanPatchResponse{Touched: resp.Touched, Warnings: resp.Warnings}, nil
+	return &PlanPatchResponse{Touched: resp.Touched, Warnings: resp.Warnings, ReadsOriginals: resp.ReadsOriginals}, nil
 }
 
 // PatchWeights asks the plugin to patch the granted tensors in place.

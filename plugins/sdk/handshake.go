@@ -18,7 +18,7 @@ import (
 // (= proto package sdbridge.plugin.v1); APIMinor counts additive changes.
 const (
 	ProtocolVersion = 1
-	APIMinor        = 0
+	APIMinor        = 1 // 1: PlanPatchResponse.ReadsOriginals
 )
 
 // PluginName is the name the single sdbridge service is dispensed under.

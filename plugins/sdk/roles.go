@@ -54,10 +54,19 @@ type PlanPatchRequest struct {
 type PlanPatchResponse struct {
 	Touched  []string
 	Warnings []string
+	// ReadsOriginals (minor version 1) promises that PatchWeights computes
+	// each granted tensor that comes with a read-only input of the same
+	// name (its original bytes: F16, BF16 or F32, same shape) from that
+	// input alone, never reading the tensor's current values; the host then
+	// skips restoring it first. Tensors without such an input hold their
+	// original values as before.
+	ReadsOriginals bool
 }
 
 // PatchWeightsRequest grants the planned tensors writable, holding their
-// original (unpatched) values, plus optional read-only inputs.
+// original (unpatched) values, plus optional read-only inputs. If the plan
+// said ReadsOriginals, a granted tensor with an input of the same name holds
+// unspecified values and the input holds its original bytes.
 type PatchWeightsRequest struct {
 	Tensors []*Tensor
 	Inputs  []*Tensor

@@ -97,7 +97,7 @@ func (s *server) PlanPatch(ctx context.Context, req *pb.PlanPatchRequest) (*pb.P
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &pb.PlanPatchResponse{Touched: resp.Touched, Warnings: resp.Warnings}, nil
+	return &pb.PlanPatchResponse{Touched: resp.Touched, Warnings: resp.Warnings, ReadsOriginals: resp.ReadsOriginals}, nil
 }
 
 func (s *server) PatchWeights(ctx context.Context, req *pb.PatchWeightsRequest) (*pb.PatchWeightsResponse, error) {

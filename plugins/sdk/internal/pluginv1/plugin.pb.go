@@ -763,11 +763,18 @@ func (x *PlanPatchRequest) GetParams() []*Param {
 }
 
 type PlanPatchResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Touched       []string               `protobuf:"bytes,1,rep,name=touched,proto3" json:"touched,omitempty"`
-	Warnings      []string               `protobuf:"bytes,2,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Touched  []string               `protobuf:"bytes,1,rep,name=touched,proto3" json:"touched,omitempty"`
+	Warnings []string               `protobuf:"bytes,2,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// Added in minor version 1: the plugin computes each touched tensor that
+	// PatchWeights passes with a read-only input of the same name (its
+	// original bytes, F16, BF16 or F32) from that input alone, without reading
+	// the granted tensor's current values. The host then need not restore
+	// those tensors first (one pass instead of two). False: every granted
+	// tensor must hold its original values, inputs or not.
+	ReadsOriginals bool `protobuf:"varint,3,opt,name=reads_originals,json=readsOriginals,proto3" json:"reads_originals,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PlanPatchResponse) Reset() {
@@ -812,6 +819,13 @@ func (x *PlanPatchResponse) GetWarnings() []string {
 		return x.Warnings
 	}
 	return nil
+}
+
+func (x *PlanPatchResponse) GetReadsOriginals() bool {
+	if x != nil {
+		return x.ReadsOriginals
+	}
+	return false
 }
 
 type PatchWeightsRequest struct {
@@ -1461,10 +1475,11 @@ const file_plugin_proto_rawDesc = "" +
 	"\x12UnmapArenaResponse\"{\n" +
 	"\x10PlanPatchRequest\x124\n" +
 	"\x05model\x18\x01 \x03(\v2\x1e.sdbridge.plugin.v1.TensorInfoR\x05model\x121\n" +
-	"\x06params\x18\x02 \x03(\v2\x19.sdbridge.plugin.v1.ParamR\x06params\"I\n" +
+	"\x06params\x18\x02 \x03(\v2\x19.sdbridge.plugin.v1.ParamR\x06params\"r\n" +
 	"\x11PlanPatchResponse\x12\x18\n" +
 	"\atouched\x18\x01 \x03(\tR\atouched\x12\x1a\n" +
-	"\bwarnings\x18\x02 \x03(\tR\bwarnings\"\xb8\x01\n" +
+	"\bwarnings\x18\x02 \x03(\tR\bwarnings\x12'\n" +
+	"\x0freads_originals\x18\x03 \x01(\bR\x0ereadsOriginals\"\xb8\x01\n" +
 	"\x13PatchWeightsRequest\x127\n" +
 	"\atensors\x18\x01 \x03(\v2\x1d.sdbridge.plugin.v1.TensorRefR\atensors\x121\n" +
 	"\x06params\x18\x02 \x03(\v2\x19.sdbridge.plugin.v1.ParamR\x06params\x125\n" +
