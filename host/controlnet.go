@@ -118,7 +118,14 @@ type ControlNetSource struct {
 	lastT      float32
 
 	stats ControlNetStats
+	// starts is the plugin's start count when the source was made (for
+	// plugins that report it): a restart during the generation fails it.
+	starts int
 }
+
+// restartCounter is implemented by *Plugin: how many times its process
+// was started.
+type restartCounter interface{ Starts() int }
 
 type cnUnit struct {
 	ControlNetUnit
@@ -163,6 +170,9 @@ func NewControlNetSource(ctx context.Context, p ResidualPlugin, opt ControlNetOp
 			s.Close()
 			return nil, fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err)
 		}
+	}
+	if rc, ok := p.(restartCounter); ok {
+		s.starts = rc.Starts()
 	}
 	return s, nil
 }
@@ -468,6 +478,9 @@ func (s *ControlNetSource) call(ctx context.Context, u *cnUnit, x *nn.Tensor, t 
 	_, err = s.plugin.Residuals(ctx, req)
 	s.stats.PluginTime += time.Since(start)
 	s.stats.Calls++
+	if err == nil {
+		err = s.checkNotRestarted()
+	}
 	if err != nil {
 		return fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err)
 	}
@@ -475,6 +488,23 @@ func (s *ControlNetSource) call(ctx context.Context, u *cnUnit, x *nn.Tensor, t 
 		written[i] = true
 	}
 	return nil
+}
+
+// checkNotRestarted fails the generation when the plugin process died and
+// was started again since the source was made: the call after a crash may
+// have reached a fresh process, but a generation whose plugin crashed is
+// reported as failed (the next generation uses the new process).
+func (s *ControlNetSource) checkNotRestarted() error {
+	rc, ok := s.plugin.(restartCounter)
+	if !ok || rc.Starts() == s.starts {
+		return nil
+	}
+	pid := 0
+	if pp, ok := s.plugin.(interface{ Pid() int }); ok {
+		pid = pp.Pid()
+	}
+	return &PluginError{Plugin: s.plugin.Name(), Pid: pid, Op: "Residuals", Killed: true,
+		Err: fmt.Errorf("%w: the plugin process exited during this generation and was restarted", ErrCrashed)}
 }
 
 // putInputs copies x and the context into the input arena, growing it when
