@@ -35,7 +35,6 @@ import (
 	"fmt"
 	"maps"
 	"runtime"
-	"sort"
 	"sync"
 
 	"github.com/sdbridge/sdbridge/plugins/sdk"
@@ -100,16 +99,6 @@ func NewWeightPatch(targets []*PatchTarget) (*WeightPatch, error) {
 		w.model = append(w.model, ref.Info())
 	}
 	return w, nil
-}
-
-// Patched lists the tensors currently holding a patch, sorted.
-func (w *WeightPatch) Patched() []string {
-	out := make([]string, 0, len(w.patched))
-	for n := range w.patched {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // PatchReport says what one Apply did.

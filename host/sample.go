@@ -68,11 +68,6 @@ func LookupSampler(name string) (Sampler, error) {
 	return nil, fmt.Errorf("unknown sampler %q (valid: %s)", name, strings.Join(SamplerNames, ", "))
 }
 
-// NeedsNoise reports whether the sampler draws noise at its steps.
-func NeedsNoise(name string) bool {
-	return name == "euler_ancestral" || name == "euler_a" || name == "dpmpp_2m_sde"
-}
-
 // checkSigmas validates the sigma list every sampler walks.
 func checkSigmas(x *nn.Tensor, sigmas []float64) error {
 	if len(sigmas) < 2 {

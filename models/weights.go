@@ -165,13 +165,3 @@ func (w *Weights) Unused() []string {
 	sort.Strings(out)
 	return out
 }
-
-// Ignore marks keys as deliberately unused (e.g. CLIP's stored
-// position_ids), so Unused does not report them.
-func (w *Weights) Ignore(keys ...string) {
-	for _, k := range keys {
-		if w.Has(k) {
-			w.st.used[w.prefix+k] = true
-		}
-	}
-}

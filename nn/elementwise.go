@@ -37,18 +37,6 @@ func AddInPlace(a, b *Tensor) {
 	})
 }
 
-// AddScaledInPlace does a += s*b (same shape).
-func AddScaledInPlace(a, b *Tensor, s float32) {
-	mustSameShape("AddScaledInPlace", a, b)
-	ad, bd := a.Data, b.Data[:len(a.Data)]
-	parallelFor(len(ad), elemCost, func(lo, hi int) {
-		x, y := ad[lo:hi], bd[lo:hi]
-		for i := range x {
-			x[i] += s * y[i]
-		}
-	})
-}
-
 // Mul returns a * b elementwise (same shape).
 func Mul(a, b *Tensor) *Tensor {
 	mustSameShape("Mul", a, b)
@@ -61,18 +49,6 @@ func Mul(a, b *Tensor) *Tensor {
 		}
 	})
 	return out
-}
-
-// MulInPlace does a *= b elementwise (same shape).
-func MulInPlace(a, b *Tensor) {
-	mustSameShape("MulInPlace", a, b)
-	ad, bd := a.Data, b.Data[:len(a.Data)]
-	parallelFor(len(ad), elemCost, func(lo, hi int) {
-		x, y := ad[lo:hi], bd[lo:hi]
-		for i := range x {
-			x[i] *= y[i]
-		}
-	})
 }
 
 // Scale multiplies every element of t by s in place.
@@ -160,22 +136,6 @@ func AddBatchChannelBias(x *Tensor, bias *Tensor) {
 			seg := d[p*inner : (p+1)*inner]
 			for i := range seg {
 				seg[i] += v
-			}
-		}
-	})
-}
-
-// AddRowBias adds bias [C] to every row of x [..., C] in place.
-func AddRowBias(x *Tensor, bias []float32) {
-	c := len(bias)
-	mustf(c > 0 && len(x.Data)%c == 0, "AddRowBias", "bias of %d for x %v", c, x.Shape)
-	rows := len(x.Data) / c
-	d := x.Data
-	parallelFor(rows, c, func(lo, hi int) {
-		for r := lo; r < hi; r++ {
-			row := d[r*c : (r+1)*c]
-			for j := range row {
-				row[j] += bias[j]
 			}
 		}
 	})

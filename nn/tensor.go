@@ -90,7 +90,4 @@ func (t *Tensor) Clone() *Tensor {
 	return &Tensor{Shape: slices.Clone(t.Shape), Data: slices.Clone(t.Data), Device: t.Device}
 }
 
-// SameShape reports whether two tensors have equal shapes.
-func SameShape(a, b *Tensor) bool { return slices.Equal(a.Shape, b.Shape) }
-
 func (t *Tensor) String() string { return fmt.Sprintf("Tensor%v", t.Shape) }

@@ -230,9 +230,3 @@ func (ix *Index) Resolve(loraModule string) (*CkptModule, bool) {
 	m, ok := ix.alias[loraModule]
 	return m, ok
 }
-
-// Module returns a checkpoint module by its checkpoint name.
-func (ix *Index) Module(name string) (*CkptModule, bool) {
-	m, ok := ix.modules[name]
-	return m, ok
-}

@@ -248,12 +248,13 @@ func (p *Plugin) PatchWeights(ctx context.Context, req *sdk.PatchWeightsRequest)
 	for _, in := range req.Inputs {
 		origs[in.Name] = in
 	}
+	granted := make(map[string]bool, len(req.Tensors))
 	for _, t := range req.Tensors {
+		granted[t.Name] = true
 		if in, ok := origs[t.Name]; ok {
 			if err := checkOriginal(in, t); err != nil {
 				return nil, err
 			}
-			delete(origs, t.Name)
 		}
 		if _, ok := plan.Target(t.Name); !ok {
 			return nil, fmt.Errorf("lora: tensor %q is not touched by the planned adapters", t.Name)
@@ -263,10 +264,9 @@ func (p *Plugin) PatchWeights(ctx context.Context, req *sdk.PatchWeightsRequest)
 		}
 	}
 	for name := range origs {
-		return nil, fmt.Errorf("lora: input %q pairs with no granted tensor", name)
-	}
-	for _, in := range req.Inputs {
-		origs[in.Name] = in
+		if !granted[name] {
+			return nil, fmt.Errorf("lora: input %q pairs with no granted tensor", name)
+		}
 	}
 	work := make(chan *sdk.Tensor)
 	errs := make(chan error, len(req.Tensors))

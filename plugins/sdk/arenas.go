@@ -112,10 +112,3 @@ func (a *arenaTable) bindAll(refs []TensorRef, mustWrite bool) ([]*Tensor, error
 	}
 	return out, nil
 }
-
-func (a *arenaTable) bindOpt(r *TensorRef, mustWrite bool) (*Tensor, error) {
-	if r == nil || (r.Name == "" && r.DType == "" && len(r.Shape) == 0) {
-		return nil, nil
-	}
-	return a.bind(*r, mustWrite)
-}
