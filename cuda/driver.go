@@ -5,8 +5,9 @@
 //
 // driver.go binds libcuda.so.1 and turns CUresult codes into Go errors. It
 // binds only the driver functions the project calls (device query, primary
-// context, memory, streams, modules, launches, legacy IPC); it does not
-// bind the runtime API (libcudart), graphs, VMM or events yet.
+// context, memory, streams, modules, launches, legacy IPC, and optionally
+// events, async copies, pinned host memory, stream capture and graphs); it
+// does not bind the runtime API (libcudart) or VMM yet.
 package cuda
 
 import (
@@ -93,6 +94,31 @@ type driverAPI struct {
 	cuIpcGetMemHandle         func(h *IPCHandle, p uint64) Result
 	cuIpcOpenMemHandle        func(p *uint64, h IPCHandle, flags uint32) Result
 	cuIpcCloseMemHandle       func(p uint64) Result
+
+	// Optional entry points (nil when the library lacks them; callers go
+	// through need, which names the missing symbol). Signatures follow
+	// cuda.h of CUDA 12/13; handles (CUevent, CUgraph, ...) are uintptr.
+	cuMemGetAddressRange        func(base *uint64, size *uint64, p uint64) Result
+	cuEventCreate               func(e *uintptr, flags uint32) Result
+	cuEventRecord               func(e uintptr, s uintptr) Result
+	cuEventSynchronize          func(e uintptr) Result
+	cuEventElapsedTimeV2        func(ms *float32, start, end uintptr) Result
+	cuEventElapsedTime          func(ms *float32, start, end uintptr) Result
+	cuEventDestroy              func(e uintptr) Result
+	cuMemcpyHtoDAsync           func(dst uint64, src unsafe.Pointer, n uint64, s uintptr) Result
+	cuMemcpyDtoHAsync           func(dst unsafe.Pointer, src uint64, n uint64, s uintptr) Result
+	cuMemcpyDtoDAsync           func(dst, src uint64, n uint64, s uintptr) Result
+	cuMemsetD8Async             func(dst uint64, v uint8, n uint64, s uintptr) Result
+	cuMemsetD32Async            func(dst uint64, v uint32, n uint64, s uintptr) Result
+	cuMemHostAlloc              func(p *unsafe.Pointer, n uint64, flags uint32) Result
+	cuMemFreeHost               func(p unsafe.Pointer) Result
+	cuStreamBeginCapture        func(s uintptr, mode int32) Result
+	cuStreamEndCapture          func(s uintptr, g *uintptr) Result
+	cuStreamIsCapturing         func(s uintptr, status *int32) Result
+	cuGraphInstantiateWithFlags func(exec *uintptr, g uintptr, flags uint64) Result
+	cuGraphLaunch               func(exec uintptr, s uintptr) Result
+	cuGraphExecDestroy          func(exec uintptr) Result
+	cuGraphDestroy              func(g uintptr) Result
 }
 
 func (a *driverAPI) syms() []sym {
@@ -131,6 +157,27 @@ func (a *driverAPI) syms() []sym {
 		{name: "cuIpcGetMemHandle", fn: &a.cuIpcGetMemHandle, optional: true},
 		{name: "cuIpcOpenMemHandle_v2", fn: &a.cuIpcOpenMemHandle, optional: true},
 		{name: "cuIpcCloseMemHandle", fn: &a.cuIpcCloseMemHandle, optional: true},
+		{name: "cuMemGetAddressRange_v2", fn: &a.cuMemGetAddressRange, optional: true},
+		{name: "cuEventCreate", fn: &a.cuEventCreate, optional: true},
+		{name: "cuEventRecord", fn: &a.cuEventRecord, optional: true},
+		{name: "cuEventSynchronize", fn: &a.cuEventSynchronize, optional: true},
+		{name: "cuEventElapsedTime_v2", fn: &a.cuEventElapsedTimeV2, optional: true},
+		{name: "cuEventElapsedTime", fn: &a.cuEventElapsedTime, optional: true},
+		{name: "cuEventDestroy_v2", fn: &a.cuEventDestroy, optional: true},
+		{name: "cuMemcpyHtoDAsync_v2", fn: &a.cuMemcpyHtoDAsync, optional: true},
+		{name: "cuMemcpyDtoHAsync_v2", fn: &a.cuMemcpyDtoHAsync, optional: true},
+		{name: "cuMemcpyDtoDAsync_v2", fn: &a.cuMemcpyDtoDAsync, optional: true},
+		{name: "cuMemsetD8Async", fn: &a.cuMemsetD8Async, optional: true},
+		{name: "cuMemsetD32Async", fn: &a.cuMemsetD32Async, optional: true},
+		{name: "cuMemHostAlloc", fn: &a.cuMemHostAlloc, optional: true},
+		{name: "cuMemFreeHost", fn: &a.cuMemFreeHost, optional: true},
+		{name: "cuStreamBeginCapture_v2", fn: &a.cuStreamBeginCapture, optional: true},
+		{name: "cuStreamEndCapture", fn: &a.cuStreamEndCapture, optional: true},
+		{name: "cuStreamIsCapturing", fn: &a.cuStreamIsCapturing, optional: true},
+		{name: "cuGraphInstantiateWithFlags", fn: &a.cuGraphInstantiateWithFlags, optional: true},
+		{name: "cuGraphLaunch", fn: &a.cuGraphLaunch, optional: true},
+		{name: "cuGraphExecDestroy", fn: &a.cuGraphExecDestroy, optional: true},
+		{name: "cuGraphDestroy", fn: &a.cuGraphDestroy, optional: true},
 	}
 }
 

@@ -1,6 +1,8 @@
 // golden_test.go runs every reference case of the golden directory through
 // the real code and prints one line per case. It fails on any case over
-// tolerance; a kind whose issue is still open reports "unsupported".
+// tolerance; a kind whose issue is still open reports "unsupported". With
+// SDBRIDGE_DEVICE=cuda the kinds with a GPU path run on the GPU
+// (device_test.go) and each line says where the case ran.
 package golden
 
 import (
@@ -49,8 +51,12 @@ func TestGolden(t *testing.T) {
 	if err := json.Unmarshal(idx, &index); err != nil {
 		t.Fatalf("index.json: %v", err)
 	}
-	var passed, failed, unsupported int
-	report := func(name, kind string, rel float64, err error) {
+	dev, err := goldenDevice()
+	if err != nil {
+		t.Fatalf("golden device: %v", err)
+	}
+	var passed, failed, unsupported, onGPU int
+	report := func(name, kind string, rel float64, err error, where ...string) {
 		status := "ok"
 		switch {
 		case errors.Is(err, ErrUnsupported):
@@ -63,7 +69,13 @@ func TestGolden(t *testing.T) {
 		default:
 			passed++
 		}
-		fmt.Printf("golden: %s %s rel_l2=%.3g %s\n", name, kind, rel, status)
+		line := fmt.Sprintf("golden: %s %s rel_l2=%.3g %s", name, kind, rel, status)
+		for _, w := range where {
+			if w != "" {
+				line += " " + w
+			}
+		}
+		fmt.Println(line)
 	}
 	for _, name := range index.Cases {
 		c, err := Load(root, name)
@@ -77,12 +89,15 @@ func TestGolden(t *testing.T) {
 			c.Close()
 			continue
 		}
-		got, err := run(c)
+		got, where, err := runOnDevice(c, dev, run)
 		rel := 0.0
 		if err == nil {
 			rel, err = c.Compare(got)
 		}
-		report(name, c.Kind, rel, err)
+		if strings.HasPrefix(where, "device=cuda") {
+			onGPU++
+		}
+		report(name, c.Kind, rel, err, where)
 		c.Close()
 	}
 	files, _ := filepath.Glob(filepath.Join(root, "cases", "*_tokenize.jsonl"))
@@ -103,6 +118,9 @@ func TestGolden(t *testing.T) {
 			err = fmt.Errorf("%d of %d prompts tokenized differently", bad, total)
 		}
 		report(kind, kind, rel, err)
+	}
+	if dev.OnGPU() {
+		fmt.Printf("golden: device %s: %d cases on the GPU\n", dev, onGPU)
 	}
 	fmt.Printf("golden: %d passed, %d failed, %d unsupported\n", passed, failed, unsupported)
 }

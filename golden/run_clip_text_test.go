@@ -1,18 +1,37 @@
 // run_clip_text_test.go runs "clip_text" cases: the checkpoint's CLIP text
 // encoder on given ids, last layer and clip skip 2, both after
 // final_layer_norm. Heads and activation come from the case config, which
-// must agree with what LoadCLIPText infers by default.
+// must agree with what LoadCLIPText infers by default. On a GPU the encoder
+// runs as models.CLIPCUDA.
 package golden
 
 import (
 	"fmt"
 
+	"github.com/sdbridge/sdbridge/host"
 	"github.com/sdbridge/sdbridge/models"
+	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/safetensors"
 )
 
-// runCLIPText runs a "clip_text" case.
-func runCLIPText(c *Case) (Result, error) {
+// runCLIPText runs a "clip_text" case on the CPU.
+func runCLIPText(c *Case) (Result, error) { return clipTextCase(c, nil) }
+
+// runCLIPTextGPU runs a "clip_text" case on d's GPU.
+func runCLIPTextGPU(c *Case, d *host.Device) (Result, []string, error) {
+	res, err := clipTextCase(c, d)
+	return res, nil, err
+}
+
+// clipEncoder is the CLIP text model a case runs: *models.CLIPTextModel
+// or its CUDA twin.
+type clipEncoder interface {
+	Encode(ids [][]int) (*nn.Tensor, error)
+	EncodeSkip(ids [][]int, skip int) (*nn.Tensor, error)
+}
+
+// clipTextCase runs a "clip_text" case on d (nil: the CPU).
+func clipTextCase(c *Case, d *host.Device) (_ Result, err error) {
 	path, err := c.File("checkpoint")
 	if err != nil {
 		return nil, err
@@ -32,13 +51,22 @@ func runCLIPText(c *Case) (Result, error) {
 	defer f.Close()
 	// Load with the defaults (heads = hidden/64, quick_gelu, 1e-5), then
 	// check they are what the reference used: real files carry no config.
-	m, err := models.LoadCLIPText(models.NewWeights(f), models.CLIPTextOptions{})
+	cpu, err := models.LoadCLIPText(models.NewWeights(f), models.CLIPTextOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if m.Config.Heads != cfg.Heads || m.Config.HiddenAct != cfg.Act || m.Config.LayerNormEps != cfg.Eps {
+	var m clipEncoder = cpu
+	if d.OnGPU() {
+		g, gerr := models.NewCLIPCUDA(d.GPU, cpu)
+		if gerr != nil {
+			return nil, gerr
+		}
+		defer closeGPU(g.Close, &err)
+		m = g
+	}
+	if mc := cpu.Config; mc.Heads != cfg.Heads || mc.HiddenAct != cfg.Act || mc.LayerNormEps != cfg.Eps {
 		return nil, fmt.Errorf("inferred heads %d, act %s, eps %g; reference %d, %s, %g",
-			m.Config.Heads, m.Config.HiddenAct, m.Config.LayerNormEps, cfg.Heads, cfg.Act, cfg.Eps)
+			mc.Heads, mc.HiddenAct, mc.LayerNormEps, cfg.Heads, cfg.Act, cfg.Eps)
 	}
 	raw, shape, err := c.InputInts("in.ids")
 	if err != nil {

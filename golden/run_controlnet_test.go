@@ -1,6 +1,7 @@
 // run_controlnet_test.go runs "controlnet" cases: the ControlNet file (any
 // accepted form) on in.x, in.hint, in.timesteps and in.context, compared on
-// the 13 named residuals out.residual.<name>.
+// the 13 named residuals out.residual.<name>. On a GPU the ControlNet runs
+// as models.ControlNetCUDA.
 package golden
 
 import (
@@ -8,7 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sdbridge/sdbridge/host"
 	"github.com/sdbridge/sdbridge/models"
+	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/safetensors"
 )
 
@@ -40,8 +43,26 @@ func loadCaseControlNet(c *Case) (*models.ControlNet, error) {
 	return models.NewControlNet(w, cfg)
 }
 
+// residualModel is the ControlNet a case runs: *models.ControlNet or its
+// CUDA twin.
+type residualModel interface {
+	Forward(x, hint *nn.Tensor, timesteps []float32, ctx *nn.Tensor) (models.Residuals, error)
+}
+
+// deviceControlNet returns cn on d (cn itself on the CPU) and its closer.
+func deviceControlNet(cn *models.ControlNet, d *host.Device) (residualModel, func() error, error) {
+	if !d.OnGPU() {
+		return cn, func() error { return nil }, nil
+	}
+	g, err := models.NewControlNetCUDA(d.GPU, cn)
+	if err != nil {
+		return nil, nil, err
+	}
+	return g, g.Close, nil
+}
+
 // controlNetCaseResiduals runs the case ControlNet on the case inputs.
-func controlNetCaseResiduals(c *Case, cn *models.ControlNet) (models.Residuals, error) {
+func controlNetCaseResiduals(c *Case, cn residualModel) (models.Residuals, error) {
 	x, ts, ctx, err := caseUNetInputs(c)
 	if err != nil {
 		return nil, err
@@ -53,12 +74,26 @@ func controlNetCaseResiduals(c *Case, cn *models.ControlNet) (models.Residuals, 
 	return cn.Forward(x, hint, ts, ctx)
 }
 
-// runControlNet runs a "controlnet" case.
-func runControlNet(c *Case) (Result, error) {
-	cn, err := loadCaseControlNet(c)
+// runControlNet runs a "controlnet" case on the CPU.
+func runControlNet(c *Case) (Result, error) { return controlNetCase(c, nil) }
+
+// runControlNetGPU runs a "controlnet" case on d's GPU.
+func runControlNetGPU(c *Case, d *host.Device) (Result, []string, error) {
+	res, err := controlNetCase(c, d)
+	return res, nil, err
+}
+
+// controlNetCase runs a "controlnet" case on d (nil: the CPU).
+func controlNetCase(c *Case, d *host.Device) (_ Result, err error) {
+	cpu, err := loadCaseControlNet(c)
 	if err != nil {
 		return nil, err
 	}
+	cn, closeCN, err := deviceControlNet(cpu, d)
+	if err != nil {
+		return nil, err
+	}
+	defer closeGPU(closeCN, &err)
 	res, err := controlNetCaseResiduals(c, cn)
 	if err != nil {
 		return nil, err

@@ -11,7 +11,6 @@ import (
 	"fmt"
 
 	"github.com/sdbridge/sdbridge/host"
-	"github.com/sdbridge/sdbridge/models"
 )
 
 // txt2imgControlNet sets req.Residuals to the case's ControlNet (strength
@@ -31,16 +30,12 @@ func txt2imgControlNet(c *Case, p *host.Loaded, req *host.Request) (cleanup func
 	if err != nil {
 		return nil, err
 	}
-	unet, ok := p.UNet.(*models.UNet)
-	if !ok {
-		return nil, fmt.Errorf("txt2img controlnet: pipeline U-Net is %T, want *models.UNet", p.UNet)
-	}
 	plugin, err := goldenPlugin("controlnet")
 	if err != nil {
 		return nil, fmt.Errorf("controlnet plugin: %w", err)
 	}
 	src, err := host.NewControlNetSource(context.Background(), plugin, host.ControlNetOptions{
-		UNet: unet.Config, Schedule: p.Schedule, ScheduleName: req.Schedule, Steps: req.Steps,
+		UNet: p.UNetConfig, Schedule: p.Schedule, ScheduleName: req.Schedule, Steps: req.Steps,
 		Batch: max(req.Batch, 1), CFG: req.CFG, Width: req.Width, Height: req.Height,
 	}, []host.ControlNetUnit{{Path: file, Hint: hint, Strength: strength, Start: 0, End: 1}})
 	if err != nil {

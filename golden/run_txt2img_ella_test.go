@@ -11,7 +11,6 @@ import (
 	"fmt"
 
 	"github.com/sdbridge/sdbridge/host"
-	"github.com/sdbridge/sdbridge/models"
 )
 
 // txt2imgELLA sets req.Conditioner to the ELLA conditioner of a txt2img
@@ -34,17 +33,13 @@ func txt2imgELLA(c *Case, p *host.Loaded, req *host.Request) (cleanup func(), er
 	if err := c.ConfigInto("ella", &ec); err != nil {
 		return nil, err
 	}
-	unet, ok := p.UNet.(*models.UNet)
-	if !ok {
-		return nil, fmt.Errorf("txt2img ella: pipeline U-Net is %T, want *models.UNet", p.UNet)
-	}
 	plug, err := goldenPlugin("ella")
 	if err != nil {
 		return nil, fmt.Errorf("ella plugin: %w", err)
 	}
 	cond, err := host.NewELLAConditioner(context.Background(), plug, host.ELLAOptions{
 		ELLA: files["ella"], T5: files["t5"], T5Tokenizer: files["t5_spiece"],
-		Mode: host.ELLAFlexible, Heads: ec.Heads, ContextDim: unet.Config.ContextDim,
+		Mode: host.ELLAFlexible, Heads: ec.Heads, ContextDim: p.UNetConfig.ContextDim,
 	}, req.Prompt, req.Negative)
 	if err != nil {
 		return nil, err

@@ -7,7 +7,11 @@
 // own process (plugins_test.go): "lora" patches the U-Net and text encoder
 // in shared arenas through the LoRA plugin (txt2imgLoRA), "controlnet" adds
 // residuals (txt2imgControlNet), "ella" replaces CLIP's context
-// (txt2imgELLA); any combination runs in one generation.
+// (txt2imgELLA); any combination runs in one generation. On a GPU the
+// pipeline is loaded onto the device (host.LoadOptions.Device) and a LoRA
+// patch is re-uploaded (Loaded.UseLoRAs); the plugins' own compute stays
+// where their process puts it, and the golden line names what ran on the
+// CPU.
 package golden
 
 import (
@@ -35,6 +39,12 @@ type txt2imgConfig struct {
 // the weights, a request hook); the cleanup runs after Generate.
 type txt2imgHook func(c *Case, p *host.Loaded, req *host.Request) (cleanup func(), err error)
 
+// txt2imgPluginNotes say where each plugin computes during a GPU run.
+var txt2imgPluginNotes = map[string]string{
+	"controlnet": "controlnet plugin on the CPU",
+	"ella":       "ella plugin on the CPU",
+}
+
 // txt2imgHooks are the plugin parts, by the case file that asks for them,
 // in the order they are installed.
 var txt2imgHooks = []struct {
@@ -46,39 +56,61 @@ var txt2imgHooks = []struct {
 	{"ella", txt2imgELLA},
 }
 
-// runTxt2Img runs a "txt2img" case with the plugins its files name.
+// runTxt2Img runs a "txt2img" case on the CPU.
 func runTxt2Img(c *Case) (Result, error) {
+	res, _, err := txt2imgCase(c, nil)
+	return res, err
+}
+
+// runTxt2ImgGPU runs a "txt2img" case with the pipeline on d's GPU.
+func runTxt2ImgGPU(c *Case, d *host.Device) (Result, []string, error) {
+	return txt2imgCase(c, d)
+}
+
+// txt2imgCase runs a "txt2img" case with the plugins its files name, the
+// pipeline on d (nil: the CPU); notes name what ran on the CPU although d
+// is a GPU.
+func txt2imgCase(c *Case, d *host.Device) (Result, []string, error) {
 	var pc txt2imgConfig
 	if err := c.ConfigInto("pipeline", &pc); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	paths := map[string]string{}
 	for _, role := range []string{"checkpoint", "clip_vocab", "clip_merges"} {
 		p, err := c.File(role)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		paths[role] = p
 	}
 	_, withLoRA := c.FilesRel["lora"]
 	p, err := host.LoadPipeline(paths["checkpoint"], host.LoadOptions{
 		CLIPVocab: paths["clip_vocab"], CLIPMerges: paths["clip_merges"],
-		PromptMode: host.PromptTruncate, Patchable: withLoRA,
+		PromptMode: host.PromptTruncate, Patchable: withLoRA, Device: d,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer p.Close()
+	var notes []string
+	if d.OnGPU() {
+		notes = append(notes, p.DeviceNotes...)
+		for _, h := range txt2imgHooks {
+			if _, ok := c.FilesRel[h.role]; ok && txt2imgPluginNotes[h.role] != "" {
+				notes = append(notes, txt2imgPluginNotes[h.role])
+			}
+		}
+	}
 
 	noise, err := caseTensor(c, "in.noise")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var steps []*nn.Tensor
 	for i := 0; c.HasInput(fmt.Sprintf("in.step_noise.%d", i)); i++ {
 		t, err := caseTensor(c, fmt.Sprintf("in.step_noise.%d", i))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		steps = append(steps, t)
 	}
@@ -94,16 +126,16 @@ func runTxt2Img(c *Case) (Result, error) {
 		}
 		cleanup, err := h.hook(c, p, &req)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", h.role, err)
+			return nil, nil, fmt.Errorf("%s: %w", h.role, err)
 		}
 		defer cleanup()
 	}
 	res, err := p.Generate(context.Background(), req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if cond, ok := req.Conditioner.(*host.ELLAConditioner); ok && cond.Stats().Calls == 0 {
-		return nil, errors.New("the ELLA conditioner was never called")
+		return nil, nil, errors.New("the ELLA conditioner was never called")
 	}
 	sigmas := make([]float32, len(res.Sigmas))
 	for i, s := range res.Sigmas {
@@ -113,7 +145,7 @@ func runTxt2Img(c *Case) (Result, error) {
 		"out.sigmas": {Shape: []int{len(sigmas)}, Data: sigmas},
 		"out.latent": {Shape: res.Latent.Shape, Data: res.Latent.Data},
 		"out.image":  {Shape: res.Image.Shape, Data: res.Image.Data},
-	}, nil
+	}, notes, nil
 }
 
 // txt2imgLoRA applies the case's LoRA at in.strength_unet and
@@ -136,7 +168,7 @@ func txt2imgLoRA(c *Case, p *host.Loaded, _ *host.Request) (cleanup func(), err 
 	if err != nil {
 		return nil, err
 	}
-	if err := p.ApplyLoRAs(context.Background(), sup, []host.LoRASpec{{Path: path, UNet: unet, TE: te}}); err != nil {
+	if err := p.UseLoRAs(context.Background(), sup, []host.LoRASpec{{Path: path, UNet: unet, TE: te}}); err != nil {
 		return nil, err
 	}
 	return func() {}, nil

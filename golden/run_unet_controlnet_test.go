@@ -1,23 +1,46 @@
 // run_unet_controlnet_test.go runs "unet_controlnet" cases: the ControlNet's
 // residuals times in.strength added to the checkpoint U-Net by name,
-// compared on out.eps.
+// compared on out.eps. On a GPU both run as their CUDA types.
 package golden
 
-import "fmt"
+import (
+	"fmt"
 
-// runUNetControlNet runs a "unet_controlnet" case.
-func runUNetControlNet(c *Case) (Result, error) {
-	u, err := loadCaseUNet(c)
+	"github.com/sdbridge/sdbridge/host"
+)
+
+// runUNetControlNet runs a "unet_controlnet" case on the CPU.
+func runUNetControlNet(c *Case) (Result, error) { return unetControlNetCase(c, nil) }
+
+// runUNetControlNetGPU runs a "unet_controlnet" case on d's GPU.
+func runUNetControlNetGPU(c *Case, d *host.Device) (Result, []string, error) {
+	res, err := unetControlNetCase(c, d)
+	return res, nil, err
+}
+
+// unetControlNetCase runs a "unet_controlnet" case on d (nil: the CPU).
+func unetControlNetCase(c *Case, d *host.Device) (_ Result, err error) {
+	cpuU, err := loadCaseUNet(c)
 	if err != nil {
 		return nil, err
 	}
-	cn, err := loadCaseControlNet(c)
+	cpuCN, err := loadCaseControlNet(c)
 	if err != nil {
 		return nil, err
 	}
-	if err := cn.CheckCompatible(u.Config); err != nil {
+	if err := cpuCN.CheckCompatible(cpuU.Config); err != nil {
 		return nil, err
 	}
+	u, closeU, err := deviceUNet(cpuU, d)
+	if err != nil {
+		return nil, err
+	}
+	defer closeGPU(closeU, &err)
+	cn, closeCN, err := deviceControlNet(cpuCN, d)
+	if err != nil {
+		return nil, err
+	}
+	defer closeGPU(closeCN, &err)
 	strength, _, err := c.Input("in.strength")
 	if err != nil {
 		return nil, err

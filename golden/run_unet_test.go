@@ -1,11 +1,13 @@
 // run_unet_test.go runs "unet" cases: the checkpoint's U-Net on in.x,
 // in.timesteps and in.context, compared on out.eps. The head count comes
-// from the case config (it is not stored in the weights).
+// from the case config (it is not stored in the weights). On a GPU the
+// U-Net runs as models.UNetCUDA.
 package golden
 
 import (
 	"fmt"
 
+	"github.com/sdbridge/sdbridge/host"
 	"github.com/sdbridge/sdbridge/models"
 	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/safetensors"
@@ -62,12 +64,38 @@ func caseUNetInputs(c *Case) (x *nn.Tensor, ts []float32, ctx *nn.Tensor, err er
 	return
 }
 
-// runUNet runs a "unet" case.
-func runUNet(c *Case) (Result, error) {
-	u, err := loadCaseUNet(c)
+// runUNet runs a "unet" case on the CPU.
+func runUNet(c *Case) (Result, error) { return unetCase(c, nil) }
+
+// runUNetGPU runs a "unet" case on d's GPU.
+func runUNetGPU(c *Case, d *host.Device) (Result, []string, error) {
+	res, err := unetCase(c, d)
+	return res, nil, err
+}
+
+// deviceUNet returns u on d (u itself on the CPU) and its closer.
+func deviceUNet(u *models.UNet, d *host.Device) (host.EpsModel, func() error, error) {
+	if !d.OnGPU() {
+		return u, func() error { return nil }, nil
+	}
+	g, err := models.NewUNetCUDA(d.GPU, u)
+	if err != nil {
+		return nil, nil, err
+	}
+	return g, g.Close, nil
+}
+
+// unetCase runs a "unet" case on d (nil: the CPU).
+func unetCase(c *Case, d *host.Device) (_ Result, err error) {
+	cpu, err := loadCaseUNet(c)
 	if err != nil {
 		return nil, err
 	}
+	u, closeU, err := deviceUNet(cpu, d)
+	if err != nil {
+		return nil, err
+	}
+	defer closeGPU(closeU, &err)
 	x, ts, ctx, err := caseUNetInputs(c)
 	if err != nil {
 		return nil, err

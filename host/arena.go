@@ -41,6 +41,8 @@ type Arena struct {
 	// borrowed: mem is someone else's mapping (a file arena over a mapped
 	// checkpoint, plugin_originals.go); Close leaves it mapped.
 	borrowed bool
+	// dev is set for a device arena (arena_device.go): mem and f are nil.
+	dev *deviceArena
 }
 
 // NewArena creates an arena of size bytes.
@@ -66,7 +68,12 @@ func lookupArena(id uint32) (*Arena, bool) {
 }
 
 // Size is the arena's size in bytes.
-func (a *Arena) Size() int { return len(a.mem) }
+func (a *Arena) Size() int {
+	if a.dev != nil {
+		return a.dev.buf.Size
+	}
+	return len(a.mem)
+}
 
 // Used is the number of bytes handed out.
 func (a *Arena) Used() int { a.mu.Lock(); defer a.mu.Unlock(); return a.used }
@@ -74,8 +81,13 @@ func (a *Arena) Used() int { a.mu.Lock(); defer a.mu.Unlock(); return a.used }
 // Bytes is the host's read-write mapping.
 func (a *Arena) Bytes() []byte { return a.mem }
 
-// Fd is the memfd (to send to plugins).
-func (a *Arena) Fd() int { return int(a.f.Fd()) }
+// Fd is the memfd (to send to plugins); -1 for a device arena.
+func (a *Arena) Fd() int {
+	if a.f == nil {
+		return -1
+	}
+	return int(a.f.Fd())
+}
 
 // alloc reserves n bytes aligned to arenaAlign; ok is false when full.
 func (a *Arena) alloc(n int) (off int, ok bool) {
@@ -119,6 +131,9 @@ func (a *Arena) Close() error {
 	arenaMu.Lock()
 	delete(arenaByID, a.ID)
 	arenaMu.Unlock()
+	if a.dev != nil {
+		return nil // the allocation belongs to its owner (a model)
+	}
 	var err error
 	if !a.borrowed {
 		err = shm.Unmap(a.mem)

@@ -7,7 +7,8 @@
 // widened to float32, merged by lora.Plan.Apply (all adapters in one float
 // pass) and cast once, round-to-nearest-even, to its output dtype. Touched
 // tensors are computed by a few workers ahead of the writer, within a bounded
-// window, so memory stays a few tensors deep. The file is written to a temp
+// window, so memory stays a few tensors deep. With MergeOptions.GPU the
+// merges themselves run on the GPU (merge_gpu.go). The file is written to a temp
 // file beside the output and renamed at the end; on any error (or a
 // cancelled context) the temp file is removed and nothing is left behind.
 // The input's metadata is kept and "sdbridge.merged_loras" lists the merged
@@ -35,6 +36,7 @@ import (
 	"time"
 
 	"github.com/sdbridge/sdbridge/inspect"
+	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/lora"
 	"github.com/sdbridge/sdbridge/safetensors"
 )
@@ -65,6 +67,9 @@ type MergeOptions struct {
 	Workers int
 	// Progress, if set, is called from the writing goroutine after each tensor.
 	Progress func(MergeProgress)
+	// GPU, if set, computes the touched tensors' merges there (merge_gpu.go)
+	// in float32; reading, casting and writing stay on the CPU.
+	GPU *nn.GPU
 }
 
 // MergeProgress is the state of a merge after one more tensor was written.
@@ -278,7 +283,7 @@ func streamMerge(ctx context.Context, ckpt *safetensors.File, plan *lora.Plan, j
 	for range workers {
 		wg.Go(func() {
 			for i := range work {
-				data, err := computeMergeJob(ckpt, plan, jobs[i])
+				data, err := computeMergeJob(ckpt, plan, jobs[i], opts.GPU)
 				results[i] <- result{data, err}
 			}
 		})
@@ -354,8 +359,9 @@ func writeMapped(w *safetensors.Writer, t safetensors.Tensor) (err error) {
 	return w.WriteTensor(t.Name, t.Data)
 }
 
-// computeMergeJob returns the output bytes of a touched or converted tensor.
-func computeMergeJob(ckpt *safetensors.File, plan *lora.Plan, j mergeJob) ([]byte, error) {
+// computeMergeJob returns the output bytes of a touched or converted tensor,
+// merging on g when it is set.
+func computeMergeJob(ckpt *safetensors.File, plan *lora.Plan, j mergeJob, g *nn.GPU) ([]byte, error) {
 	t, err := ckpt.Get(j.info.Name)
 	if err != nil {
 		return nil, fmt.Errorf("merge: %w", err)
@@ -367,7 +373,11 @@ func computeMergeJob(ckpt *safetensors.File, plan *lora.Plan, j mergeJob) ([]byt
 	if err != nil {
 		return nil, fmt.Errorf("merge: %w", err)
 	}
-	if j.touched {
+	if j.touched && g != nil {
+		if err := mergeOnGPU(g, plan, j.info.Name, vals); err != nil {
+			return nil, fmt.Errorf("merge: %w", err)
+		}
+	} else if j.touched {
 		if err := plan.Apply(j.info.Name, vals, vals); err != nil {
 			return nil, fmt.Errorf("merge: %w", err)
 		}

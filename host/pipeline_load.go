@@ -33,6 +33,9 @@ type LoadOptions struct {
 	// restore source), so Loaded.ApplyLoRAs can patch them in place. The
 	// VAE stays in private memory.
 	Patchable bool
+	// Device is where the U-Net, VAE decoder and text encoder compute
+	// (nil: the CPU). The caller opens it and closes it after Loaded.Close.
+	Device *Device
 }
 
 // Loaded is a loaded Pipeline. The models widen every weight into their own
@@ -43,14 +46,21 @@ type LoadOptions struct {
 type Loaded struct {
 	*Pipeline
 	Tokenizer *tokenizer.CLIP
-	files     []io.Closer
-	store     *modelStore // nil unless Patchable
+	// UNetConfig describes the U-Net (plugins check their models against
+	// it), whichever device runs it.
+	UNetConfig models.UNetConfig
+	// DeviceNotes name the parts that stay on the CPU although the
+	// pipeline was loaded for a GPU.
+	DeviceNotes []string
+	files       []io.Closer
+	store       *modelStore // nil unless Patchable
+	device      *onDevice   // nil on the CPU
 }
 
 // Close frees the shared weight arenas (after the plugins unmap them) and
 // unmaps the model files. Close it before the plugins' Supervisor.
 func (l *Loaded) Close() error {
-	var errs []error
+	errs := []error{l.closeDevice()}
 	if l.store != nil {
 		errs = append(errs, l.store.close())
 		l.store = nil
@@ -112,7 +122,7 @@ func (l *Loaded) load(checkpoint string, f *safetensors.File, opt LoadOptions) e
 	if err != nil {
 		return fmt.Errorf("checkpoint %s: %w", checkpoint, err)
 	}
-	l.UNet = unet
+	l.UNet, l.UNetConfig = unet, unet.Config
 	l.LatentChannels = unet.Config.InChannels
 	if unet.Config.InChannels != 4 {
 		return fmt.Errorf("checkpoint %s: U-Net takes %d input channels (an inpainting or instruct model?); txt2img needs 4", checkpoint, unet.Config.InChannels)
@@ -154,7 +164,8 @@ func (l *Loaded) load(checkpoint string, f *safetensors.File, opt LoadOptions) e
 	if l.Tokenizer, err = tokenizer.LoadCLIP(vocab, merges); err != nil {
 		return fmt.Errorf("clip tokenizer: %w", err)
 	}
-	l.Prompts = &CLIPPrompts{Tokenizer: l.Tokenizer, Model: clip, ClipSkip: opt.ClipSkip, Mode: opt.PromptMode}
+	prompts := &CLIPPrompts{Tokenizer: l.Tokenizer, Model: clip, ClipSkip: opt.ClipSkip, Mode: opt.PromptMode}
+	l.Prompts = prompts
 
 	ac := models.SD15AlphasCumprod()
 	if t, err := f.Get("alphas_cumprod"); err == nil {
@@ -164,6 +175,12 @@ func (l *Loaded) load(checkpoint string, f *safetensors.File, opt LoadOptions) e
 	}
 	if l.Schedule, err = NewDiscreteSchedule(ac); err != nil {
 		return fmt.Errorf("checkpoint %s: alphas_cumprod: %w", checkpoint, err)
+	}
+	if err := l.toDevice(opt.Device, unet, vae, clip); err != nil {
+		return fmt.Errorf("checkpoint %s: %w", checkpoint, err)
+	}
+	if l.device != nil {
+		l.UNet, l.VAE, prompts.Model = l.device.unet(unet), l.device.vae(vae), l.device.text(clip)
 	}
 	return nil
 }

@@ -17,7 +17,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/sdbridge/sdbridge/models"
 	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/tokenizer"
 )
@@ -38,8 +37,8 @@ type PromptEncoder interface {
 // CLIPPrompts encodes prompts with a CLIP tokenizer and text model.
 type CLIPPrompts struct {
 	Tokenizer *tokenizer.CLIP
-	Model     *models.CLIPTextModel
-	ClipSkip  int // 0 or 1: last layer; 2: penultimate (A1111 "Clip skip")
+	Model     TextEncoder // *models.CLIPTextModel or its CUDA twin
+	ClipSkip  int         // 0 or 1: last layer; 2: penultimate (A1111 "Clip skip")
 	Mode      PromptMode
 }
 

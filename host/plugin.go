@@ -3,7 +3,8 @@
 // SecureConfig for third-party binaries, Pdeathsig, private socket dir, side
 // socket as fd 3); call wraps every RPC with a deadline and turns a crash or
 // a hang into a PluginError naming the plugin, its pid and its last stderr
-// lines, killing the process so the next call starts a fresh one.
+// lines, killing the process so the next call starts a fresh one. Device
+// arenas are mapped through plugin_device.go.
 //
 // It does not interpret hook results (plugin_hooks.go, plugin_patch.go).
 package host
@@ -69,6 +70,7 @@ type Plugin struct {
 	mu     sync.Mutex
 	inc    *incarnation
 	starts int
+	device string // the host's compute device, told in Describe (plugin_device.go)
 }
 
 // incarnation is one running process of a plugin.
@@ -82,6 +84,12 @@ type incarnation struct {
 
 	mapMu  sync.Mutex
 	mapped map[uint32]bool
+
+	// described: Describe ran on this process; devArenas: it takes device
+	// arenas (plugin_device.go).
+	described bool
+	devArenas bool
+	descErr   error
 }
 
 // Name is the plugin's name.
@@ -265,6 +273,9 @@ func (p *Plugin) call(ctx context.Context, op string, refs []sdk.TensorRef, fn f
 	defer cancel()
 	err = p.mapArenas(cctx, inc, refs)
 	if err == nil {
+		err = SyncForPlugin(refs) // device arenas: host writes done first
+	}
+	if err == nil {
 		err = fn(cctx, inc.remote)
 	}
 	if err == nil {
@@ -304,6 +315,13 @@ func (p *Plugin) mapArenas(ctx context.Context, inc *incarnation, refs []sdk.Ten
 		a, ok := lookupArena(r.Arena)
 		if !ok {
 			return fmt.Errorf("tensor %q: unknown arena %d", r.Name, r.Arena)
+		}
+		if a.OnDevice() {
+			if err := p.mapDeviceArena(ctx, inc, a); err != nil {
+				return fmt.Errorf("tensor %q: %w", r.Name, err)
+			}
+			inc.mapped[r.Arena] = true
+			continue
 		}
 		if err := inc.remote.MapArena(ctx, a.ID, uint64(a.Size()), a.PluginWritable, a.Fd()); err != nil {
 			return fmt.Errorf("mapping arena %d (%s): %w", a.ID, a.Name, err)

@@ -25,6 +25,10 @@
 // SD1.5) or scratch buffers. If the replay fails too, the weights are left at
 // the checkpoint's originals and the error says so.
 //
+// Weights on a GPU (PatchTarget.Device) take the same path with device
+// refs: the host restores them from its own copy, the plugin patches them
+// in place on the device (plugin_patch_device.go).
+//
 // It does not parse adapters (the plugin does) and does not lock out
 // generations: never patch while a generation reads the weights.
 package host
@@ -53,6 +57,11 @@ type PatchTarget struct {
 	// (OriginalRef); it must widen to exactly what Restore writes. A plugin
 	// that ReadsOriginals then patches this tensor in one pass.
 	Original *sdk.TensorRef
+	// Device, when set, makes the target the weight's copy on a GPU (in a
+	// registered device arena, plugin_patch_device.go): the plugin patches
+	// it there, Device.Restore restores it, and Data and Restore above may
+	// be nil. Original is then not used (no one-pass).
+	Device *DeviceWeight
 }
 
 // WeightPatch tracks which tensors of a model hold a patch.
@@ -73,6 +82,16 @@ func NewWeightPatch(targets []*PatchTarget) (*WeightPatch, error) {
 	for _, t := range targets {
 		if _, dup := w.targets[t.Name]; dup {
 			return nil, fmt.Errorf("patch target %q listed twice", t.Name)
+		}
+		if t.Device != nil {
+			ref, err := t.Device.ref(t.Name, t.Shape)
+			if err != nil {
+				return nil, fmt.Errorf("patch target: %w", err)
+			}
+			w.targets[t.Name] = t
+			w.refs[t.Name] = ref
+			w.model = append(w.model, ref.Info())
+			continue
 		}
 		if t.Restore == nil {
 			return nil, fmt.Errorf("patch target %q has no restore source", t.Name)
@@ -161,7 +180,7 @@ func (w *WeightPatch) apply(ctx context.Context, p *Plugin, params sdk.Params) (
 	if plan.ReadsOriginals {
 		for _, n := range plan.Touched {
 			o := w.targets[n].Original
-			if o == nil {
+			if o == nil || w.targets[n].Device != nil {
 				continue
 			}
 			if err := checkOriginal(*o); err != nil {
@@ -219,6 +238,14 @@ func (w *WeightPatch) Reset() error {
 	return nil
 }
 
+// restore writes t's original values into its live copy.
+func (t *PatchTarget) restore() error {
+	if t.Device != nil {
+		return t.Device.Restore()
+	}
+	return t.Restore(t.Data)
+}
+
 // restoreAll restores the named targets, spread over the CPUs (each
 // Restore writes its own tensor only).
 func restoreAll(targets map[string]*PatchTarget, names map[string]bool) error {
@@ -231,7 +258,7 @@ func restoreAll(targets map[string]*PatchTarget, names map[string]bool) error {
 		go func() {
 			defer wg.Done()
 			for t := range work {
-				if err := t.Restore(t.Data); err != nil {
+				if err := t.restore(); err != nil {
 					mu.Lock()
 					errs = append(errs, fmt.Errorf("restoring %q: %w", t.Name, err))
 					mu.Unlock()

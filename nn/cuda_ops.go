@@ -1,17 +1,18 @@
 // cuda_ops.go: the nn compute engine on an NVIDIA GPU, part 2: the layer
-// operations on GPUTensors, each the GPU twin of a CPU function in this
-// package (same shapes, same maths, fp32): Linear and Conv2d through
-// cuBLAS SGEMM (convolutions as im2col + GEMM per batch item), group norm
-// (+ fused SiLU), layer norm, attention (scores by strided-batched GEMM,
-// a row-softmax kernel, then P V), GEGLU, SiLU and Add through the CUDA C
-// kernels in cuda/kernels. Correct before fast: it does not fuse, does
-// not use fp16 or tensor cores, and materialises the full score matrix
-// of one batch item ([heads, Lq, Lk]).
+// ops the models use (Linear, Conv2d, GroupNorm (+SiLU), LayerNorm, GEGLU,
+// SiLU, Add), mirroring the CPU functions of this package on GPUTensors of
+// either dtype. GEMMs are cuBLAS's: SGEMM for fp32 tensors (exact fp32,
+// no TF32) and GemmEx for fp16 tensors (fp16 in and out, fp32
+// accumulation), or cuBLASLt with the bias fused in its epilogue when
+// GPU.Lt is set. Everything else is a kernel of cuda/kernels (one
+// instantiation per dtype, fp32 arithmetic). Outputs take the dtype of
+// the inputs; the *Into variants write into given tensors (no
+// allocation). Attention is in cuda_attention.go, layout ops in
+// cuda_shape.go. It does not do implicit-GEMM convolutions.
 package nn
 
 import (
 	"fmt"
-	"math"
 
 	"github.com/sdbridge/sdbridge/cuda"
 )
@@ -36,6 +37,12 @@ func gridFor(n int) cuda.Dim3 {
 // launch runs kernel name of embedded file over grid with cudaBlock
 // threads per block.
 func (g *GPU) launch(file, name string, grid cuda.Dim3, args ...any) error {
+	return g.launchBlock(file, name, grid, cuda.Dim3{X: cudaBlock}, 0, args...)
+}
+
+// launchBlock runs kernel name of embedded file with the given grid,
+// block and dynamic shared memory bytes.
+func (g *GPU) launchBlock(file, name string, grid, block cuda.Dim3, shmem int, args ...any) error {
 	if g.Dev == nil {
 		return fmt.Errorf("nn: cuda %s: no device", name)
 	}
@@ -43,62 +50,126 @@ func (g *GPU) launch(file, name string, grid cuda.Dim3, args ...any) error {
 	if err != nil {
 		return err
 	}
-	return f.Launch(grid, cuda.Dim3{X: cudaBlock}, 0, args...)
+	if err := f.Launch(grid, block, shmem, args...); err != nil {
+		return fmt.Errorf("nn: cuda %s (%s): %w", name, file, err)
+	}
+	return nil
+}
+
+// opDType returns the dtype shared by the non-nil tensors ts, or an
+// error naming op.
+func opDType(op string, ts ...*GPUTensor) (GPUDType, error) {
+	if err := sameDType(op, ts...); err != nil {
+		return 0, err
+	}
+	for _, t := range ts {
+		if t != nil {
+			return t.DType, nil
+		}
+	}
+	return GPUF32, nil
+}
+
+// gemm queues row-major C = alpha op(A) op(B) + beta C on buffers of
+// dtype dt: SGEMM for fp32, GemmEx (fp32 accumulation) for fp16.
+func (g *GPU) gemm(op string, dt GPUDType, transA, transB bool, m, n, k int, alpha float32, a *cuda.Buffer, lda int, b *cuda.Buffer, ldb int, beta float32, c *cuda.Buffer, ldc int) error {
+	bl, err := g.blas(op)
+	if err != nil {
+		return err
+	}
+	if dt == GPUF32 {
+		err = bl.Sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+	} else {
+		err = bl.GemmEx(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, dt.blas(), dt.blas())
+	}
+	if err != nil {
+		return fmt.Errorf("nn: cuda %s GEMM %dx%dx%d (%s): %w", op, m, n, k, dt, err)
+	}
+	return nil
 }
 
 // Linear computes x W^T + b on the GPU: x [..., in], w [out, in], bias
 // [out] or nil; returns [..., out].
 func (g *GPU) Linear(x, w, bias *GPUTensor) (*GPUTensor, error) {
-	in := x.Shape[len(x.Shape)-1]
-	out := w.Shape[0]
-	if len(w.Shape) != 2 || w.Shape[1] != in {
-		return nil, fmt.Errorf("nn: cuda Linear: weight %v does not fit input %v", w.Shape, x.Shape)
+	if len(w.Shape) != 2 {
+		return nil, fmt.Errorf("nn: cuda Linear: weight %v is not 2-D", w.Shape)
 	}
-	bl, err := g.blas("Linear")
+	shape := append(append([]int{}, x.Shape[:len(x.Shape)-1]...), w.Shape[0])
+	y, err := g.EmptyOf(x.DType, shape...) // [..., out]
 	if err != nil {
 		return nil, err
 	}
-	rows := x.Numel() / in
-	shape := append(append([]int{}, x.Shape[:len(x.Shape)-1]...), out)
-	y, err := g.Empty(shape...) // [..., out]
-	if err != nil {
-		return nil, err
-	}
-	if err := bl.Sgemm(false, true, rows, out, in, 1, x.Buf, in, w.Buf, in, 0, y.Buf, out); err != nil {
+	if err := g.LinearInto(y, x, w, bias); err != nil {
 		y.Free()
 		return nil, err
 	}
-	if bias != nil {
-		n := y.Numel()
-		if err := g.launch("elementwise.cu", "add_row_bias_f32", gridFor(n), y.Buf, bias.Buf, out, int64(n)); err != nil {
-			y.Free()
-			return nil, err
-		}
-	}
 	return y, nil
+}
+
+// LinearInto is Linear writing into y [..., out].
+func (g *GPU) LinearInto(y, x, w, bias *GPUTensor) error { return g.linear(y, x, w, bias, 0) }
+
+// LinearAddInto adds x W^T + b to y [..., out] (a residual connection
+// folded into the GEMM: beta = 1, no separate add pass).
+func (g *GPU) LinearAddInto(y, x, w, bias *GPUTensor) error { return g.linear(y, x, w, bias, 1) }
+
+// linear is y = x W^T + bias + beta y.
+func (g *GPU) linear(y, x, w, bias *GPUTensor, beta float32) error {
+	in := x.Shape[len(x.Shape)-1]
+	if len(w.Shape) != 2 || w.Shape[1] != in {
+		return fmt.Errorf("nn: cuda Linear: weight %v does not fit input %v", w.Shape, x.Shape)
+	}
+	out := w.Shape[0]
+	rows := x.Numel() / in
+	if y.Numel() != rows*out || (bias != nil && bias.Numel() != out) {
+		return fmt.Errorf("nn: cuda Linear: output %v or bias for input %v and weight %v", y.Shape, x.Shape, w.Shape)
+	}
+	dt, err := opDType("Linear", y, x, w, bias)
+	if err != nil {
+		return err
+	}
+	if g.Lt != nil {
+		ep := cuda.EpilogueNone
+		if bias != nil {
+			ep = cuda.EpilogueBias
+		}
+		err := g.Lt.Matmul(cuda.Matmul{TransB: true, M: rows, N: out, K: in, A: x.Buf, LDA: in, B: w.Buf, LDB: in,
+			C: y.Buf, LDC: out, Bias: bufOf(bias), Epilogue: ep, Type: dt.blas(), Alpha: 1, Beta: beta})
+		if err != nil {
+			return fmt.Errorf("nn: cuda Linear %v x %v^T: %w", x.Shape, w.Shape, err)
+		}
+		return nil
+	}
+	// y [rows, out] = x [rows, in] w [out, in]^T + beta y
+	if err := g.gemm("Linear", dt, false, true, rows, out, in, 1, x.Buf, in, w.Buf, in, beta, y.Buf, out); err != nil {
+		return err
+	}
+	if bias != nil {
+		n := rows * out
+		return g.launch("elementwise.cu", dt.kernel("add_row_bias"), gridFor(n), y.Buf, bias.Buf, out, int64(n))
+	}
+	return nil
 }
 
 // Conv2d convolves x [B, in, H, W] with w [out, in, kh, kw] (+ bias [out]
 // or nil), stride and zero padding as nn.Conv2d; returns [B, out, H', W'].
 func (g *GPU) Conv2d(x, w, bias *GPUTensor, stride, pad int) (*GPUTensor, error) {
-	oc, ic, kh, kw := w.Shape[0], w.Shape[1], w.Shape[2], w.Shape[3]
-	if len(x.Shape) != 4 || x.Shape[1] != ic {
-		return nil, fmt.Errorf("nn: cuda Conv2d: weight %v does not fit input %v", w.Shape, x.Shape)
+	if len(w.Shape) != 4 || len(x.Shape) != 4 {
+		return nil, fmt.Errorf("nn: cuda Conv2d: weight %v, input %v", w.Shape, x.Shape)
 	}
+	oc, kh, kw := w.Shape[0], w.Shape[2], w.Shape[3]
 	s := max(stride, 1)
 	oh, ow := (x.Shape[2]+2*pad-kh)/s+1, (x.Shape[3]+2*pad-kw)/s+1
-	y, err := g.Empty(x.Shape[0], oc, oh, ow) // [B, out, H', W']
+	y, err := g.EmptyOf(x.DType, x.Shape[0], oc, oh, ow) // [B, out, H', W']
 	if err != nil {
 		return nil, err
 	}
-	var cols *GPUTensor
-	if !(kh == 1 && kw == 1 && s == 1 && pad == 0) {
-		if cols, err = g.Empty(ic*kh*kw, oh*ow); err != nil { // [in*kh*kw, H'*W']
-			y.Free()
-			return nil, err
-		}
-		defer cols.Free()
+	cols, err := g.ConvScratch(x, w, stride, pad) // [in*kh*kw, H'*W'] or nil
+	if err != nil {
+		y.Free()
+		return nil, err
 	}
+	defer cols.Free()
 	if err := g.Conv2dInto(y, cols, x, w, bias, stride, pad); err != nil {
 		y.Free()
 		return nil, err
@@ -106,15 +177,38 @@ func (g *GPU) Conv2d(x, w, bias *GPUTensor, stride, pad int) (*GPUTensor, error)
 	return y, nil
 }
 
+// ConvScratch allocates the im2col scratch Conv2dInto needs for x and w
+// ([in*kh*kw, H'*W'] of x's dtype), or returns nil for a 1x1, stride-1,
+// unpadded convolution (a plain GEMM).
+func (g *GPU) ConvScratch(x, w *GPUTensor, stride, pad int) (*GPUTensor, error) {
+	ic, kh, kw := w.Shape[1], w.Shape[2], w.Shape[3]
+	s := max(stride, 1)
+	if kh == 1 && kw == 1 && s == 1 && pad == 0 {
+		return nil, nil
+	}
+	oh, ow := (x.Shape[2]+2*pad-kh)/s+1, (x.Shape[3]+2*pad-kw)/s+1
+	return g.EmptyOf(x.DType, ic*kh*kw, oh*ow) // [in*kh*kw, H'*W']
+}
+
 // Conv2dInto is Conv2d writing into y [B, out, H', W'], with cols
 // [in*kh*kw, H'*W'] as im2col scratch (nil for a 1x1, stride-1, unpadded
 // convolution, which is a plain GEMM).
 func (g *GPU) Conv2dInto(y, cols, x, w, bias *GPUTensor, stride, pad int) error {
-	oc, ic, kh, kw := w.Shape[0], w.Shape[1], w.Shape[2], w.Shape[3]
-	if len(x.Shape) != 4 || x.Shape[1] != ic {
+	return g.conv2d(y, cols, x, w, bias, stride, pad, 0)
+}
+
+// Conv2dAddInto adds the convolution (+ bias) to y [B, out, H', W'] (a
+// ResBlock's skip connection folded into the GEMM: beta = 1).
+func (g *GPU) Conv2dAddInto(y, cols, x, w, bias *GPUTensor, stride, pad int) error {
+	return g.conv2d(y, cols, x, w, bias, stride, pad, 1)
+}
+
+func (g *GPU) conv2d(y, cols, x, w, bias *GPUTensor, stride, pad int, beta float32) error {
+	if len(w.Shape) != 4 || len(x.Shape) != 4 || x.Shape[1] != w.Shape[1] {
 		return fmt.Errorf("nn: cuda Conv2d: weight %v does not fit input %v", w.Shape, x.Shape)
 	}
-	bl, err := g.blas("Conv2d")
+	oc, ic, kh, kw := w.Shape[0], w.Shape[1], w.Shape[2], w.Shape[3]
+	dt, err := opDType("Conv2d", y, cols, x, w, bias)
 	if err != nil {
 		return err
 	}
@@ -122,8 +216,11 @@ func (g *GPU) Conv2dInto(y, cols, x, w, bias *GPUTensor, stride, pad int) error 
 	s := max(stride, 1)
 	oh, ow := (h+2*pad-kh)/s+1, (wd+2*pad-kw)/s+1
 	opix, kdim := oh*ow, ic*kh*kw
-	if y.Numel() != b*oc*opix {
+	if oh <= 0 || ow <= 0 || y.Numel() != b*oc*opix {
 		return fmt.Errorf("nn: cuda Conv2d: output %v, want [%d %d %d %d]", y.Shape, b, oc, oh, ow)
+	}
+	if bias != nil && bias.Numel() != oc {
+		return fmt.Errorf("nn: cuda Conv2d: bias %v for %d output channels", bias.Shape, oc)
 	}
 	direct := kh == 1 && kw == 1 && s == 1 && pad == 0
 	if !direct && (cols == nil || cols.Numel() < kdim*opix) {
@@ -140,19 +237,19 @@ func (g *GPU) Conv2dInto(y, cols, x, w, bias *GPUTensor, stride, pad int) error 
 		}
 		src := xn
 		if !direct {
-			if err := g.launch("conv.cu", "im2col_f32", gridFor(kdim*opix), xn, cols.Buf, ic, h, wd, kh, kw, s, pad, oh, ow); err != nil {
+			if err := g.launch("conv.cu", dt.kernel("im2col"), gridFor(kdim*opix), xn, cols.Buf, ic, h, wd, kh, kw, s, pad, oh, ow); err != nil {
 				return err
 			}
 			src = cols.Buf
 		}
-		// y_n [out, H'*W'] = w [out, in*kh*kw] cols [in*kh*kw, H'*W']
-		if err := bl.Sgemm(false, false, oc, opix, kdim, 1, w.Buf, kdim, src, opix, 0, yn, opix); err != nil {
+		// y_n [out, H'*W'] = w [out, in*kh*kw] cols [in*kh*kw, H'*W'] + beta y_n
+		if err := g.gemm("Conv2d", dt, false, false, oc, opix, kdim, 1, w.Buf, kdim, src, opix, beta, yn, opix); err != nil {
 			return err
 		}
 	}
 	if bias != nil {
 		n := y.Numel()
-		return g.launch("elementwise.cu", "add_channel_bias_f32", gridFor(n), y.Buf, bias.Buf, oc, int64(opix), int64(n))
+		return g.launch("elementwise.cu", dt.kernel("add_channel_bias"), gridFor(n), y.Buf, bias.Buf, oc, int64(opix), int64(n))
 	}
 	return nil
 }
@@ -160,7 +257,7 @@ func (g *GPU) Conv2dInto(y, cols, x, w, bias *GPUTensor, stride, pad int) error 
 // GroupNorm normalises x [B, C, ...] over groups (weight, bias [C] or
 // nil), optionally followed by SiLU; returns a new tensor.
 func (g *GPU) GroupNorm(x, weight, bias *GPUTensor, groups int, eps float32, silu bool) (*GPUTensor, error) {
-	y, err := g.Empty(x.Shape...) // same shape as x
+	y, err := g.EmptyOf(x.DType, x.Shape...) // same shape as x
 	if err != nil {
 		return nil, err
 	}
@@ -173,116 +270,139 @@ func (g *GPU) GroupNorm(x, weight, bias *GPUTensor, groups int, eps float32, sil
 
 // GroupNormInto is GroupNorm writing into y (same shape as x; may be x).
 func (g *GPU) GroupNormInto(y, x, weight, bias *GPUTensor, groups int, eps float32, silu bool) error {
+	return g.GroupNormEx(y, x, nil, weight, bias, groups, eps, silu)
+}
+
+// GroupNormEx is GroupNormInto of x + pre, with pre [B, C] (or nil) added
+// per batch item and channel first: a ResBlock's "h += temb; h =
+// SiLU(norm2(h))" in one kernel, with h itself never written (fold the
+// conv bias into pre too). y may be x.
+func (g *GPU) GroupNormEx(y, x, pre, weight, bias *GPUTensor, groups int, eps float32, silu bool) error {
+	if len(x.Shape) < 2 {
+		return fmt.Errorf("nn: cuda GroupNorm: input %v has no channel axis", x.Shape)
+	}
 	b, c := x.Shape[0], x.Shape[1]
 	if groups <= 0 || c%groups != 0 {
 		return fmt.Errorf("nn: cuda GroupNorm: %d channels in %d groups", c, groups)
 	}
-	if y.Numel() != x.Numel() {
-		return fmt.Errorf("nn: cuda GroupNorm: output %v for input %v", y.Shape, x.Shape)
+	if y.Numel() != x.Numel() || (pre != nil && pre.Numel() != b*c) ||
+		(weight != nil && weight.Numel() != c) || (bias != nil && bias.Numel() != c) {
+		return fmt.Errorf("nn: cuda GroupNorm: output %v, pre-add, weight or bias does not fit input %v", y.Shape, x.Shape)
+	}
+	dt, err := opDType("GroupNorm", y, x, pre, weight, bias)
+	if err != nil {
+		return err
 	}
 	hw := x.Numel() / (b * c)
 	s := 0
 	if silu {
 		s = 1
 	}
-	return g.launch("norm.cu", "group_norm_f32", cuda.Dim3{X: uint32(b * groups)}, x.Buf, y.Buf, bufOf(weight), bufOf(bias), c, hw, groups, eps, s)
+	grid := cuda.Dim3{X: uint32(b * groups)}
+	if pre == nil {
+		return g.launch("norm.cu", dt.kernel("group_norm"), grid, x.Buf, y.Buf, bufOf(weight), bufOf(bias), c, hw, groups, eps, s)
+	}
+	return g.launch("norm.cu", dt.kernel("group_norm_ex"), grid, x.Buf, y.Buf, pre.Buf, bufOf(weight), bufOf(bias), c, hw, groups, eps, s)
 }
 
 // LayerNorm normalises x [..., D] over its last axis (weight, bias [D] or
 // nil); returns a new tensor.
 func (g *GPU) LayerNorm(x, weight, bias *GPUTensor, eps float32) (*GPUTensor, error) {
-	d := x.Shape[len(x.Shape)-1]
-	rows := x.Numel() / d
-	y, err := g.Empty(x.Shape...) // same shape as x
+	y, err := g.EmptyOf(x.DType, x.Shape...) // same shape as x
 	if err != nil {
 		return nil, err
 	}
-	if err := g.launch("norm.cu", "layer_norm_f32", cuda.Dim3{X: uint32(rows)}, x.Buf, y.Buf, bufOf(weight), bufOf(bias), d, eps); err != nil {
+	if err := g.LayerNormInto(y, x, weight, bias, eps); err != nil {
 		y.Free()
 		return nil, err
 	}
 	return y, nil
 }
 
-// SoftmaxRows replaces each row of n elements of x by softmax(scale * row).
-func (g *GPU) SoftmaxRows(x *GPUTensor, n int, scale float32) error {
-	rows := x.Numel() / n
-	return g.launch("norm.cu", "softmax_rows_f32", cuda.Dim3{X: uint32(rows)}, x.Buf, n, scale)
-}
-
-// Attention computes softmax(q k^T * scale) v per head, as
-// ScaledDotProductAttention without a bias: q [B, Lq, heads*d], k and v
-// [B, Lk, heads*d]; scale 0 means 1/sqrt(d). Returns [B, Lq, heads*d].
-func (g *GPU) Attention(q, k, v *GPUTensor, heads int, scale float32) (*GPUTensor, error) {
-	b, lq, c := q.Shape[0], q.Shape[1], q.Shape[2]
-	out, err := g.Empty(b, lq, c) // [B, Lq, heads*d]
-	if err != nil {
-		return nil, err
+// LayerNormInto is LayerNorm writing into y (same size as x; may be x).
+func (g *GPU) LayerNormInto(y, x, weight, bias *GPUTensor, eps float32) error {
+	d := x.Shape[len(x.Shape)-1]
+	if y.Numel() != x.Numel() || (weight != nil && weight.Numel() != d) || (bias != nil && bias.Numel() != d) {
+		return fmt.Errorf("nn: cuda LayerNorm: output %v, weight or bias does not fit input %v", y.Shape, x.Shape)
 	}
-	scores, err := g.Empty(heads, lq, k.Shape[1]) // [heads, Lq, Lk], one batch item at a time
-	if err != nil {
-		out.Free()
-		return nil, err
-	}
-	defer scores.Free()
-	if err := g.AttentionInto(out, scores, q, k, v, heads, scale); err != nil {
-		out.Free()
-		return nil, err
-	}
-	return out, nil
-}
-
-// AttentionInto is Attention writing into out [B, Lq, heads*d], with
-// scores [heads, Lq, Lk] as scratch.
-func (g *GPU) AttentionInto(out, scores, q, k, v *GPUTensor, heads int, scale float32) error {
-	b, lq, c := q.Shape[0], q.Shape[1], q.Shape[2]
-	lk := k.Shape[1]
-	if c%heads != 0 || k.Shape[2] != c || v.Shape[2] != c || v.Shape[1] != lk || k.Shape[0] != b || v.Shape[0] != b {
-		return fmt.Errorf("nn: cuda Attention: q %v, k %v, v %v with %d heads", q.Shape, k.Shape, v.Shape, heads)
-	}
-	if out.Numel() != q.Numel() || scores.Numel() < heads*lq*lk {
-		return fmt.Errorf("nn: cuda Attention: out %v or scores %v too small for q %v, k %v", out.Shape, scores.Shape, q.Shape, k.Shape)
-	}
-	bl, err := g.blas("Attention")
+	dt, err := opDType("LayerNorm", y, x, weight, bias)
 	if err != nil {
 		return err
 	}
-	d := c / heads
-	if scale == 0 {
-		scale = float32(1 / math.Sqrt(float64(d)))
+	rows := x.Numel() / d
+	return g.launch("norm.cu", dt.kernel("layer_norm"), cuda.Dim3{X: uint32(rows)}, x.Buf, y.Buf, bufOf(weight), bufOf(bias), d, eps)
+}
+
+// SoftmaxRows replaces each row of n elements of x by softmax(scale * row).
+func (g *GPU) SoftmaxRows(x *GPUTensor, n int, scale float32) error {
+	if n <= 0 || x.Numel()%n != 0 {
+		return fmt.Errorf("nn: cuda SoftmaxRows: rows of %d in %v", n, x.Shape)
 	}
-	for n := 0; n < b; n++ {
-		// scores[h] = q[n, :, h*d:(h+1)*d] k[n, :, h*d:(h+1)*d]^T * scale
-		if err := bl.SgemmStridedBatched(false, true, lq, lk, d, scale,
-			q.Buf, n*lq*c, c, d, k.Buf, n*lk*c, c, d, 0, scores.Buf, 0, lk, lq*lk, heads); err != nil {
-			return err
-		}
-		if err := g.launch("norm.cu", "softmax_rows_f32", cuda.Dim3{X: uint32(heads * lq)}, scores.Buf, lk, float32(1)); err != nil {
-			return err
-		}
-		// out[n, :, h*d:(h+1)*d] = P[h] v[n, :, h*d:(h+1)*d]
-		if err := bl.SgemmStridedBatched(false, false, lq, d, lk, 1,
-			scores.Buf, 0, lk, lq*lk, v.Buf, n*lk*c, c, d, 0, out.Buf, n*lq*c, c, d, heads); err != nil {
-			return err
-		}
-	}
-	return nil
+	rows := x.Numel() / n
+	return g.launch("norm.cu", x.DType.kernel("softmax_rows"), cuda.Dim3{X: uint32(rows)}, x.Buf, n, scale)
 }
 
 // GEGLU maps x [..., 2D] to [..., D] as nn.GEGLU.
 func (g *GPU) GEGLU(x *GPUTensor) (*GPUTensor, error) {
 	c := x.Shape[len(x.Shape)-1]
-	if c%2 != 0 {
-		return nil, fmt.Errorf("nn: cuda GEGLU: last axis %d is odd", c)
-	}
-	d := c / 2
-	rows := x.Numel() / c
-	shape := append(append([]int{}, x.Shape[:len(x.Shape)-1]...), d)
-	y, err := g.Empty(shape...) // [..., D]
+	shape := append(append([]int{}, x.Shape[:len(x.Shape)-1]...), c/2)
+	y, err := g.EmptyOf(x.DType, shape...) // [..., D]
 	if err != nil {
 		return nil, err
 	}
-	if err := g.launch("elementwise.cu", "geglu_f32", gridFor(rows*d), x.Buf, y.Buf, int64(rows), d); err != nil {
+	if err := g.GEGLUInto(y, x, nil); err != nil {
+		y.Free()
+		return nil, err
+	}
+	return y, nil
+}
+
+// GEGLUInto writes GEGLU(x + bias) into y [..., D]: x [..., 2D], bias
+// [2D] (the projection's bias, folded in here) or nil.
+func (g *GPU) GEGLUInto(y, x, bias *GPUTensor) error {
+	c := x.Shape[len(x.Shape)-1]
+	if c%2 != 0 {
+		return fmt.Errorf("nn: cuda GEGLU: last axis %d is odd", c)
+	}
+	d := c / 2
+	rows := x.Numel() / c
+	if y.Numel() != rows*d || (bias != nil && bias.Numel() != c) {
+		return fmt.Errorf("nn: cuda GEGLU: output %v or bias for input %v", y.Shape, x.Shape)
+	}
+	dt, err := opDType("GEGLU", y, x, bias)
+	if err != nil {
+		return err
+	}
+	if bias == nil {
+		return g.launch("elementwise.cu", dt.kernel("geglu"), gridFor(rows*d), x.Buf, y.Buf, int64(rows), d)
+	}
+	return g.launch("elementwise.cu", dt.kernel("geglu_bias"), gridFor(rows*d), x.Buf, bias.Buf, y.Buf, int64(rows), d)
+}
+
+// LinearGEGLU is the feed-forward input of a transformer block,
+// GEGLU(x W^T + b) for x [..., in], w [2D, in], bias [2D] or nil: one GEMM
+// into a scratch [rows, 2D] and one kernel that adds the bias and gates;
+// returns [..., D].
+func (g *GPU) LinearGEGLU(x, w, bias *GPUTensor) (*GPUTensor, error) {
+	if len(w.Shape) != 2 || w.Shape[0]%2 != 0 {
+		return nil, fmt.Errorf("nn: cuda LinearGEGLU: weight %v", w.Shape)
+	}
+	in := x.Shape[len(x.Shape)-1]
+	rows := x.Numel() / in
+	h, err := g.EmptyOf(x.DType, rows, w.Shape[0]) // [rows, 2D]
+	if err != nil {
+		return nil, err
+	}
+	defer h.Free()
+	if err := g.LinearInto(h, x, w, nil); err != nil {
+		return nil, err
+	}
+	shape := append(append([]int{}, x.Shape[:len(x.Shape)-1]...), w.Shape[0]/2)
+	y, err := g.EmptyOf(x.DType, shape...) // [..., D]
+	if err != nil {
+		return nil, err
+	}
+	if err := g.GEGLUInto(y, h, bias); err != nil {
 		y.Free()
 		return nil, err
 	}
@@ -292,7 +412,7 @@ func (g *GPU) GEGLU(x *GPUTensor) (*GPUTensor, error) {
 // SiLU applies x * sigmoid(x) in place.
 func (g *GPU) SiLU(x *GPUTensor) error {
 	n := x.Numel()
-	return g.launch("elementwise.cu", "silu_f32", gridFor(n), x.Buf, int64(n))
+	return g.launch("elementwise.cu", x.DType.kernel("silu"), gridFor(n), x.Buf, int64(n))
 }
 
 // Add returns a + b (same shapes).
@@ -300,7 +420,7 @@ func (g *GPU) Add(a, b *GPUTensor) (*GPUTensor, error) {
 	if a.Numel() != b.Numel() {
 		return nil, fmt.Errorf("nn: cuda Add of %v and %v", a.Shape, b.Shape)
 	}
-	y, err := g.Empty(a.Shape...) // same shape as a
+	y, err := g.EmptyOf(a.DType, a.Shape...) // same shape as a
 	if err != nil {
 		return nil, err
 	}
@@ -317,7 +437,25 @@ func (g *GPU) AddInto(y, a, b *GPUTensor) error {
 	if b.Numel() != n || y.Numel() != n {
 		return fmt.Errorf("nn: cuda Add of %v and %v into %v", a.Shape, b.Shape, y.Shape)
 	}
-	return g.launch("elementwise.cu", "add_f32", gridFor(n), a.Buf, b.Buf, y.Buf, int64(n))
+	dt, err := opDType("Add", y, a, b)
+	if err != nil {
+		return err
+	}
+	return g.launch("elementwise.cu", dt.kernel("add"), gridFor(n), a.Buf, b.Buf, y.Buf, int64(n))
+}
+
+// AddRowBias adds bias [N] to every row of x [..., N] in place.
+func (g *GPU) AddRowBias(x, bias *GPUTensor) error {
+	n := x.Numel()
+	nb := bias.Numel()
+	if nb == 0 || n%nb != 0 {
+		return fmt.Errorf("nn: cuda AddRowBias: bias %v for x %v", bias.Shape, x.Shape)
+	}
+	dt, err := opDType("AddRowBias", x, bias)
+	if err != nil {
+		return err
+	}
+	return g.launch("elementwise.cu", dt.kernel("add_row_bias"), gridFor(n), x.Buf, bias.Buf, nb, int64(n))
 }
 
 // bufOf returns t's buffer, or nil for a nil tensor (a null pointer).

@@ -5,6 +5,7 @@
 // ControlNet and ELLA each in its own plugin process, writes demo.png and
 // prints what ran and how long each part took. The weights are random, so
 // the picture is structured noise: the demo shows the machinery, not art.
+// --device (cpu | cuda | auto) is passed on to the generation.
 package main
 
 import (
@@ -28,8 +29,12 @@ func runDemo(args []string) error {
 	size := fs.Int("size", 256, "image width and height in pixels (multiple of 8)")
 	seed := fs.Int64("seed", 42, "seed")
 	plain := fs.Bool("no-plugins", false, "run the plain pipeline without LoRA, ControlNet and ELLA")
+	dev := addDeviceFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if errs := dev.problems(); len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -64,6 +69,7 @@ func runDemo(args []string) error {
 		"--steps", fmt.Sprint(*steps), "--cfg", "6", "--sampler", "dpmpp_2m", "--scheduler", "karras",
 		"--seed", fmt.Sprint(*seed), "--width", fmt.Sprint(*size), "--height", fmt.Sprint(*size), "-o", *out,
 	}
+	genArgs = append(genArgs, dev.args()...)
 	if !*plain {
 		genArgs = append(genArgs,
 			"--lora", files.LoRA+":0.8:te=0.6",

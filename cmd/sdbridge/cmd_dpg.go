@@ -45,6 +45,7 @@ type dpgOptions struct {
 	seed                      int64
 	resolution                int
 	ella                      *ellaOpts
+	device                    *deviceFlags
 	// sup, when set, is the plugin supervisor to use (tests register a
 	// helper-process "ella" plugin there); else dpg makes its own.
 	sup *host.Supervisor
@@ -70,6 +71,7 @@ func parseDPGFlags(args []string, stderr io.Writer) (*dpgOptions, error) {
 	fs.Int64Var(&o.seed, "seed", 1001, "seed of sample 0 (sample k uses seed+k)")
 	fs.IntVar(&o.resolution, "resolution", 512, "side of each sample in pixels (multiple of 8)")
 	o.ella = ellaFlags(fs)
+	o.device = addDeviceFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: sdbridge dpg --prompts DIR --out DIR --model FILE [--ella FILE --t5 DIR] [flags]")
 		fs.PrintDefaults()
@@ -107,6 +109,9 @@ func (o *dpgOptions) validate() error {
 		errs = append(errs, fmt.Sprintf("--resolution %d: must be a positive multiple of 8", o.resolution))
 	}
 	errs = append(errs, stepsCFGProblems(o.steps, o.cfg)...)
+	if o.device != nil {
+		errs = append(errs, o.device.problems()...)
+	}
 	if o.seed < 0 {
 		errs = append(errs, fmt.Sprintf("--seed %d: must not be negative", o.seed))
 	}
@@ -211,11 +216,21 @@ func dpg(ctx context.Context, o *dpgOptions, stderr io.Writer) error {
 		return nil
 	}
 
-	p, err := host.LoadPipeline(o.model, host.LoadOptions{VAEPath: o.vae, CLIPTokenizerDir: o.clipTokenizer})
+	dev := host.CPUDevice()
+	if o.device != nil {
+		if dev, err = o.device.open(stderr); err != nil {
+			return err
+		}
+	}
+	defer dev.Close() // after the pipeline's device copies are freed
+	p, err := host.LoadPipeline(o.model, host.LoadOptions{VAEPath: o.vae, CLIPTokenizerDir: o.clipTokenizer, Device: dev})
 	if err != nil {
 		return err
 	}
 	defer p.Close()
+	for _, n := range p.DeviceNotes {
+		fmt.Fprintf(stderr, "dpg: device: %s\n", n)
+	}
 	sup := o.sup
 	if o.ella.enabled() && sup == nil {
 		if sup, err = host.NewSupervisor(host.Options{LogOutput: stderr}); err != nil {

@@ -53,6 +53,7 @@ type generateOptions struct {
 	loras                     []host.LoRASpec
 	controlnet                *controlNetOpts
 	ella                      *ellaOpts
+	device                    *deviceFlags
 	// plugins, when set (tests), runs the plugins under this supervisor
 	// instead of a fresh one closed at the end.
 	plugins *host.Supervisor
@@ -90,6 +91,7 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateOptions, erro
 	})
 	o.controlnet = controlNetFlags(fs)
 	o.ella = ellaFlags(fs)
+	o.device = addDeviceFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: sdbridge generate --model FILE --prompt TEXT [flags]")
 		fs.PrintDefaults()
@@ -145,6 +147,9 @@ func (o *generateOptions) validate() error {
 		}
 	}
 	errs = append(errs, o.ella.problems()...)
+	if o.device != nil {
+		errs = append(errs, o.device.problems()...)
+	}
 	if len(errs) > 0 {
 		return errors.New(strings.Join(errs, "\n  "))
 	}
@@ -234,6 +239,15 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 		defer sup.Close() // last: after the hooks and the model arenas
 	}
 
+	dev := host.CPUDevice()
+	if o.device != nil {
+		var err error
+		if dev, err = o.device.open(stderr); err != nil {
+			return err
+		}
+	}
+	defer dev.Close() // after the pipeline's device copies are freed
+
 	t0 := time.Now()
 	mode := host.PromptA1111
 	if o.plainPrompt {
@@ -241,14 +255,17 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 	}
 	p, err := host.LoadPipeline(o.model, host.LoadOptions{
 		VAEPath: o.vae, CLIPTokenizerDir: o.clipTokenizer, ClipSkip: o.clipSkip, PromptMode: mode,
-		Patchable: len(o.loras) > 0,
+		Patchable: len(o.loras) > 0, Device: dev,
 	})
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	fmt.Fprintf(stderr, "loaded %s in %.1fs; seed %d, %d steps of %s (%s), cfg %g, %dx%d, batch %d\n",
-		filepath.Base(o.model), time.Since(t0).Seconds(), seed, o.steps, o.sampler, o.scheduler, o.cfg, o.width, o.height, o.batch)
+	fmt.Fprintf(stderr, "loaded %s in %.1fs on %s; seed %d, %d steps of %s (%s), cfg %g, %dx%d, batch %d\n",
+		filepath.Base(o.model), time.Since(t0).Seconds(), dev, seed, o.steps, o.sampler, o.scheduler, o.cfg, o.width, o.height, o.batch)
+	for _, n := range p.DeviceNotes {
+		fmt.Fprintf(stderr, "device: %s\n", n)
+	}
 
 	req := host.Request{
 		Prompt: o.prompt, Negative: o.negative,
@@ -310,7 +327,7 @@ func (o *generateOptions) installPlugins(ctx context.Context, sup *host.Supervis
 	}
 	if len(o.loras) > 0 {
 		t0 := time.Now()
-		if err := p.ApplyLoRAs(ctx, sup, o.loras); err != nil {
+		if err := p.UseLoRAs(ctx, sup, o.loras); err != nil {
 			return cleanup, err
 		}
 		for _, l := range o.loras {

@@ -33,7 +33,6 @@ import (
 	"strings"
 
 	"github.com/sdbridge/sdbridge/host"
-	"github.com/sdbridge/sdbridge/models"
 	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/controlnet"
 )
@@ -138,10 +137,6 @@ func (o *controlNetOpts) residualSource(ctx context.Context, sup *host.Superviso
 	if !o.enabled() {
 		return nil, nil
 	}
-	unet, ok := p.UNet.(*models.UNet)
-	if !ok {
-		return nil, fmt.Errorf("controlnet: the loaded U-Net (%T) cannot be described to the plugin", p.UNet)
-	}
 	var units []host.ControlNetUnit
 	for i, f := range o.units {
 		if f.image == "" {
@@ -172,7 +167,7 @@ func (o *controlNetOpts) residualSource(ctx context.Context, sup *host.Superviso
 		return nil, err
 	}
 	return host.NewControlNetSource(ctx, plugin, host.ControlNetOptions{
-		UNet: unet.Config, Schedule: p.Schedule, ScheduleName: req.Schedule, Steps: req.Steps,
+		UNet: p.UNetConfig, Schedule: p.Schedule, ScheduleName: req.Schedule, Steps: req.Steps,
 		Batch: max(req.Batch, 1), CFG: req.CFG, Width: req.Width, Height: req.Height,
 	}, units)
 }

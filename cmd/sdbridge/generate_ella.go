@@ -96,17 +96,13 @@ func newELLAConditioner(ctx context.Context, o *ellaOpts, sup *host.Supervisor, 
 	if errs := o.problems(); len(errs) > 0 {
 		return nil, fmt.Errorf("%s", strings.Join(errs, "\n  "))
 	}
-	unet, ok := p.UNet.(*models.UNet)
-	if !ok {
-		return nil, fmt.Errorf("ella: the pipeline's U-Net (%T) does not say its context dim", p.UNet)
-	}
 	plug, err := host.BuiltinPlugin(sup, "ella")
 	if err != nil {
 		return nil, err
 	}
 	return host.NewELLAConditioner(ctx, plug, host.ELLAOptions{
 		ELLA: o.ella, T5: o.t5, T5Tokenizer: o.t5Tokenizer, Mode: o.mode, Heads: o.heads,
-		T5FP16: o.t5FP16, IntTimesteps: o.intTimesteps, ContextDim: unet.Config.ContextDim,
+		T5FP16: o.t5FP16, IntTimesteps: o.intTimesteps, ContextDim: p.UNetConfig.ContextDim,
 		StripWeights: !o.keepSyntax,
 		CLIP:         p.Prompts,
 	}, prompt, negative)

@@ -1,109 +1,119 @@
-// norm.cu: group norm (+ optional fused SiLU), layer norm and row softmax,
-// fp32, one thread block per normalised segment or row. Statistics are
-// two-pass (mean, then centred variance) like the CPU reference in
-// nn/norm.go. Not tuned: every element is read from global memory two or
-// three times.
+// norm.cu: group norm (with an optional per-(batch, channel) add before it
+// and SiLU after it, the U-Net ResBlock's "h + temb -> norm2 -> SiLU" in
+// one pass of writes), layer norm and row softmax; each one template body
+// over the storage type T (float or half_t) with fp32 statistics,
+// instantiated as _f32 and _f16. Statistics are two-pass (mean, then
+// centred variance) like the CPU reference in nn/norm.go. Uses the
+// prelude's block_sum / block_max. Not tuned: every element is read from
+// global memory two or three times.
+//
+// Launch (nn/cuda_ops.go): 256 threads per block; group norm grid = B*G
+// blocks (one per group of one batch item), layer norm and softmax grid
+// = rows. On an H100: SD1.5 at 64x64 latents has only 2*32 = 64 groups
+// for 132 SMs, each group 40960 elements: split a group over a thread
+// block cluster (distributed shared memory for the partial sums) or over
+// blocks with a second small kernel, keep the group in shared memory
+// (fp16: 80 KB, opt-in dynamic shared) so it is read from HBM once, and
+// load 8 halves per 16-byte access.
 
-__device__ float block_sum(float v, float* sh) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) >> 5;
-    if (wid == 0) {
-        v = lane < nw ? sh[lane] : 0.0f;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) sh[32] = v;
-    }
-    __syncthreads();
-    return sh[32];
-}
-
-__device__ float block_max(float v, float* sh) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) >> 5;
-    if (wid == 0) {
-        v = lane < nw ? sh[lane] : __int_as_float(0xff800000);
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-        if (lane == 0) sh[32] = v;
-    }
-    __syncthreads();
-    return sh[32];
-}
-
-// x, y [B, C, HW]; w, b [C] or null. grid = B*G blocks.
-extern "C" __global__ void group_norm_f32(const float* __restrict__ x, float* __restrict__ y,
-                                          const float* __restrict__ w, const float* __restrict__ b,
-                                          int C, int HW, int G, float eps, int silu) {
+// x, y [B, C, HW] (y may be x); pre [B, C] or null, added to x before the
+// statistics; w, b [C] or null. grid = B*G blocks.
+template <class T>
+__device__ void group_norm_ex(const T* x, T* y, const T* __restrict__ pre, const T* __restrict__ w, const T* __restrict__ b,
+                              int C, int HW, int G, float eps, int silu) {
     __shared__ float sh[33];
     int task = blockIdx.x;
     int n = task / G, g = task % G;
     int cg = C / G;
     long long len = (long long)cg * HW;
     long long base = ((long long)n * C + (long long)g * cg) * HW;
-    const float* xs = x + base;
-    float* ys = y + base;
+    const T* xs = x + base;
+    T* ys = y + base;
+    const T* ps = pre ? pre + (long long)n * C + (long long)g * cg : nullptr;
     float s = 0.0f;
-    for (long long i = threadIdx.x; i < len; i += blockDim.x) s += xs[i];
+    for (long long i = threadIdx.x; i < len; i += blockDim.x) s += to_f(xs[i]) + (ps ? to_f(ps[i / HW]) : 0.0f);
     float mean = block_sum(s, sh) / (float)len;
     float v = 0.0f;
     for (long long i = threadIdx.x; i < len; i += blockDim.x) {
-        float d = xs[i] - mean;
+        float d = to_f(xs[i]) + (ps ? to_f(ps[i / HW]) : 0.0f) - mean;
         v += d * d;
     }
     float inv = rsqrtf(block_sum(v, sh) / (float)len + eps);
     for (long long i = threadIdx.x; i < len; i += blockDim.x) {
-        int ch = g * cg + (int)(i / HW);
-        float o = (xs[i] - mean) * inv;
-        if (w) o *= w[ch];
-        if (b) o += b[ch];
+        int cl = (int)(i / HW);
+        int ch = g * cg + cl;
+        float o = (to_f(xs[i]) + (ps ? to_f(ps[cl]) : 0.0f) - mean) * inv;
+        if (w) o *= to_f(w[ch]);
+        if (b) o += to_f(b[ch]);
         if (silu) o = o / (1.0f + expf(-o));
-        ys[i] = o;
+        ys[i] = from_f<T>(o);
     }
 }
-
-// x, y [rows, D]; w, b [D] or null. grid = rows.
-extern "C" __global__ void layer_norm_f32(const float* __restrict__ x, float* __restrict__ y,
+extern "C" __global__ void group_norm_f32(const float* __restrict__ x, float* __restrict__ y,
                                           const float* __restrict__ w, const float* __restrict__ b,
-                                          int D, float eps) {
+                                          int C, int HW, int G, float eps, int silu) {
+    group_norm_ex<float>(x, y, nullptr, w, b, C, HW, G, eps, silu);
+}
+extern "C" __global__ void group_norm_f16(const half_t* __restrict__ x, half_t* __restrict__ y,
+                                          const half_t* __restrict__ w, const half_t* __restrict__ b,
+                                          int C, int HW, int G, float eps, int silu) {
+    group_norm_ex<half_t>(x, y, nullptr, w, b, C, HW, G, eps, silu);
+}
+extern "C" __global__ void group_norm_ex_f32(const float* x, float* y, const float* __restrict__ pre,
+                                             const float* __restrict__ w, const float* __restrict__ b,
+                                             int C, int HW, int G, float eps, int silu) {
+    group_norm_ex(x, y, pre, w, b, C, HW, G, eps, silu);
+}
+extern "C" __global__ void group_norm_ex_f16(const half_t* x, half_t* y, const half_t* __restrict__ pre,
+                                             const half_t* __restrict__ w, const half_t* __restrict__ b,
+                                             int C, int HW, int G, float eps, int silu) {
+    group_norm_ex(x, y, pre, w, b, C, HW, G, eps, silu);
+}
+
+// x, y [rows, D] (y may be x); w, b [D] or null. grid = rows.
+template <class T>
+__device__ void layer_norm(const T* x, T* y, const T* __restrict__ w, const T* __restrict__ b, int D, float eps) {
     __shared__ float sh[33];
-    const float* xr = x + (long long)blockIdx.x * D;
-    float* yr = y + (long long)blockIdx.x * D;
+    const T* xr = x + (long long)blockIdx.x * D;
+    T* yr = y + (long long)blockIdx.x * D;
     float s = 0.0f;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) s += xr[i];
+    for (int i = threadIdx.x; i < D; i += blockDim.x) s += to_f(xr[i]);
     float mean = block_sum(s, sh) / (float)D;
     float v = 0.0f;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float d = xr[i] - mean;
+        float d = to_f(xr[i]) - mean;
         v += d * d;
     }
     float inv = rsqrtf(block_sum(v, sh) / (float)D + eps);
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float o = (xr[i] - mean) * inv;
-        if (w) o *= w[i];
-        if (b) o += b[i];
-        yr[i] = o;
+        float o = (to_f(xr[i]) - mean) * inv;
+        if (w) o *= to_f(w[i]);
+        if (b) o += to_f(b[i]);
+        yr[i] = from_f<T>(o);
     }
+}
+extern "C" __global__ void layer_norm_f32(const float* __restrict__ x, float* __restrict__ y,
+                                          const float* __restrict__ w, const float* __restrict__ b,
+                                          int D, float eps) {
+    layer_norm(x, y, w, b, D, eps);
+}
+extern "C" __global__ void layer_norm_f16(const half_t* __restrict__ x, half_t* __restrict__ y,
+                                          const half_t* __restrict__ w, const half_t* __restrict__ b,
+                                          int D, float eps) {
+    layer_norm(x, y, w, b, D, eps);
 }
 
 // x [rows, n] in place: x = softmax(scale * x) per row. grid = rows.
-extern "C" __global__ void softmax_rows_f32(float* __restrict__ x, int n, float scale) {
+template <class T> __device__ void softmax_rows(T* __restrict__ x, int n, float scale) {
     __shared__ float sh[33];
-    float* xr = x + (long long)blockIdx.x * n;
-    float m = __int_as_float(0xff800000);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, scale * xr[i]);
+    T* xr = x + (long long)blockIdx.x * n;
+    float m = neg_inf();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, scale * to_f(xr[i]));
     m = block_max(m, sh);
     float s = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float e = expf(scale * xr[i] - m);
-        xr[i] = e;
-        s += e;
-    }
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += expf(scale * to_f(xr[i]) - m);
     float inv = 1.0f / block_sum(s, sh);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] *= inv;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) xr[i] = from_f<T>(expf(scale * to_f(xr[i]) - m) * inv);
 }
+extern "C" __global__ void softmax_rows_f32(float* __restrict__ x, int n, float scale) { softmax_rows(x, n, scale); }
+extern "C" __global__ void softmax_rows_f16(half_t* __restrict__ x, int n, float scale) { softmax_rows(x, n, scale); }

@@ -4,7 +4,8 @@
 // once and caches it, and per step writes the named residuals
 // ("input_blocks.0".."input_blocks.11", "middle_block") into buffers the
 // host allocated in a shared arena, scaled as the host asks and either
-// overwriting or accumulating (several nets summed in place).
+// overwriting or accumulating (several nets summed in place). Outputs in
+// device arenas are computed on that GPU (gpu.go).
 //
 // The package also holds the hint image side that runs in the host process:
 // PNG/JPEG loading, resizing to 8x the latent (hint_image.go) and the
@@ -23,6 +24,7 @@ import (
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/models"
 	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
@@ -41,6 +43,9 @@ type Plugin struct {
 
 	mu   sync.Mutex
 	nets map[netKey]*loadedNet
+	// Device copies (gpu.go), created on the first call with device outputs.
+	gpuNets map[gpuKey]*gpuNet
+	blas    map[*cuda.Device]*cuda.BLAS
 }
 
 type netKey struct {
@@ -71,7 +76,7 @@ func (p *Plugin) Describe(context.Context, *sdk.DescribeRequest) (*sdk.DescribeR
 	return &sdk.DescribeResponse{
 		Name:         "controlnet",
 		Version:      Version,
-		Capabilities: []sdk.Capability{sdk.CapResiduals},
+		Capabilities: []sdk.Capability{sdk.CapResiduals, sdk.CapDeviceArenas},
 		Params: []sdk.ParamSpec{
 			{Name: ParamNet, Type: sdk.ParamFile, Help: "ControlNet .safetensors file or diffusers directory"},
 			{Name: ParamUNet, Type: sdk.ParamString, Help: "host U-Net configuration (JSON of models.UNetConfig)"},
@@ -136,6 +141,12 @@ func (p *Plugin) Residuals(ctx context.Context, req *sdk.ResidualsRequest) (*sdk
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if slices.ContainsFunc(req.Outputs, (*sdk.Tensor).OnDevice) {
+		if err := p.residualsGPU(req, netKey{path, cfg.NumHeads}, ln); err != nil {
+			return nil, fmt.Errorf("controlnet %s (cuda): %w", path, err)
+		}
+		return &sdk.ResidualsResponse{Written: sdk.Refs(req.Outputs...)}, nil
 	}
 
 	x, ts, cx, err := stepInputs(req)
@@ -244,18 +255,10 @@ func writeOutputs(req *sdk.ResidualsRequest, res models.Residuals) error {
 	if len(req.Outputs) == 0 {
 		return fmt.Errorf("no output tensors granted")
 	}
-	scales := make([]float32, len(req.Outputs))
-	for i := range scales {
-		scales[i] = 1
+	scales, acc, pool, err := outputOptions(req)
+	if err != nil {
+		return err
 	}
-	if s, ok := req.Params.Get(ParamScales); ok {
-		var err error
-		if scales, err = DecodeScales(s, len(req.Outputs)); err != nil {
-			return err
-		}
-	}
-	acc := req.Params.String(ParamAccumulate, "false") == "true"
-	pool := req.Params.String(ParamGlobalPool, "false") == "true"
 	for i, o := range req.Outputs {
 		r, ok := res[o.Name]
 		if !ok {

@@ -6,6 +6,8 @@
 // in one pass, from the original stored bytes the host passes as a
 // read-only input of the same name (ReadsOriginals; read under
 // debug.SetPanicOnFault, since that input may be a mapped checkpoint file).
+// Tensors in device arenas (weights on the GPU) are merged there
+// (device.go).
 //
 // Parameters, in order (each "lora" starts an adapter; the strength
 // parameters after it apply to it):
@@ -30,6 +32,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 	"github.com/sdbridge/sdbridge/safetensors"
 )
@@ -46,6 +49,7 @@ type Plugin struct {
 	files map[string]*cachedFile
 	plans map[string]*Plan // by parameter string, from the last PlanPatch calls
 	order []string
+	blas  map[*cuda.Device]*cuda.BLAS // device.go
 }
 
 type cachedFile struct {
@@ -67,8 +71,9 @@ func Serve() {
 // Describe names the plugin and its parameters.
 func (p *Plugin) Describe(context.Context, *sdk.DescribeRequest) (*sdk.DescribeResponse, error) {
 	return &sdk.DescribeResponse{
-		Name:    "lora",
-		Version: PluginVersion,
+		Name:         "lora",
+		Version:      PluginVersion,
+		Capabilities: []sdk.Capability{sdk.CapDeviceArenas},
 		Params: []sdk.ParamSpec{
 			{Name: "lora", Type: sdk.ParamFile, Repeated: true, Help: "adapter file (.safetensors); starts a new adapter"},
 			{Name: "unet", Type: sdk.ParamFloat, Default: "1", Help: "U-Net strength of the last adapter"},
@@ -259,6 +264,9 @@ func (p *Plugin) PatchWeights(ctx context.Context, req *sdk.PatchWeightsRequest)
 		if _, ok := plan.Target(t.Name); !ok {
 			return nil, fmt.Errorf("lora: tensor %q is not touched by the planned adapters", t.Name)
 		}
+		if t.OnDevice() {
+			continue // F32 or F16, checked by patchDevice
+		}
 		if !t.Writable || t.DType != sdk.F32 {
 			return nil, fmt.Errorf("lora: tensor %q must be granted writable F32 (is %s, writable=%v)", t.Name, t.DType, t.Writable)
 		}
@@ -290,13 +298,28 @@ func (p *Plugin) PatchWeights(ctx context.Context, req *sdk.PatchWeightsRequest)
 			}
 		}()
 	}
+	var onDev []*sdk.Tensor
 	for _, t := range req.Tensors {
 		if ctx.Err() != nil {
 			break
 		}
+		if t.OnDevice() {
+			onDev = append(onDev, t)
+			continue
+		}
 		work <- t
 	}
 	close(work)
+	// Device tensors: one at a time from here (the device has one stream).
+	for _, t := range onDev {
+		if ctx.Err() != nil {
+			break
+		}
+		if err := p.patchDevice(plan, t, origs[t.Name]); err != nil {
+			errs <- err
+			break
+		}
+	}
 	wg.Wait()
 	close(errs)
 	if err := <-errs; err != nil {
@@ -315,7 +338,7 @@ func checkOriginal(in, t *sdk.Tensor) error {
 	default:
 		return fmt.Errorf("lora: original of %q is %s, want F16, BF16 or F32", t.Name, in.DType)
 	}
-	if in.Numel() != t.Numel() || len(in.Bytes()) != in.Numel()*in.DType.Size() {
+	if in.Numel() != t.Numel() || !in.OnDevice() && len(in.Bytes()) != in.Numel()*in.DType.Size() {
 		return fmt.Errorf("lora: original of %q has shape %v, tensor %v", t.Name, in.Shape, t.Shape)
 	}
 	return nil

@@ -1,7 +1,10 @@
 // arenas.go: the plugin side of shared arenas. The host sends each arena's
 // memfd on the side socket and then calls MapArena; the plugin maps it once
 // (read-only unless the host marked it writable) and binds every TensorRef
-// of later requests to that mapping, checking bounds and write grants.
+// of later requests to that mapping, checking bounds and write grants. A
+// device arena (minor 2) comes as a CUDA IPC handle instead of an fd and is
+// opened once on the process's device (device.go); refs into it bind to
+// device buffer views.
 //
 // It does not create arenas (host/arena.go, sdktest) and cannot stop a
 // plugin from writing a writable arena outside its grants; the host checks
@@ -12,13 +15,23 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/plugins/sdk/shm"
 	"golang.org/x/sys/unix"
 )
 
 type mappedArena struct {
 	mem      []byte
+	dev      *cuda.IPCBuffer // device arena: the opened IPC mapping (mem is nil)
 	writable bool
+}
+
+// release drops the mapping.
+func (m *mappedArena) release() error {
+	if m.dev != nil {
+		return m.dev.Close()
+	}
+	return shm.Unmap(m.mem)
 }
 
 // arenaTable holds the plugin's mappings, by arena id.
@@ -58,6 +71,34 @@ func (a *arenaTable) receive(id uint32, size uint64, writable bool) error {
 	return nil
 }
 
+// receiveDevice opens the CUDA IPC handle of device arena id on the
+// process's device ordinal.
+func (a *arenaTable) receiveDevice(id uint32, size uint64, writable bool, handle []byte, ordinal int) error {
+	var h cuda.IPCHandle
+	if len(handle) != len(h.Reserved) {
+		return fmt.Errorf("arena %d: CUDA IPC handle of %d bytes, want %d", id, len(handle), len(h.Reserved))
+	}
+	copy(h.Reserved[:], handle)
+	if size == 0 || size > 1<<50 {
+		return fmt.Errorf("arena %d: device arena of %d bytes", id, size)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.arenas[id]; ok {
+		return fmt.Errorf("arena %d is already mapped", id)
+	}
+	d, err := CUDADevice(ordinal)
+	if err != nil {
+		return fmt.Errorf("arena %d: %w", id, err)
+	}
+	b, err := d.OpenIPC(h, int(size))
+	if err != nil {
+		return fmt.Errorf("arena %d: opening the CUDA IPC handle on device %d: %w", id, ordinal, err)
+	}
+	a.arenas[id] = &mappedArena{dev: b, writable: writable}
+	return nil
+}
+
 func (a *arenaTable) unmap(id uint32) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -66,14 +107,14 @@ func (a *arenaTable) unmap(id uint32) error {
 		return fmt.Errorf("arena %d is not mapped", id)
 	}
 	delete(a.arenas, id)
-	return shm.Unmap(m.mem)
+	return m.release()
 }
 
 func (a *arenaTable) closeAll() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for id, m := range a.arenas {
-		shm.Unmap(m.mem)
+		m.release()
 		delete(a.arenas, id)
 	}
 }
@@ -92,6 +133,9 @@ func (a *arenaTable) bind(ref TensorRef, mustWrite bool) (*Tensor, error) {
 	}
 	if ref.Writable && !m.writable {
 		return nil, fmt.Errorf("tensor %q: writable grant in read-only arena %d", ref.Name, ref.Arena)
+	}
+	if m.dev != nil {
+		return BindDeviceTensor(ref, &m.dev.Buffer)
 	}
 	return BindTensor(ref, m.mem)
 }

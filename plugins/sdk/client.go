@@ -1,5 +1,6 @@
 // client.go: the host-side gRPC shim. Remote calls a plugin with SDK types
-// and hands arena fds over the side socket before announcing them. It does
+// and hands arena fds over the side socket before announcing them (device
+// arenas travel as CUDA IPC handles in the request instead). It does
 // not supervise the process (host/supervisor.go) or check the refs a plugin
 // returns against the host's grants (host/refs.go).
 package sdk
@@ -11,6 +12,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/sdbridge/sdbridge/cuda"
 	pb "github.com/sdbridge/sdbridge/plugins/sdk/internal/pluginv1"
 	"github.com/sdbridge/sdbridge/plugins/sdk/shm"
 	"google.golang.org/grpc/codes"
@@ -61,7 +63,12 @@ var ErrUnavailable = errors.New("plugin unavailable")
 
 // Describe asks the plugin for its name, version, capabilities, parameters.
 func (r *Remote) Describe(ctx context.Context) (*DescribeResponse, error) {
-	resp, err := r.c.Describe(ctx, &pb.DescribeRequest{})
+	return r.DescribeFor(ctx, &DescribeRequest{})
+}
+
+// DescribeFor is Describe telling the plugin the host's device (minor 2).
+func (r *Remote) DescribeFor(ctx context.Context, req *DescribeRequest) (*DescribeResponse, error) {
+	resp, err := r.c.Describe(ctx, &pb.DescribeRequest{Device: req.Device})
 	if err != nil {
 		return nil, fromStatus(err)
 	}
@@ -80,6 +87,17 @@ func (r *Remote) MapArena(ctx context.Context, id uint32, size uint64, writable 
 		return err
 	}
 	_, err := r.c.MapArena(ctx, &pb.MapArenaRequest{Arena: id, Size: size, Writable: writable})
+	return fromStatus(err)
+}
+
+// MapDeviceArena asks the plugin to open device arena id (minor 2): size
+// bytes of one cuMemAlloc allocation on device ordinal, exported as handle.
+// Nothing goes on the side socket. Send it only to a plugin whose Describe
+// reported APIMinor >= 2 and CapDeviceArenas (an older plugin would wait
+// for an fd).
+func (r *Remote) MapDeviceArena(ctx context.Context, id uint32, size uint64, writable bool, handle cuda.IPCHandle, ordinal int) error {
+	_, err := r.c.MapArena(ctx, &pb.MapArenaRequest{Arena: id, Size: size, Writable: writable,
+		Kind: pb.ArenaKind_ARENA_KIND_CUDA_IPC, CudaIpcHandle: handle.Reserved[:], CudaDevice: int32(ordinal)})
 	return fromStatus(err)
 }
 

@@ -18,7 +18,10 @@ import (
 // (= proto package sdbridge.plugin.v1); APIMinor counts additive changes.
 const (
 	ProtocolVersion = 1
-	APIMinor        = 1 // 1: PlanPatchResponse.ReadsOriginals
+	// APIMinor history: 1: PlanPatchResponse.ReadsOriginals; 2: device
+	// arenas (MapArenaRequest.kind CUDA_IPC, capability "device_arenas")
+	// and DescribeRequest.device.
+	APIMinor = 2
 )
 
 // PluginName is the name the single sdbridge service is dispensed under.

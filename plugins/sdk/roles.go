@@ -26,7 +26,12 @@ const (
 var ErrUnimplemented = errors.New("not implemented by this plugin")
 
 // DescribeRequest asks a plugin who it is.
-type DescribeRequest struct{}
+type DescribeRequest struct {
+	// Device (minor 2) is the host's compute device, "cpu" or "cuda:N";
+	// empty from older hosts and for listings. Where each tensor of a call
+	// lives is told by the tensor itself (Tensor.OnDevice).
+	Device string
+}
 
 // DescribeResponse names a plugin. The SDK adds the capabilities of the
 // roles the plugin's type implements.

@@ -1,12 +1,14 @@
 // server.go: the plugin-side gRPC shim. It implements the generated
 // PluginServer by binding refs to mapped arenas and calling the plugin's
-// role methods; a role the plugin lacks answers codes.Unimplemented. It holds
-// no plugin behaviour.
+// role methods; a role the plugin lacks answers codes.Unimplemented. After
+// a hook that was given device tensors it synchronises their devices before
+// replying (device.go). It holds no plugin behaviour.
 package sdk
 
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/hashicorp/go-hclog"
 	pb "github.com/sdbridge/sdbridge/plugins/sdk/internal/pluginv1"
@@ -52,8 +54,8 @@ func unimplemented(role Capability) error {
 	return status.Errorf(codes.Unimplemented, "plugin has no %s role: %v", role, ErrUnimplemented)
 }
 
-func (s *server) Describe(ctx context.Context, _ *pb.DescribeRequest) (*pb.DescribeResponse, error) {
-	d, err := s.impl.Describe(ctx, &DescribeRequest{})
+func (s *server) Describe(ctx context.Context, req *pb.DescribeRequest) (*pb.DescribeResponse, error) {
+	d, err := s.impl.Describe(ctx, &DescribeRequest{Device: req.Device})
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -74,11 +76,32 @@ func (s *server) Describe(ctx context.Context, _ *pb.DescribeRequest) (*pb.Descr
 }
 
 func (s *server) MapArena(_ context.Context, req *pb.MapArenaRequest) (*pb.MapArenaResponse, error) {
-	if err := s.arenas.receive(req.Arena, req.Size, req.Writable); err != nil {
+	var err error
+	switch req.Kind {
+	case pb.ArenaKind_ARENA_KIND_MEMFD:
+		err = s.arenas.receive(req.Arena, req.Size, req.Writable)
+	case pb.ArenaKind_ARENA_KIND_CUDA_IPC:
+		err = s.arenas.receiveDevice(req.Arena, req.Size, req.Writable, req.CudaIpcHandle, int(req.CudaDevice))
+	default:
+		err = fmt.Errorf("arena %d: unknown arena kind %v", req.Arena, req.Kind)
+	}
+	if err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
-	s.log.Debug("mapped arena", "arena", req.Arena, "bytes", req.Size, "writable", req.Writable)
+	s.log.Debug("mapped arena", "arena", req.Arena, "kind", req.Kind.String(), "bytes", req.Size, "writable", req.Writable)
 	return &pb.MapArenaResponse{}, nil
+}
+
+// finish synchronises the devices of a call's device tensors after the
+// plugin's hook succeeded, so its device writes are complete at the reply.
+func finish(err error, ts ...[]*Tensor) error {
+	if err != nil {
+		return toStatus(err)
+	}
+	if err := syncDevices(ts...); err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	return nil
 }
 
 func (s *server) UnmapArena(_ context.Context, req *pb.UnmapArenaRequest) (*pb.UnmapArenaResponse, error) {
@@ -114,8 +137,8 @@ func (s *server) PatchWeights(ctx context.Context, req *pb.PatchWeightsRequest) 
 		return nil, badRef(err)
 	}
 	resp, err := wp.PatchWeights(ctx, &PatchWeightsRequest{Tensors: ts, Inputs: ins, Params: paramsFromPB(req.Params)})
-	if err != nil {
-		return nil, toStatus(err)
+	if err := finish(err, ts); err != nil {
+		return nil, err
 	}
 	return &pb.PatchWeightsResponse{Written: refsToPB(resp.Written)}, nil
 }
@@ -156,8 +179,8 @@ func (s *server) Conditioning(ctx context.Context, req *pb.ConditioningRequest) 
 		return nil, badRef(err)
 	}
 	resp, err := c.Conditioning(ctx, &ConditioningRequest{Handle: req.Handle, Timesteps: req.Timesteps, Out: out, Params: paramsFromPB(req.Params)})
-	if err != nil {
-		return nil, toStatus(err)
+	if err := finish(err, []*Tensor{out}); err != nil {
+		return nil, err
 	}
 	written := resp.Written
 	if written.Name == "" && written.DType == "" && len(written.Shape) == 0 {
@@ -192,8 +215,8 @@ func (s *server) Residuals(ctx context.Context, req *pb.ResidualsRequest) (*pb.R
 		return nil, badRef(err)
 	}
 	resp, err := rp.Residuals(ctx, &ResidualsRequest{X: x, Timesteps: req.Timesteps, Context: cx, Outputs: outs, Inputs: ins, Params: paramsFromPB(req.Params)})
-	if err != nil {
-		return nil, toStatus(err)
+	if err := finish(err, outs); err != nil {
+		return nil, err
 	}
 	return &pb.ResidualsResponse{Written: refsToPB(resp.Written)}, nil
 }

@@ -1,5 +1,6 @@
 // tensor.go: tensor descriptors (TensorRef, TensorInfo), dtypes, and the
-// plugin-side view of a granted tensor (Tensor). It does not allocate arenas
+// plugin-side view of a granted tensor (Tensor), in host memory or, for a
+// device arena, on a CUDA device (device.go). It does not allocate arenas
 // (host) or receive them (arenas.go).
 package sdk
 
@@ -7,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"unsafe"
+
+	"github.com/sdbridge/sdbridge/cuda"
 )
 
 // DType is the element type of a tensor in an arena.
@@ -107,6 +110,7 @@ var ErrReadOnly = errors.New("tensor not granted writable for this call")
 type Tensor struct {
 	TensorRef
 	data []byte
+	dev  *cuda.Buffer // set instead of data in a device arena (device.go)
 }
 
 // BindTensor binds ref to the arena mapping mem (ref.Offset is relative to
@@ -123,13 +127,16 @@ func BindTensor(ref TensorRef, mem []byte) (*Tensor, error) {
 func Ref(ref TensorRef) *Tensor { return &Tensor{TensorRef: ref} }
 
 // Bound reports whether the tensor is bound to memory.
-func (t *Tensor) Bound() bool { return t != nil && (t.data != nil || Numel(t.Shape) == 0) }
+func (t *Tensor) Bound() bool {
+	return t != nil && (t.data != nil || t.dev != nil || Numel(t.Shape) == 0)
+}
 
 // Numel is the number of elements.
 func (t *Tensor) Numel() int { return Numel(t.Shape) }
 
-// Bytes is a view of the tensor's bytes. Writing it is allowed only when
-// Writable; read-only arenas are mapped PROT_READ and a write faults.
+// Bytes is a view of the tensor's bytes (nil for a device tensor: use
+// DeviceBuffer). Writing it is allowed only when Writable; read-only arenas
+// are mapped PROT_READ and a write faults.
 func (t *Tensor) Bytes() []byte { return t.data }
 
 // Float32 is a read view of an F32 tensor.
@@ -138,6 +145,9 @@ func (t *Tensor) Float32() ([]float32, error) {
 		return nil, fmt.Errorf("tensor %q is %s, not F32", t.Name, t.DType)
 	}
 	if len(t.data) == 0 {
+		if t.dev != nil {
+			return nil, fmt.Errorf("tensor %q: %w", t.Name, ErrOnDevice)
+		}
 		if t.data == nil && t.Numel() != 0 {
 			return nil, fmt.Errorf("tensor %q is not bound to an arena", t.Name)
 		}
@@ -158,6 +168,9 @@ func (t *Tensor) MutableFloat32() ([]float32, error) {
 func (t *Tensor) Uint16() ([]uint16, error) {
 	if t.DType != F16 && t.DType != BF16 {
 		return nil, fmt.Errorf("tensor %q is %s, not F16/BF16", t.Name, t.DType)
+	}
+	if t.dev != nil {
+		return nil, fmt.Errorf("tensor %q: %w", t.Name, ErrOnDevice)
 	}
 	if len(t.data) == 0 {
 		return []uint16{}, nil

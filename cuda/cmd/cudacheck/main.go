@@ -5,12 +5,13 @@
 // PASS/FAIL at 1e-4 for fp32), checks CUDA IPC between two processes,
 // and times SGEMM and fp16 GemmEx at 4096^3, attention at [2, 4096, 320]
 // with 8 heads, group norm at [2, 320, 64, 64] and a 3x3 convolution at
-// that size, then checks the whole SD1.5 U-Net (random weights) against the
-// CPU one and times a CFG step at 512px. It always exits 0 so the whole
-// log comes back; the last line is `cudacheck: N passed, M failed`. It
-// does not run the golden cases (no --device wiring yet).
+// that size, then checks the image models' GPU forwards (models.UNetCUDA,
+// ControlNetCUDA, VAE decoder and encoder; SD1.5 layout, random weights)
+// against the CPU models and times a CFG step / a decode at 512px. It
+// always exits 0 so the whole log comes back; the last line is
+// `cudacheck: N passed, M failed`. It does not run the golden cases.
 // Build: CGO_ENABLED=0 go build -o out/cudacheck ./cuda/cmd/cudacheck (see ../../DEVCHECK.md).
-// Run: ./cudacheck [-timings=false] [-stack=false] [-ipc=false] [-unet=false].
+// Run: ./cudacheck [-timings=false] [-ipc=false] [-unet=false] [-controlnet=false] [-vae=false].
 package main
 
 import (
@@ -47,9 +48,10 @@ func main() {
 	}
 	opt := options{sizes: fullSizes}
 	flag.BoolVar(&opt.timings, "timings", true, "time GEMMs, attention, group norm, conv and the SD1.5 stack")
-	flag.BoolVar(&opt.stack, "stack", true, "check the SD1.5 layer stack against the CPU models")
 	flag.BoolVar(&opt.ipc, "ipc", true, "check CUDA IPC with a child process")
 	flag.BoolVar(&opt.unet, "unet", true, "check the whole SD1.5 U-Net (random weights) and time a CFG step")
+	flag.BoolVar(&opt.controlnet, "controlnet", true, "check an SD1.5 ControlNet (random weights) and time a CFG step")
+	flag.BoolVar(&opt.vae, "vae", true, "check the SD1.5 VAE decoder and encoder (random weights) and time a decode")
 	flag.Parse()
 	seed := uint64(time.Now().UnixNano())
 	rng = rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
@@ -60,8 +62,9 @@ func main() {
 
 // options selects the parts of the check.
 type options struct {
-	timings, stack, ipc, unet bool
-	sizes                     sizes
+	timings, ipc          bool
+	unet, controlnet, vae bool // image models: check, and time with timings
+	sizes                 sizes
 }
 
 func run(opt options) {
@@ -110,25 +113,30 @@ func run(opt options) {
 	checkGemmEx(g)
 	checkLayers(g)
 	checkShapes(g)
-	if opt.stack {
-		checkStacks(g)
-	}
 	if opt.ipc {
 		checkIPC(dev)
 	}
 
-	if !opt.timings {
-		return
+	if opt.timings {
+		logf("--- timings (median of 5 repeats after warm-up; host clock after stream sync)")
+		g.Poison = false
+		timeAll(g, opt.sizes)
 	}
-	logf("--- timings (median of 5 repeats after warm-up; host clock after stream sync)")
-	g.Poison = false
-	timeAll(g, opt.sizes)
-	if opt.stack {
-		timeStack(g, opt.sizes.hw)
+	timeSide := 0
+	if opt.timings {
+		timeSide = opt.sizes.hw
+	}
+	if opt.unet || opt.controlnet || opt.vae {
+		logf("--- image models (SD1.5 layout, random weights): GPU vs CPU rel L2 <= %.0e, then timed", modelTol)
 	}
 	if opt.unet {
-		logf("--- whole SD1.5 U-Net, random weights")
-		checkAndTimeUNet(g, 16, opt.sizes.hw)
+		checkAndTimeUNet(g, 16, timeSide)
+	}
+	if opt.controlnet {
+		checkAndTimeControlNet(g, 8, timeSide)
+	}
+	if opt.vae {
+		checkAndTimeVAE(g, 8, timeSide)
 	}
 }
 

@@ -43,23 +43,24 @@ func TestCudacheckChild(t *testing.T) {
 	}
 }
 
-// TestUNetOnStandIns runs the whole SD1.5 U-Net (random weights) through
-// the GPU path on the stand-ins at an 8x8 latent and compares it with the
-// CPU U-Net. It takes about 40 s on two cores, so it runs only with
+// TestImageModelsOnStandIns runs the image models' checks (the SD1.5
+// U-Net at an 8x8 latent, a ControlNet at 8x8, the VAE at 4x4; random
+// weights) through models' GPU forwards on the stand-ins, comparing each
+// with its CPU model. It takes minutes on two cores, so it runs only with
 // SDBRIDGE_CUDA_SLOW_TESTS=1.
-func TestUNetOnStandIns(t *testing.T) {
+func TestImageModelsOnStandIns(t *testing.T) {
 	if cudatest.InChild() {
 		t.Skip("in the child")
 	}
 	if os.Getenv("SDBRIDGE_CUDA_SLOW_TESTS") == "" {
-		t.Skip("slow (about 40 s): set SDBRIDGE_CUDA_SLOW_TESTS=1")
+		t.Skip("slow (minutes): set SDBRIDGE_CUDA_SLOW_TESTS=1")
 	}
-	cudatest.RunChild(t, "TestUNetChild", cudatest.Build(t))
+	cudatest.RunChild(t, "TestImageModelsChild", cudatest.Build(t))
 }
 
-func TestUNetChild(t *testing.T) {
+func TestImageModelsChild(t *testing.T) {
 	if !cudatest.InChild() || os.Getenv("SDBRIDGE_CUDA_SLOW_TESTS") == "" {
-		t.Skip("run by TestUNetOnStandIns")
+		t.Skip("run by TestImageModelsOnStandIns")
 	}
 	rng = rand.New(rand.NewPCG(3, 4))
 	d, err := cuda.Open(0)
@@ -72,10 +73,16 @@ func TestUNetChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer bl.Close()
+	g := &nn.GPU{Dev: d, BLAS: bl}
 	p0 := passed
-	checkAndTimeUNet(&nn.GPU{Dev: d, BLAS: bl, Poison: true}, 8, 0)
-	if len(failures) != 0 || passed != p0+1 {
-		t.Fatalf("U-Net check failed: %q", failures)
+	checkAndTimeUNet(g, 8, 0)
+	checkAndTimeControlNet(g, 8, 0)
+	checkAndTimeVAE(g, 4, 0)
+	if len(failures) != 0 {
+		t.Fatalf("image model checks failed: %q", failures)
+	}
+	if want := p0 + 1 + 13 + 2; passed != want {
+		t.Fatalf("%d checks passed, want %d (U-Net, 13 ControlNet residuals, VAE decode and encode)", passed-p0, want-p0)
 	}
 }
 

@@ -3,7 +3,8 @@
 // This file is the wire contract between the sdbridge host and its plugins.
 // Messages carry descriptions of tensors (arena id, byte offset, dtype,
 // shape) and names, never tensor bytes: bulk data lives in shared arenas
-// (sealed memfds handed over with SCM_RIGHTS on a side socket).
+// (sealed memfds handed over with SCM_RIGHTS on a side socket, or, from
+// minor version 2, CUDA device allocations handed over as IPC handles).
 //
 // Versioning: once released this file is frozen. Additive changes add
 // optional fields or RPCs (minor version, DescribeResponse.api_minor); a
@@ -144,6 +145,72 @@ func (x ParamType) Number() protoreflect.EnumNumber {
 // Deprecated: Use ParamType.Descriptor instead.
 func (ParamType) EnumDescriptor() ([]byte, []int) {
 	return file_plugin_proto_rawDescGZIP(), []int{1}
+}
+
+// ArenaKind (minor version 2) says where an arena's bytes live.
+type ArenaKind int32
+
+const (
+	// A sealed memfd (or a read-only regular file) whose fd the host sends
+	// on the side socket just before MapArena. Every host and plugin knows
+	// this kind; it is the zero value, so older hosts send it implicitly.
+	ArenaKind_ARENA_KIND_MEMFD ArenaKind = 0
+	// Device arena: one whole cuMemAlloc allocation on a CUDA device,
+	// exported by the host with cuIpcGetMemHandle (legacy IPC). The plugin
+	// opens it once per arena with cuIpcOpenMemHandle in its own context
+	// and closes it on UnmapArena or Shutdown. TensorRefs into it are as for
+	// memfd arenas: offset (bytes from the allocation's base), dtype,
+	// shape, writable. The host sends device arenas only to plugins that
+	// report api_minor >= 2 and the capability "device_arenas".
+	//
+	// Synchronisation is explicit (host and plugin are separate CUDA
+	// contexts, and neither sees the other's streams): the host finishes
+	// every queued write to the tensors of a call (a stream synchronise)
+	// before sending the RPC, and the plugin finishes its own work on them
+	// (a stream synchronise) before it replies; the host reads what the
+	// plugin wrote only after the reply. The writable flag is a grant the
+	// host checks in replies, not a hardware protection: an IPC mapping is
+	// always read-write.
+	ArenaKind_ARENA_KIND_CUDA_IPC ArenaKind = 1
+)
+
+// Enum value maps for ArenaKind.
+var (
+	ArenaKind_name = map[int32]string{
+		0: "ARENA_KIND_MEMFD",
+		1: "ARENA_KIND_CUDA_IPC",
+	}
+	ArenaKind_value = map[string]int32{
+		"ARENA_KIND_MEMFD":    0,
+		"ARENA_KIND_CUDA_IPC": 1,
+	}
+)
+
+func (x ArenaKind) Enum() *ArenaKind {
+	p := new(ArenaKind)
+	*p = x
+	return p
+}
+
+func (x ArenaKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ArenaKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_plugin_proto_enumTypes[2].Descriptor()
+}
+
+func (ArenaKind) Type() protoreflect.EnumType {
+	return &file_plugin_proto_enumTypes[2]
+}
+
+func (x ArenaKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ArenaKind.Descriptor instead.
+func (ArenaKind) EnumDescriptor() ([]byte, []int) {
+	return file_plugin_proto_rawDescGZIP(), []int{2}
 }
 
 // TensorRef describes a dense row-major tensor inside an arena.
@@ -423,7 +490,13 @@ func (x *Param) GetValue() string {
 }
 
 type DescribeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Added in minor version 2: the compute device the host runs the model
+	// on, "cpu" or "cuda:N" (N the ordinal as the host numbers devices; the
+	// plugin inherits the host's CUDA_VISIBLE_DEVICES). Empty from older
+	// hosts and for listings. A plugin may prepare that device; it learns
+	// per call where each tensor lives from its arena's kind.
+	Device        string `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -456,6 +529,13 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
 	return file_plugin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DescribeRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
 }
 
 type DescribeResponse struct {
@@ -535,10 +615,17 @@ func (x *DescribeResponse) GetParams() []*ParamSpec {
 }
 
 type MapArenaRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Arena         uint32                 `protobuf:"varint,1,opt,name=arena,proto3" json:"arena,omitempty"`
-	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	Writable      bool                   `protobuf:"varint,3,opt,name=writable,proto3" json:"writable,omitempty"` // map read-write (else read-only)
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Arena    uint32                 `protobuf:"varint,1,opt,name=arena,proto3" json:"arena,omitempty"`
+	Size     uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Writable bool                   `protobuf:"varint,3,opt,name=writable,proto3" json:"writable,omitempty"` // map read-write (else read-only)
+	// Added in minor version 2. Zero (MEMFD) from older hosts.
+	Kind ArenaKind `protobuf:"varint,4,opt,name=kind,proto3,enum=sdbridge.plugin.v1.ArenaKind" json:"kind,omitempty"`
+	// CUDA_IPC: the 64-byte CUipcMemHandle of the allocation.
+	CudaIpcHandle []byte `protobuf:"bytes,5,opt,name=cuda_ipc_handle,json=cudaIpcHandle,proto3" json:"cuda_ipc_handle,omitempty"`
+	// CUDA_IPC: the ordinal of the device holding it, as the host numbers
+	// devices.
+	CudaDevice    int32 `protobuf:"varint,6,opt,name=cuda_device,json=cudaDevice,proto3" json:"cuda_device,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -592,6 +679,27 @@ func (x *MapArenaRequest) GetWritable() bool {
 		return x.Writable
 	}
 	return false
+}
+
+func (x *MapArenaRequest) GetKind() ArenaKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ArenaKind_ARENA_KIND_MEMFD
+}
+
+func (x *MapArenaRequest) GetCudaIpcHandle() []byte {
+	if x != nil {
+		return x.CudaIpcHandle
+	}
+	return nil
+}
+
+func (x *MapArenaRequest) GetCudaDevice() int32 {
+	if x != nil {
+		return x.CudaDevice
+	}
+	return 0
 }
 
 type MapArenaResponse struct {
@@ -1457,18 +1565,23 @@ const file_plugin_proto_rawDesc = "" +
 	"\brepeated\x18\x05 \x01(\bR\brepeated\"1\n" +
 	"\x05Param\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\x11\n" +
-	"\x0fDescribeRequest\"\xb8\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\")\n" +
+	"\x0fDescribeRequest\x12\x16\n" +
+	"\x06device\x18\x01 \x01(\tR\x06device\"\xb8\x01\n" +
 	"\x10DescribeResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1b\n" +
 	"\tapi_minor\x18\x03 \x01(\rR\bapiMinor\x12\"\n" +
 	"\fcapabilities\x18\x04 \x03(\tR\fcapabilities\x125\n" +
-	"\x06params\x18\x05 \x03(\v2\x1d.sdbridge.plugin.v1.ParamSpecR\x06params\"W\n" +
+	"\x06params\x18\x05 \x03(\v2\x1d.sdbridge.plugin.v1.ParamSpecR\x06params\"\xd3\x01\n" +
 	"\x0fMapArenaRequest\x12\x14\n" +
 	"\x05arena\x18\x01 \x01(\rR\x05arena\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x1a\n" +
-	"\bwritable\x18\x03 \x01(\bR\bwritable\"\x12\n" +
+	"\bwritable\x18\x03 \x01(\bR\bwritable\x121\n" +
+	"\x04kind\x18\x04 \x01(\x0e2\x1d.sdbridge.plugin.v1.ArenaKindR\x04kind\x12&\n" +
+	"\x0fcuda_ipc_handle\x18\x05 \x01(\fR\rcudaIpcHandle\x12\x1f\n" +
+	"\vcuda_device\x18\x06 \x01(\x05R\n" +
+	"cudaDevice\"\x12\n" +
 	"\x10MapArenaResponse\")\n" +
 	"\x11UnmapArenaRequest\x12\x14\n" +
 	"\x05arena\x18\x01 \x01(\rR\x05arena\"\x14\n" +
@@ -1526,7 +1639,10 @@ const file_plugin_proto_rawDesc = "" +
 	"\x10PARAM_TYPE_FLOAT\x10\x02\x12\x12\n" +
 	"\x0ePARAM_TYPE_INT\x10\x03\x12\x13\n" +
 	"\x0fPARAM_TYPE_BOOL\x10\x04\x12\x13\n" +
-	"\x0fPARAM_TYPE_FILE\x10\x052\xad\a\n" +
+	"\x0fPARAM_TYPE_FILE\x10\x05*:\n" +
+	"\tArenaKind\x12\x14\n" +
+	"\x10ARENA_KIND_MEMFD\x10\x00\x12\x17\n" +
+	"\x13ARENA_KIND_CUDA_IPC\x10\x012\xad\a\n" +
 	"\x06Plugin\x12U\n" +
 	"\bDescribe\x12#.sdbridge.plugin.v1.DescribeRequest\x1a$.sdbridge.plugin.v1.DescribeResponse\x12U\n" +
 	"\bMapArena\x12#.sdbridge.plugin.v1.MapArenaRequest\x1a$.sdbridge.plugin.v1.MapArenaResponse\x12[\n" +
@@ -1552,82 +1668,84 @@ func file_plugin_proto_rawDescGZIP() []byte {
 	return file_plugin_proto_rawDescData
 }
 
-var file_plugin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_plugin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_plugin_proto_goTypes = []any{
 	(DType)(0),                    // 0: sdbridge.plugin.v1.DType
 	(ParamType)(0),                // 1: sdbridge.plugin.v1.ParamType
-	(*TensorRef)(nil),             // 2: sdbridge.plugin.v1.TensorRef
-	(*TensorInfo)(nil),            // 3: sdbridge.plugin.v1.TensorInfo
-	(*ParamSpec)(nil),             // 4: sdbridge.plugin.v1.ParamSpec
-	(*Param)(nil),                 // 5: sdbridge.plugin.v1.Param
-	(*DescribeRequest)(nil),       // 6: sdbridge.plugin.v1.DescribeRequest
-	(*DescribeResponse)(nil),      // 7: sdbridge.plugin.v1.DescribeResponse
-	(*MapArenaRequest)(nil),       // 8: sdbridge.plugin.v1.MapArenaRequest
-	(*MapArenaResponse)(nil),      // 9: sdbridge.plugin.v1.MapArenaResponse
-	(*UnmapArenaRequest)(nil),     // 10: sdbridge.plugin.v1.UnmapArenaRequest
-	(*UnmapArenaResponse)(nil),    // 11: sdbridge.plugin.v1.UnmapArenaResponse
-	(*PlanPatchRequest)(nil),      // 12: sdbridge.plugin.v1.PlanPatchRequest
-	(*PlanPatchResponse)(nil),     // 13: sdbridge.plugin.v1.PlanPatchResponse
-	(*PatchWeightsRequest)(nil),   // 14: sdbridge.plugin.v1.PatchWeightsRequest
-	(*PatchWeightsResponse)(nil),  // 15: sdbridge.plugin.v1.PatchWeightsResponse
-	(*EncodePromptRequest)(nil),   // 16: sdbridge.plugin.v1.EncodePromptRequest
-	(*EncodePromptResponse)(nil),  // 17: sdbridge.plugin.v1.EncodePromptResponse
-	(*ReleasePromptRequest)(nil),  // 18: sdbridge.plugin.v1.ReleasePromptRequest
-	(*ReleasePromptResponse)(nil), // 19: sdbridge.plugin.v1.ReleasePromptResponse
-	(*ConditioningRequest)(nil),   // 20: sdbridge.plugin.v1.ConditioningRequest
-	(*ConditioningResponse)(nil),  // 21: sdbridge.plugin.v1.ConditioningResponse
-	(*ResidualsRequest)(nil),      // 22: sdbridge.plugin.v1.ResidualsRequest
-	(*ResidualsResponse)(nil),     // 23: sdbridge.plugin.v1.ResidualsResponse
-	(*ShutdownRequest)(nil),       // 24: sdbridge.plugin.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),      // 25: sdbridge.plugin.v1.ShutdownResponse
+	(ArenaKind)(0),                // 2: sdbridge.plugin.v1.ArenaKind
+	(*TensorRef)(nil),             // 3: sdbridge.plugin.v1.TensorRef
+	(*TensorInfo)(nil),            // 4: sdbridge.plugin.v1.TensorInfo
+	(*ParamSpec)(nil),             // 5: sdbridge.plugin.v1.ParamSpec
+	(*Param)(nil),                 // 6: sdbridge.plugin.v1.Param
+	(*DescribeRequest)(nil),       // 7: sdbridge.plugin.v1.DescribeRequest
+	(*DescribeResponse)(nil),      // 8: sdbridge.plugin.v1.DescribeResponse
+	(*MapArenaRequest)(nil),       // 9: sdbridge.plugin.v1.MapArenaRequest
+	(*MapArenaResponse)(nil),      // 10: sdbridge.plugin.v1.MapArenaResponse
+	(*UnmapArenaRequest)(nil),     // 11: sdbridge.plugin.v1.UnmapArenaRequest
+	(*UnmapArenaResponse)(nil),    // 12: sdbridge.plugin.v1.UnmapArenaResponse
+	(*PlanPatchRequest)(nil),      // 13: sdbridge.plugin.v1.PlanPatchRequest
+	(*PlanPatchResponse)(nil),     // 14: sdbridge.plugin.v1.PlanPatchResponse
+	(*PatchWeightsRequest)(nil),   // 15: sdbridge.plugin.v1.PatchWeightsRequest
+	(*PatchWeightsResponse)(nil),  // 16: sdbridge.plugin.v1.PatchWeightsResponse
+	(*EncodePromptRequest)(nil),   // 17: sdbridge.plugin.v1.EncodePromptRequest
+	(*EncodePromptResponse)(nil),  // 18: sdbridge.plugin.v1.EncodePromptResponse
+	(*ReleasePromptRequest)(nil),  // 19: sdbridge.plugin.v1.ReleasePromptRequest
+	(*ReleasePromptResponse)(nil), // 20: sdbridge.plugin.v1.ReleasePromptResponse
+	(*ConditioningRequest)(nil),   // 21: sdbridge.plugin.v1.ConditioningRequest
+	(*ConditioningResponse)(nil),  // 22: sdbridge.plugin.v1.ConditioningResponse
+	(*ResidualsRequest)(nil),      // 23: sdbridge.plugin.v1.ResidualsRequest
+	(*ResidualsResponse)(nil),     // 24: sdbridge.plugin.v1.ResidualsResponse
+	(*ShutdownRequest)(nil),       // 25: sdbridge.plugin.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),      // 26: sdbridge.plugin.v1.ShutdownResponse
 }
 var file_plugin_proto_depIdxs = []int32{
 	0,  // 0: sdbridge.plugin.v1.TensorRef.dtype:type_name -> sdbridge.plugin.v1.DType
 	0,  // 1: sdbridge.plugin.v1.TensorInfo.dtype:type_name -> sdbridge.plugin.v1.DType
 	1,  // 2: sdbridge.plugin.v1.ParamSpec.type:type_name -> sdbridge.plugin.v1.ParamType
-	4,  // 3: sdbridge.plugin.v1.DescribeResponse.params:type_name -> sdbridge.plugin.v1.ParamSpec
-	3,  // 4: sdbridge.plugin.v1.PlanPatchRequest.model:type_name -> sdbridge.plugin.v1.TensorInfo
-	5,  // 5: sdbridge.plugin.v1.PlanPatchRequest.params:type_name -> sdbridge.plugin.v1.Param
-	2,  // 6: sdbridge.plugin.v1.PatchWeightsRequest.tensors:type_name -> sdbridge.plugin.v1.TensorRef
-	5,  // 7: sdbridge.plugin.v1.PatchWeightsRequest.params:type_name -> sdbridge.plugin.v1.Param
-	2,  // 8: sdbridge.plugin.v1.PatchWeightsRequest.inputs:type_name -> sdbridge.plugin.v1.TensorRef
-	2,  // 9: sdbridge.plugin.v1.PatchWeightsResponse.written:type_name -> sdbridge.plugin.v1.TensorRef
-	5,  // 10: sdbridge.plugin.v1.EncodePromptRequest.params:type_name -> sdbridge.plugin.v1.Param
-	2,  // 11: sdbridge.plugin.v1.ConditioningRequest.out:type_name -> sdbridge.plugin.v1.TensorRef
-	5,  // 12: sdbridge.plugin.v1.ConditioningRequest.params:type_name -> sdbridge.plugin.v1.Param
-	2,  // 13: sdbridge.plugin.v1.ConditioningResponse.written:type_name -> sdbridge.plugin.v1.TensorRef
-	2,  // 14: sdbridge.plugin.v1.ResidualsRequest.x:type_name -> sdbridge.plugin.v1.TensorRef
-	2,  // 15: sdbridge.plugin.v1.ResidualsRequest.context:type_name -> sdbridge.plugin.v1.TensorRef
-	2,  // 16: sdbridge.plugin.v1.ResidualsRequest.outputs:type_name -> sdbridge.plugin.v1.TensorRef
-	2,  // 17: sdbridge.plugin.v1.ResidualsRequest.inputs:type_name -> sdbridge.plugin.v1.TensorRef
-	5,  // 18: sdbridge.plugin.v1.ResidualsRequest.params:type_name -> sdbridge.plugin.v1.Param
-	2,  // 19: sdbridge.plugin.v1.ResidualsResponse.written:type_name -> sdbridge.plugin.v1.TensorRef
-	6,  // 20: sdbridge.plugin.v1.Plugin.Describe:input_type -> sdbridge.plugin.v1.DescribeRequest
-	8,  // 21: sdbridge.plugin.v1.Plugin.MapArena:input_type -> sdbridge.plugin.v1.MapArenaRequest
-	10, // 22: sdbridge.plugin.v1.Plugin.UnmapArena:input_type -> sdbridge.plugin.v1.UnmapArenaRequest
-	12, // 23: sdbridge.plugin.v1.Plugin.PlanPatch:input_type -> sdbridge.plugin.v1.PlanPatchRequest
-	14, // 24: sdbridge.plugin.v1.Plugin.PatchWeights:input_type -> sdbridge.plugin.v1.PatchWeightsRequest
-	16, // 25: sdbridge.plugin.v1.Plugin.EncodePrompt:input_type -> sdbridge.plugin.v1.EncodePromptRequest
-	18, // 26: sdbridge.plugin.v1.Plugin.ReleasePrompt:input_type -> sdbridge.plugin.v1.ReleasePromptRequest
-	20, // 27: sdbridge.plugin.v1.Plugin.Conditioning:input_type -> sdbridge.plugin.v1.ConditioningRequest
-	22, // 28: sdbridge.plugin.v1.Plugin.Residuals:input_type -> sdbridge.plugin.v1.ResidualsRequest
-	24, // 29: sdbridge.plugin.v1.Plugin.Shutdown:input_type -> sdbridge.plugin.v1.ShutdownRequest
-	7,  // 30: sdbridge.plugin.v1.Plugin.Describe:output_type -> sdbridge.plugin.v1.DescribeResponse
-	9,  // 31: sdbridge.plugin.v1.Plugin.MapArena:output_type -> sdbridge.plugin.v1.MapArenaResponse
-	11, // 32: sdbridge.plugin.v1.Plugin.UnmapArena:output_type -> sdbridge.plugin.v1.UnmapArenaResponse
-	13, // 33: sdbridge.plugin.v1.Plugin.PlanPatch:output_type -> sdbridge.plugin.v1.PlanPatchResponse
-	15, // 34: sdbridge.plugin.v1.Plugin.PatchWeights:output_type -> sdbridge.plugin.v1.PatchWeightsResponse
-	17, // 35: sdbridge.plugin.v1.Plugin.EncodePrompt:output_type -> sdbridge.plugin.v1.EncodePromptResponse
-	19, // 36: sdbridge.plugin.v1.Plugin.ReleasePrompt:output_type -> sdbridge.plugin.v1.ReleasePromptResponse
-	21, // 37: sdbridge.plugin.v1.Plugin.Conditioning:output_type -> sdbridge.plugin.v1.ConditioningResponse
-	23, // 38: sdbridge.plugin.v1.Plugin.Residuals:output_type -> sdbridge.plugin.v1.ResidualsResponse
-	25, // 39: sdbridge.plugin.v1.Plugin.Shutdown:output_type -> sdbridge.plugin.v1.ShutdownResponse
-	30, // [30:40] is the sub-list for method output_type
-	20, // [20:30] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	5,  // 3: sdbridge.plugin.v1.DescribeResponse.params:type_name -> sdbridge.plugin.v1.ParamSpec
+	2,  // 4: sdbridge.plugin.v1.MapArenaRequest.kind:type_name -> sdbridge.plugin.v1.ArenaKind
+	4,  // 5: sdbridge.plugin.v1.PlanPatchRequest.model:type_name -> sdbridge.plugin.v1.TensorInfo
+	6,  // 6: sdbridge.plugin.v1.PlanPatchRequest.params:type_name -> sdbridge.plugin.v1.Param
+	3,  // 7: sdbridge.plugin.v1.PatchWeightsRequest.tensors:type_name -> sdbridge.plugin.v1.TensorRef
+	6,  // 8: sdbridge.plugin.v1.PatchWeightsRequest.params:type_name -> sdbridge.plugin.v1.Param
+	3,  // 9: sdbridge.plugin.v1.PatchWeightsRequest.inputs:type_name -> sdbridge.plugin.v1.TensorRef
+	3,  // 10: sdbridge.plugin.v1.PatchWeightsResponse.written:type_name -> sdbridge.plugin.v1.TensorRef
+	6,  // 11: sdbridge.plugin.v1.EncodePromptRequest.params:type_name -> sdbridge.plugin.v1.Param
+	3,  // 12: sdbridge.plugin.v1.ConditioningRequest.out:type_name -> sdbridge.plugin.v1.TensorRef
+	6,  // 13: sdbridge.plugin.v1.ConditioningRequest.params:type_name -> sdbridge.plugin.v1.Param
+	3,  // 14: sdbridge.plugin.v1.ConditioningResponse.written:type_name -> sdbridge.plugin.v1.TensorRef
+	3,  // 15: sdbridge.plugin.v1.ResidualsRequest.x:type_name -> sdbridge.plugin.v1.TensorRef
+	3,  // 16: sdbridge.plugin.v1.ResidualsRequest.context:type_name -> sdbridge.plugin.v1.TensorRef
+	3,  // 17: sdbridge.plugin.v1.ResidualsRequest.outputs:type_name -> sdbridge.plugin.v1.TensorRef
+	3,  // 18: sdbridge.plugin.v1.ResidualsRequest.inputs:type_name -> sdbridge.plugin.v1.TensorRef
+	6,  // 19: sdbridge.plugin.v1.ResidualsRequest.params:type_name -> sdbridge.plugin.v1.Param
+	3,  // 20: sdbridge.plugin.v1.ResidualsResponse.written:type_name -> sdbridge.plugin.v1.TensorRef
+	7,  // 21: sdbridge.plugin.v1.Plugin.Describe:input_type -> sdbridge.plugin.v1.DescribeRequest
+	9,  // 22: sdbridge.plugin.v1.Plugin.MapArena:input_type -> sdbridge.plugin.v1.MapArenaRequest
+	11, // 23: sdbridge.plugin.v1.Plugin.UnmapArena:input_type -> sdbridge.plugin.v1.UnmapArenaRequest
+	13, // 24: sdbridge.plugin.v1.Plugin.PlanPatch:input_type -> sdbridge.plugin.v1.PlanPatchRequest
+	15, // 25: sdbridge.plugin.v1.Plugin.PatchWeights:input_type -> sdbridge.plugin.v1.PatchWeightsRequest
+	17, // 26: sdbridge.plugin.v1.Plugin.EncodePrompt:input_type -> sdbridge.plugin.v1.EncodePromptRequest
+	19, // 27: sdbridge.plugin.v1.Plugin.ReleasePrompt:input_type -> sdbridge.plugin.v1.ReleasePromptRequest
+	21, // 28: sdbridge.plugin.v1.Plugin.Conditioning:input_type -> sdbridge.plugin.v1.ConditioningRequest
+	23, // 29: sdbridge.plugin.v1.Plugin.Residuals:input_type -> sdbridge.plugin.v1.ResidualsRequest
+	25, // 30: sdbridge.plugin.v1.Plugin.Shutdown:input_type -> sdbridge.plugin.v1.ShutdownRequest
+	8,  // 31: sdbridge.plugin.v1.Plugin.Describe:output_type -> sdbridge.plugin.v1.DescribeResponse
+	10, // 32: sdbridge.plugin.v1.Plugin.MapArena:output_type -> sdbridge.plugin.v1.MapArenaResponse
+	12, // 33: sdbridge.plugin.v1.Plugin.UnmapArena:output_type -> sdbridge.plugin.v1.UnmapArenaResponse
+	14, // 34: sdbridge.plugin.v1.Plugin.PlanPatch:output_type -> sdbridge.plugin.v1.PlanPatchResponse
+	16, // 35: sdbridge.plugin.v1.Plugin.PatchWeights:output_type -> sdbridge.plugin.v1.PatchWeightsResponse
+	18, // 36: sdbridge.plugin.v1.Plugin.EncodePrompt:output_type -> sdbridge.plugin.v1.EncodePromptResponse
+	20, // 37: sdbridge.plugin.v1.Plugin.ReleasePrompt:output_type -> sdbridge.plugin.v1.ReleasePromptResponse
+	22, // 38: sdbridge.plugin.v1.Plugin.Conditioning:output_type -> sdbridge.plugin.v1.ConditioningResponse
+	24, // 39: sdbridge.plugin.v1.Plugin.Residuals:output_type -> sdbridge.plugin.v1.ResidualsResponse
+	26, // 40: sdbridge.plugin.v1.Plugin.Shutdown:output_type -> sdbridge.plugin.v1.ShutdownResponse
+	31, // [31:41] is the sub-list for method output_type
+	21, // [21:31] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_plugin_proto_init() }
@@ -1640,7 +1758,7 @@ func file_plugin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plugin_proto_rawDesc), len(file_plugin_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -3,7 +3,8 @@
 // This file is the wire contract between the sdbridge host and its plugins.
 // Messages carry descriptions of tensors (arena id, byte offset, dtype,
 // shape) and names, never tensor bytes: bulk data lives in shared arenas
-// (sealed memfds handed over with SCM_RIGHTS on a side socket).
+// (sealed memfds handed over with SCM_RIGHTS on a side socket, or, from
+// minor version 2, CUDA device allocations handed over as IPC handles).
 //
 // Versioning: once released this file is frozen. Additive changes add
 // optional fields or RPCs (minor version, DescribeResponse.api_minor); a
@@ -50,7 +51,9 @@ type PluginClient interface {
 	// Describe names the plugin and lists its capabilities and parameters.
 	Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error)
 	// MapArena announces that the fd of an arena was just sent on the side
-	// socket; the plugin receives and maps it before answering.
+	// socket; the plugin receives and maps it before answering. For a device
+	// arena (kind ARENA_KIND_CUDA_IPC, minor 2) nothing is sent on the side
+	// socket: the plugin opens the IPC handle the request carries.
 	MapArena(ctx context.Context, in *MapArenaRequest, opts ...grpc.CallOption) (*MapArenaResponse, error)
 	// UnmapArena lets the plugin drop its mapping of an arena.
 	UnmapArena(ctx context.Context, in *UnmapArenaRequest, opts ...grpc.CallOption) (*UnmapArenaResponse, error)
@@ -186,7 +189,9 @@ type PluginServer interface {
 	// Describe names the plugin and lists its capabilities and parameters.
 	Describe(context.Context, *DescribeRequest) (*DescribeResponse, error)
 	// MapArena announces that the fd of an arena was just sent on the side
-	// socket; the plugin receives and maps it before answering.
+	// socket; the plugin receives and maps it before answering. For a device
+	// arena (kind ARENA_KIND_CUDA_IPC, minor 2) nothing is sent on the side
+	// socket: the plugin opens the IPC handle the request carries.
 	MapArena(context.Context, *MapArenaRequest) (*MapArenaResponse, error)
 	// UnmapArena lets the plugin drop its mapping of an arena.
 	UnmapArena(context.Context, *UnmapArenaRequest) (*UnmapArenaResponse, error)

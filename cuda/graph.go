@@ -1,0 +1,180 @@
+// graph.go: CUDA graphs by stream capture. Device.Capture runs a closure
+// whose work goes to the device's stream while the stream is capturing
+// (cuStreamBeginCapture_v2, thread-local mode: every call of the device
+// runs on its one thread), and turns what it queued (kernel launches,
+// cuBLAS/cuBLASLt calls, async copies and memsets, event records) into an
+// instantiated Graph; Graph.Launch replays it with one driver call.
+//
+// Capture fails, with an error that says so, when the closure makes a call
+// that cannot be captured: synchronous copies and Buffer.Upload/Download
+// (they synchronise the stream), Device.Synchronize, Event.Synchronize,
+// Device.Alloc/Free, arena growth, Stager uploads. The driver reports those
+// as CUDA_ERROR_STREAM_CAPTURE_* and invalidates the capture; this
+// package's own calls refuse earlier (ErrCapturing). Pointers are baked into
+// the graph: every buffer the closure touches must outlive the Graph.
+//
+// Recipe for a forward pass with arena scratch: give the pass its own
+// Arena; run it once uncaptured (the arena grows to its peak), Reset, run
+// it again and check Stats().Grows did not change, Reset, then Capture the
+// same pass (the arena hands out the same addresses without growing);
+// inputs and outputs live in buffers outside that arena, refreshed with
+// async copies before each Launch. Do not Reset or allocate from that
+// arena while the Graph lives. It does not update graphs in place
+// (cuGraphExecUpdate), nor capture across several streams.
+package cuda
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// ErrCapturing is returned by calls that cannot run while the device's
+// stream is being captured into a graph.
+var ErrCapturing = errors.New("cuda: not allowed while the device stream is captured into a graph")
+
+// Stream capture modes and statuses (cuda.h).
+const (
+	captureModeThreadLocal = 1 // CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+	captureStatusNone      = 0 // CU_STREAM_CAPTURE_STATUS_NONE
+)
+
+// Driver codes of failed captures (CUDA_ERROR_STREAM_CAPTURE_*).
+const (
+	errCaptureUnsupported = 900
+	errCaptureWrongThread = 908
+)
+
+// captures holds the devices whose stream is being captured.
+var captures sync.Map // *Device -> struct{}
+
+// capturing reports whether d's stream is being captured by Capture.
+func (d *Device) capturing() bool {
+	_, ok := captures.Load(d)
+	return ok
+}
+
+// notCapturing returns an error naming op when d is capturing.
+func (d *Device) notCapturing(op string) error {
+	if d.capturing() {
+		return fmt.Errorf("%w: %s (do it before Capture, or use async copies and pre-reserved arena memory)", ErrCapturing, op)
+	}
+	return nil
+}
+
+// Graph is an instantiated CUDA graph of work captured on a device.
+type Graph struct {
+	dev  *Device
+	g    uintptr // CUgraph
+	exec uintptr // CUgraphExec
+}
+
+var graphSyms = []string{"cuStreamBeginCapture_v2", "cuStreamEndCapture", "cuStreamIsCapturing",
+	"cuGraphInstantiateWithFlags", "cuGraphLaunch", "cuGraphExecDestroy", "cuGraphDestroy"}
+
+// Capture records the work fn queues on d's stream into a Graph, without
+// running it. fn is called on the caller's goroutine and uses the ordinary
+// API (Function.Launch, BLAS, Lt, async copies); it must not call
+// anything synchronous (see the file comment). Other goroutines must not
+// use d while Capture runs: their work would join the graph or break it.
+// If fn fails, or made a call that broke the capture, Capture returns the
+// reason and no graph.
+func (d *Device) Capture(fn func() error) (*Graph, error) {
+	if err := need(d.api, graphSyms...); err != nil {
+		return nil, err
+	}
+	if _, loaded := captures.LoadOrStore(d, struct{}{}); loaded {
+		return nil, fmt.Errorf("%w: nested Capture", ErrCapturing)
+	}
+	err := d.Do(func() error {
+		return check("cuStreamBeginCapture", d.api.cuStreamBeginCapture(d.stream, captureModeThreadLocal))
+	})
+	if err != nil {
+		captures.Delete(d)
+		return nil, fmt.Errorf("cuda: graph capture: %w", err)
+	}
+	var g uintptr
+	var status int32
+	end := func() error {
+		defer captures.Delete(d)
+		return d.Do(func() error {
+			// A broken capture may already have ended; end it only if active.
+			if e := check("cuStreamIsCapturing", d.api.cuStreamIsCapturing(d.stream, &status)); e != nil {
+				return e
+			}
+			if status == captureStatusNone {
+				return nil
+			}
+			return check("cuStreamEndCapture", d.api.cuStreamEndCapture(d.stream, &g))
+		})
+	}
+	ended := false
+	defer func() {
+		if !ended { // fn panicked: end the capture so the device stays usable
+			if end() == nil && g != 0 {
+				_ = d.Do(func() error { return check("cuGraphDestroy", d.api.cuGraphDestroy(g)) })
+			}
+		}
+	}()
+	fnErr := fn()
+	ended = true
+	endErr := end()
+	if fnErr != nil || endErr != nil || g == 0 {
+		if g != 0 {
+			_ = d.Do(func() error { return check("cuGraphDestroy", d.api.cuGraphDestroy(g)) })
+		}
+		return nil, captureError(fnErr, endErr, status)
+	}
+	gr := &Graph{dev: d, g: g}
+	err = d.Do(func() error {
+		return check("cuGraphInstantiateWithFlags", d.api.cuGraphInstantiateWithFlags(&gr.exec, g, 0))
+	})
+	if err != nil {
+		_ = d.Do(func() error { return check("cuGraphDestroy", d.api.cuGraphDestroy(g)) })
+		return nil, fmt.Errorf("cuda: graph capture: %w", err)
+	}
+	return gr, nil
+}
+
+// captureError explains why a capture produced no graph.
+func captureError(fnErr, endErr error, status int32) error {
+	var de *Error
+	switch {
+	case fnErr != nil && errors.As(fnErr, &de) && de.Code >= errCaptureUnsupported && de.Code <= errCaptureWrongThread:
+		return fmt.Errorf("cuda: graph capture: a call that cannot be captured (synchronous copy, Synchronize, Alloc or Free?) broke it: %w", fnErr)
+	case fnErr != nil:
+		return fmt.Errorf("cuda: graph capture: the captured function failed: %w", errors.Join(fnErr, endErr))
+	case endErr != nil:
+		return fmt.Errorf("cuda: graph capture was invalidated by a call that cannot be captured: %w", endErr)
+	case status == captureStatusNone:
+		return errors.New("cuda: graph capture ended before the captured function returned (a call that cannot be captured ended it)")
+	default:
+		return errors.New("cuda: graph capture returned no graph")
+	}
+}
+
+// Launch queues one replay of the graph on the device's stream.
+func (g *Graph) Launch() error {
+	if g == nil || g.exec == 0 {
+		return errors.New("cuda: Launch of a closed graph")
+	}
+	d := g.dev
+	return d.Do(func() error { return check("cuGraphLaunch", d.api.cuGraphLaunch(g.exec, d.stream)) })
+}
+
+// Close destroys the graph (after queued replays finish: the stream is
+// synchronised first). Closing twice is a no-op.
+func (g *Graph) Close() error {
+	if g == nil || g.exec == 0 {
+		return nil
+	}
+	d := g.dev
+	exec, gr := g.exec, g.g
+	g.exec, g.g = 0, 0
+	return d.Do(func() error {
+		return errors.Join(
+			check("cuStreamSynchronize", d.api.cuStreamSynchronize(d.stream)),
+			check("cuGraphExecDestroy", d.api.cuGraphExecDestroy(exec)),
+			check("cuGraphDestroy", d.api.cuGraphDestroy(gr)))
+	})
+}

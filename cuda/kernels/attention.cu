@@ -1,0 +1,270 @@
+// attention.cu: flash-style scaled dot-product attention, softmax(scale *
+// q k^T + bias, masked) v, one pass over the keys with an online softmax
+// in fp32, never materialising the [Lq, Lk] scores. q [B, Lq, *], k, v
+// [B, Lk, *], out [B, Lq, *], with head h at columns h*D..h*D+D-1 of each
+// row and a row stride per tensor (a fused QKV projection can be read in
+// place). Options: scale, an additive bias [1|B, 1|H, Lq, Lk] (T5's
+// position bias; strides 0 broadcast), a key mask [B, Lk] (nonzero keep,
+// 0 drop; padding), causal masking (key j visible to query i iff j <= i,
+// CLIP). A query row that sees no key gets zeros.
+//
+// Two kernels:
+//   flash_attn_f16_d<DP>: fp16 storage, tensor cores (the prelude's
+//     mma_m16n8k16) for both q k^T and p v, fp32 accumulators, P rounded
+//     to fp16 for the second product (as FlashAttention-2). DP is the head
+//     dim padded to a multiple of 16 (instantiated for 16..160; the
+//     padding is zero-filled inside the kernel, so D = 40 runs as 48).
+//   flash_attn_simt_<T>: plain fp32 arithmetic for any D <= 160 (the
+//     exact path of GPUF32 runs, and a reference for the fp16 kernel).
+// Neither handles dropout or D > 160.
+//
+// Launch (nn/cuda_attention.go):
+//   flash_attn_f16_d<DP>: block 128 threads = 4 warps x 16 query rows,
+//     grid (ceil(Lq/64), H, B), static shared 2*64*(DP+8)*2 bytes
+//     (43 KB at DP=160); key tiles of 64.
+//   flash_attn_simt_<T>: block 128 threads = 4 warps x 2 query rows,
+//     grid (ceil(Lq/8), H, B), dynamic shared (8+64)*(D+1)*4 bytes.
+// On an H100 (SD1.5 64x64: Lq = Lk = 4096, D = 40/80/160, 8 heads, B=2)
+// the f16 kernel would gain most from: cp.async / TMA double-buffered
+// K/V tiles (the loads are 16-bit, element by element, and not
+// overlapped with the MMAs); ldmatrix(.trans) for the K and V fragments;
+// 128-row query blocks with 8 warps, or wgmma (sm_90a) for the full
+// Hopper rate; exp2 with the log2(e) factor folded into scale (done) and
+// fewer registers at DP=160 (~170 live: qa 40 + o 80 + s 32) to allow 2
+// blocks per SM. For cross-attention (Lk = 77) one key tile covers all
+// keys; a split over heads*batch is then the only parallelism
+// (ceil(4096/64)*8*2 = 1024 blocks is enough).
+
+#define FA_LOG2E 1.4426950408889634f
+
+// fa_visible applies the masks: key kj of query qi in batch item b.
+template <class T>
+__device__ __forceinline__ bool fa_visible(const T* kmask, int b, int Lk, int qi, int kj, int causal) {
+    if (kj >= Lk) return false;
+    if (causal && kj > qi) return false;
+    if (kmask && to_f(kmask[(long long)b * Lk + kj]) == 0.0f) return false;
+    return true;
+}
+
+// ---- fp32 SIMT kernel ----
+
+#define FA_SIMT_ROWS 8  // query rows per block: 4 warps x 2
+#define FA_SIMT_KEYS 32 // keys per tile: one per lane
+#define FA_SIMT_DL 5    // ceil(160 / 32) output columns per lane
+
+template <class T>
+__device__ void flash_simt(float* smem, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+                           const T* __restrict__ bias, const T* __restrict__ kmask, int H, int Lq, int Lk, int D, int sq, int sk,
+                           int sv, int so, float scale, int causal, long long bias_b, long long bias_h) {
+    int Dp = D + 1; // odd row stride: lanes reading different keys hit different banks
+    float* Qs = smem;                     // [FA_SIMT_ROWS][Dp]
+    float* Ks = Qs + FA_SIMT_ROWS * Dp;   // [FA_SIMT_KEYS][Dp]
+    float* Vs = Ks + FA_SIMT_KEYS * Dp;   // [FA_SIMT_KEYS][Dp]
+    int b = blockIdx.z, h = blockIdx.y, row0 = blockIdx.x * FA_SIMT_ROWS;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const T* qb = q + (long long)b * Lq * sq + (long long)h * D;
+    const T* kb = k + (long long)b * Lk * sk + (long long)h * D;
+    const T* vb = v + (long long)b * Lk * sv + (long long)h * D;
+    T* ob = o + (long long)b * Lq * so + (long long)h * D;
+    const T* bb = bias ? bias + b * bias_b + h * bias_h : nullptr;
+    for (int i = threadIdx.x; i < FA_SIMT_ROWS * D; i += blockDim.x) {
+        int r = i / D, d = i - r * D;
+        Qs[r * Dp + d] = row0 + r < Lq ? to_f(qb[(long long)(row0 + r) * sq + d]) : 0.0f;
+    }
+    float m[2], l[2], acc[2][FA_SIMT_DL];
+    for (int rr = 0; rr < 2; rr++) {
+        m[rr] = neg_inf();
+        l[rr] = 0.0f;
+        for (int i = 0; i < FA_SIMT_DL; i++) acc[rr][i] = 0.0f;
+    }
+    int kend = causal ? min(Lk, row0 + FA_SIMT_ROWS) : Lk;
+    for (int k0 = 0; k0 < kend; k0 += FA_SIMT_KEYS) {
+        __syncthreads(); // the previous tile is consumed (and Qs written)
+        for (int i = threadIdx.x; i < FA_SIMT_KEYS * D; i += blockDim.x) {
+            int j = i / D, d = i - j * D;
+            bool in = k0 + j < Lk;
+            Ks[j * Dp + d] = in ? to_f(kb[(long long)(k0 + j) * sk + d]) : 0.0f;
+            Vs[j * Dp + d] = in ? to_f(vb[(long long)(k0 + j) * sv + d]) : 0.0f;
+        }
+        __syncthreads();
+        for (int rr = 0; rr < 2; rr++) {
+            int r = w * 2 + rr, qi = row0 + r, kj = k0 + lane;
+            float s = 0.0f;
+            for (int d = 0; d < D; d++) s += Qs[r * Dp + d] * Ks[lane * Dp + d];
+            s *= scale;
+            bool ok = fa_visible(kmask, b, Lk, qi, kj, causal);
+            if (ok && bb && qi < Lq) s += to_f(bb[(long long)qi * Lk + kj]);
+            s = ok ? s : neg_inf();
+            float mn = fmaxf(m[rr], warp_max(s));
+            float mu = mn == neg_inf() ? 0.0f : mn; // nothing visible yet: every p is 0
+            float p = expf(s - mu);
+            float alpha = expf(m[rr] - mu);
+            l[rr] = l[rr] * alpha + warp_sum(p);
+            m[rr] = mn;
+            for (int i = 0; i < FA_SIMT_DL; i++) acc[rr][i] *= alpha;
+            for (int j = 0; j < FA_SIMT_KEYS; j++) {
+                float pj = __shfl_sync(SDB_FULL_MASK, p, j);
+                for (int i = 0; i < FA_SIMT_DL; i++) {
+                    int d = lane + 32 * i;
+                    if (d < D) acc[rr][i] += pj * Vs[j * Dp + d];
+                }
+            }
+        }
+    }
+    for (int rr = 0; rr < 2; rr++) {
+        int qi = row0 + w * 2 + rr;
+        if (qi >= Lq) continue;
+        float inv = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
+        for (int i = 0; i < FA_SIMT_DL; i++) {
+            int d = lane + 32 * i;
+            if (d < D) ob[(long long)qi * so + d] = from_f<T>(acc[rr][i] * inv);
+        }
+    }
+}
+
+#define FA_PARAMS(T)                                                                                                    \
+    const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v, T *__restrict__ o,                      \
+        const T *__restrict__ bias, const T *__restrict__ kmask, int H, int Lq, int Lk, int D, int sq, int sk, int sv, \
+        int so, float scale, int causal, long long bias_b, long long bias_h
+#define FA_ARGS q, k, v, o, bias, kmask, H, Lq, Lk, D, sq, sk, sv, so, scale, causal, bias_b, bias_h
+
+extern "C" __global__ void flash_attn_simt_f32(FA_PARAMS(float)) {
+    extern __shared__ float fa_smem_f32[];
+    flash_simt(fa_smem_f32, FA_ARGS);
+}
+extern "C" __global__ void flash_attn_simt_f16(FA_PARAMS(half_t)) {
+    extern __shared__ float fa_smem_f16[];
+    flash_simt(fa_smem_f16, FA_ARGS);
+}
+
+// ---- fp16 tensor-core kernel ----
+
+#define FA_BQ 64 // query rows per block: 4 warps x 16
+#define FA_BK 64 // keys per tile
+
+template <int DP>
+__device__ void flash_mma(FA_PARAMS(half_t)) {
+    __shared__ half_t Ks[FA_BK][DP + 8]; // +8 halves: fragment reads spread over all banks
+    __shared__ half_t Vs[FA_BK][DP + 8];
+    const int NK = DP / 16; // k-steps of q k^T
+    const int ND = DP / 8;  // n-tiles of the output
+    int b = blockIdx.z, h = blockIdx.y, qblk = blockIdx.x * FA_BQ;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    int g = lane >> 2, t = lane & 3;
+    int q0 = qblk + w * 16;
+    const half_t* qb = q + (long long)b * Lq * sq + (long long)h * D;
+    const half_t* kb = k + (long long)b * Lk * sk + (long long)h * D;
+    const half_t* vb = v + (long long)b * Lk * sv + (long long)h * D;
+    half_t* ob = o + (long long)b * Lq * so + (long long)h * D;
+    const half_t* bb = bias ? bias + b * bias_b + h * bias_h : nullptr;
+    const half_t zero = 0;
+
+    // This warp's 16 query rows as A fragments (rows g and g+8).
+    unsigned qa[NK][4];
+    for (int kk = 0; kk < NK; kk++) {
+        for (int half = 0; half < 2; half++) { // columns 2t.. and 2t+8..
+            int c = kk * 16 + 2 * t + 8 * half;
+            for (int rh = 0; rh < 2; rh++) { // rows g and g+8
+                int r = q0 + g + 8 * rh;
+                const half_t* qr = qb + (long long)r * sq;
+                half_t lo = r < Lq && c < D ? qr[c] : zero;
+                half_t hi = r < Lq && c + 1 < D ? qr[c + 1] : zero;
+                qa[kk][2 * half + rh] = pack_h2(lo, hi);
+            }
+        }
+    }
+    float oacc[ND][4];
+    for (int n = 0; n < ND; n++)
+        for (int e = 0; e < 4; e++) oacc[n][e] = 0.0f;
+    float mrow[2] = {neg_inf(), neg_inf()}, lrow[2] = {0.0f, 0.0f};
+    float sl2 = scale * FA_LOG2E;
+
+    int kend = causal ? min(Lk, qblk + FA_BQ) : Lk;
+    for (int k0 = 0; k0 < kend; k0 += FA_BK) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < FA_BK * DP; i += blockDim.x) {
+            int j = i / DP, d = i - j * DP;
+            bool in = k0 + j < Lk && d < D;
+            Ks[j][d] = in ? kb[(long long)(k0 + j) * sk + d] : zero;
+            Vs[j][d] = in ? vb[(long long)(k0 + j) * sv + d] : zero;
+        }
+        __syncthreads();
+
+        // S = q k^T for 8 n-tiles of 8 keys.
+        float s[FA_BK / 8][4];
+        for (int j = 0; j < FA_BK / 8; j++) {
+            for (int e = 0; e < 4; e++) s[j][e] = 0.0f;
+            const half_t* kr = &Ks[j * 8 + g][0];
+            for (int kk = 0; kk < NK; kk++) {
+                unsigned bf[2] = {pack_h2(kr[kk * 16 + 2 * t], kr[kk * 16 + 2 * t + 1]),
+                                  pack_h2(kr[kk * 16 + 8 + 2 * t], kr[kk * 16 + 9 + 2 * t])};
+                mma_m16n8k16(s[j], qa[kk], bf, s[j]);
+            }
+        }
+        // Scale, bias and masks, in log2 units.
+        for (int j = 0; j < FA_BK / 8; j++)
+            for (int e = 0; e < 4; e++) {
+                int qi = q0 + g + 8 * (e >> 1), kj = k0 + j * 8 + 2 * t + (e & 1);
+                bool ok = fa_visible(kmask, b, Lk, qi, kj, causal);
+                float x = s[j][e] * sl2;
+                if (ok && bb && qi < Lq) x += h2f(bb[(long long)qi * Lk + kj]) * FA_LOG2E;
+                s[j][e] = ok ? x : neg_inf();
+            }
+        // Online softmax per row (the 4 lanes of a group share a row).
+        for (int rh = 0; rh < 2; rh++) {
+            float mt = neg_inf();
+            for (int j = 0; j < FA_BK / 8; j++) mt = fmaxf(mt, fmaxf(s[j][2 * rh], s[j][2 * rh + 1]));
+            mt = fmaxf(mt, __shfl_xor_sync(SDB_FULL_MASK, mt, 1));
+            mt = fmaxf(mt, __shfl_xor_sync(SDB_FULL_MASK, mt, 2));
+            float mn = fmaxf(mrow[rh], mt);
+            float mu = mn == neg_inf() ? 0.0f : mn;
+            float alpha = exp2f(mrow[rh] - mu);
+            mrow[rh] = mn;
+            float ls = 0.0f;
+            for (int j = 0; j < FA_BK / 8; j++)
+                for (int e = 2 * rh; e < 2 * rh + 2; e++) {
+                    float p = exp2f(s[j][e] - mu);
+                    s[j][e] = p;
+                    ls += p;
+                }
+            lrow[rh] = lrow[rh] * alpha + ls;
+            for (int n = 0; n < ND; n++) {
+                oacc[n][2 * rh] *= alpha;
+                oacc[n][2 * rh + 1] *= alpha;
+            }
+        }
+        // O += P V, P taken from the S accumulators as A fragments.
+        for (int kk = 0; kk < FA_BK / 16; kk++) {
+            unsigned pa[4] = {pack_h2(f2h(s[2 * kk][0]), f2h(s[2 * kk][1])), pack_h2(f2h(s[2 * kk][2]), f2h(s[2 * kk][3])),
+                              pack_h2(f2h(s[2 * kk + 1][0]), f2h(s[2 * kk + 1][1])),
+                              pack_h2(f2h(s[2 * kk + 1][2]), f2h(s[2 * kk + 1][3]))};
+            int kr = kk * 16 + 2 * t;
+            for (int n = 0; n < ND; n++) {
+                int c = n * 8 + g;
+                unsigned bf[2] = {pack_h2(Vs[kr][c], Vs[kr + 1][c]), pack_h2(Vs[kr + 8][c], Vs[kr + 9][c])};
+                mma_m16n8k16(oacc[n], pa, bf, oacc[n]);
+            }
+        }
+    }
+    float inv[2];
+    for (int rh = 0; rh < 2; rh++) {
+        float l = lrow[rh];
+        l += __shfl_xor_sync(SDB_FULL_MASK, l, 1);
+        l += __shfl_xor_sync(SDB_FULL_MASK, l, 2);
+        inv[rh] = l > 0.0f ? 1.0f / l : 0.0f;
+    }
+    for (int n = 0; n < ND; n++)
+        for (int e = 0; e < 4; e++) {
+            int qi = q0 + g + 8 * (e >> 1), c = n * 8 + 2 * t + (e & 1);
+            if (qi < Lq && c < D) ob[(long long)qi * so + c] = f2h(oacc[n][e] * inv[e >> 1]);
+        }
+}
+
+extern "C" __global__ void flash_attn_f16_d16(FA_PARAMS(half_t)) { flash_mma<16>(FA_ARGS); }
+extern "C" __global__ void flash_attn_f16_d32(FA_PARAMS(half_t)) { flash_mma<32>(FA_ARGS); }
+extern "C" __global__ void flash_attn_f16_d48(FA_PARAMS(half_t)) { flash_mma<48>(FA_ARGS); }
+extern "C" __global__ void flash_attn_f16_d64(FA_PARAMS(half_t)) { flash_mma<64>(FA_ARGS); }
+extern "C" __global__ void flash_attn_f16_d80(FA_PARAMS(half_t)) { flash_mma<80>(FA_ARGS); }
+extern "C" __global__ void flash_attn_f16_d96(FA_PARAMS(half_t)) { flash_mma<96>(FA_ARGS); }
+extern "C" __global__ void flash_attn_f16_d128(FA_PARAMS(half_t)) { flash_mma<128>(FA_ARGS); }
+extern "C" __global__ void flash_attn_f16_d160(FA_PARAMS(half_t)) { flash_mma<160>(FA_ARGS); }

@@ -1,0 +1,193 @@
+// prelude.cuh: the common device code cuda.KernelSource prepends to every
+// kernel file, so the .cu files include no headers (NVRTC ships none we
+// can rely on). It provides the fp16 storage type half_t with IEEE
+// round-to-nearest-even conversions, to_f / from_f templates so one
+// kernel body serves float and half_t, warp and block reductions, and the
+// tensor-core MMA m16n8k16 (f16 x f16 -> f32). Everything written in
+// inline PTX has a plain C++ twin under SDB_EMU (the CPU emulator of
+// cuda/cudatest), written only with the emulated CUDA built-ins. It holds
+// no kernels, and no bf16 or fp8 types.
+
+typedef unsigned short half_t;
+
+#define SDB_FULL_MASK 0xffffffffu
+
+#ifndef SDB_EMU
+
+// h2f widens an IEEE binary16 to float (exact).
+__device__ __forceinline__ float h2f(half_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// f2h rounds a float to the nearest binary16, ties to even; overflow gives
+// infinity, NaN stays NaN, small values become subnormals or zero.
+__device__ __forceinline__ half_t f2h(float f) {
+    half_t h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+#else // SDB_EMU: the same conversions by bit arithmetic.
+
+__device__ __forceinline__ float h2f(half_t h) {
+    unsigned sign = (unsigned)(h >> 15) << 31;
+    unsigned exp = (h >> 10) & 0x1fu;
+    unsigned mant = h & 0x3ffu;
+    if (exp == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (mant << 13));
+    if (exp == 0) {
+        if (mant == 0) return __uint_as_float(sign);
+        // Subnormal: mant * 2^-24, exact in float.
+        float v = (float)mant * 5.9604644775390625e-8f;
+        return sign ? -v : v;
+    }
+    return __uint_as_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+__device__ __forceinline__ half_t f2h(float f) {
+    unsigned b = __float_as_uint(f);
+    unsigned sign = (b >> 16) & 0x8000u;
+    int exp = (int)((b >> 23) & 0xffu) - 127;
+    unsigned mant = b & 0x7fffffu;
+    if (exp == 128) return (half_t)(sign | (mant ? 0x7e00u : 0x7c00u)); // NaN (quiet) or Inf
+    if (exp > 15) return (half_t)(sign | 0x7c00u);                      // overflow
+    if (exp >= -14) {                                                   // normal half
+        unsigned h = sign | ((unsigned)(exp + 15) << 10) | (mant >> 13);
+        unsigned rest = mant & 0x1fffu;
+        if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++; // a carry into the exponent is right
+        return (half_t)h;
+    }
+    if (exp >= -25) { // subnormal half (or rounds up to the smallest one)
+        unsigned m = mant | 0x800000u;
+        unsigned shift = (unsigned)(-14 - exp) + 13u;
+        unsigned h = m >> shift;
+        unsigned rest = m & ((1u << shift) - 1u);
+        unsigned halfway = 1u << (shift - 1u);
+        if (rest > halfway || (rest == halfway && (h & 1u))) h++;
+        return (half_t)(sign | h);
+    }
+    return (half_t)sign;
+}
+
+#endif // SDB_EMU
+
+// to_f / from_f load and store one element of a kernel's storage type T
+// (float or half_t) as float, so one templated body serves both dtypes.
+template <class T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<half_t>(half_t v) { return h2f(v); }
+
+template <class T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ half_t from_f<half_t>(float v) { return f2h(v); }
+
+// pack_h2 puts two halves in one 32-bit register, lo in the low 16 bits
+// (the element order of an .f16x2 MMA operand).
+__device__ __forceinline__ unsigned pack_h2(half_t lo, half_t hi) {
+    return (unsigned)lo | ((unsigned)hi << 16);
+}
+
+// neg_inf is -infinity (the identity of max).
+__device__ __forceinline__ float neg_inf() { return __int_as_float((int)0xff800000u); }
+
+// warp_sum / warp_max reduce over the 32 lanes of a full warp; every lane
+// gets the result.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(SDB_FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(SDB_FULL_MASK, v, o));
+    return v;
+}
+
+// block_sum / block_max reduce over the whole thread block (blockDim.x a
+// multiple of 32, at most 1024, all threads calling); sh is >= 33 floats
+// of shared memory, reusable for the next call. Every thread gets the
+// result.
+__device__ __forceinline__ float block_sum(float v, float* sh) {
+    v = warp_sum(v);
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    __syncthreads(); // sh may still be read by a previous call
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        int nw = (blockDim.x + 31) >> 5;
+        v = warp_sum(lane < nw ? sh[lane] : 0.0f);
+        if (lane == 0) sh[32] = v;
+    }
+    __syncthreads();
+    return sh[32];
+}
+
+__device__ __forceinline__ float block_max(float v, float* sh) {
+    v = warp_max(v);
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        int nw = (blockDim.x + 31) >> 5;
+        v = warp_max(lane < nw ? sh[lane] : neg_inf());
+        if (lane == 0) sh[32] = v;
+    }
+    __syncthreads();
+    return sh[32];
+}
+
+// mma_m16n8k16 computes D = A B + C for a 16x16 A (row-major, f16), a
+// 16x8 B (column-major, f16) and 16x8 C, D (f32), spread over the 32 lanes
+// of a warp (all must call it together). Fragment layout, from the PTX ISA
+// section "Matrix Fragments for mma.m16n8k16 with floating point type"
+// (9.7.13.4.8 in PTX ISA 7.x/8.x, 9.7.14.5.8 in 9.x): with
+// g = laneid >> 2 and t = laneid % 4,
+//   a[0] = A[g][2t..2t+1]     a[1] = A[g+8][2t..2t+1]
+//   a[2] = A[g][2t+8..2t+9]   a[3] = A[g+8][2t+8..2t+9]
+//   b[0] = B[2t..2t+1][g]     b[1] = B[2t+8..2t+9][g]
+//   c[0], c[1] = C[g][2t], C[g][2t+1]    c[2], c[3] = C[g+8][2t], C[g+8][2t+1]
+// (the lower-numbered element of each .f16x2 register in its low 16 bits;
+// d as c). d may alias c.
+#ifndef SDB_EMU
+__device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+                   "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+#else
+// The emulation gathers, by shuffles, the two rows of A and two columns of
+// B each lane's four outputs need, forms the 16 products exactly (f16 x
+// f16 fits a float) and sums them with C in double, rounding once: the
+// exact result, which the tensor core matches to within its fp32
+// accumulation rounding.
+__device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    int lane = threadIdx.x & 31;
+    int g = lane >> 2, t = lane & 3;
+    double acc[4] = {c[0], c[1], c[2], c[3]};
+    for (int j = 0; j < 4; j++) { // source lanes 4*row+j hold k = 2j, 2j+1, 2j+8, 2j+9
+        unsigned r0lo = __shfl_sync(SDB_FULL_MASK, a[0], 4 * g + j); // A[g][2j..]
+        unsigned r0hi = __shfl_sync(SDB_FULL_MASK, a[2], 4 * g + j); // A[g][2j+8..]
+        unsigned r1lo = __shfl_sync(SDB_FULL_MASK, a[1], 4 * g + j); // A[g+8][2j..]
+        unsigned r1hi = __shfl_sync(SDB_FULL_MASK, a[3], 4 * g + j); // A[g+8][2j+8..]
+        for (int cn = 0; cn < 2; cn++) {
+            int n = 2 * t + cn;
+            unsigned blo = __shfl_sync(SDB_FULL_MASK, b[0], 4 * n + j); // B[2j..][n]
+            unsigned bhi = __shfl_sync(SDB_FULL_MASK, b[1], 4 * n + j); // B[2j+8..][n]
+            float bk[4] = {h2f((half_t)(blo & 0xffffu)), h2f((half_t)(blo >> 16)),
+                           h2f((half_t)(bhi & 0xffffu)), h2f((half_t)(bhi >> 16))};
+            float a0[4] = {h2f((half_t)(r0lo & 0xffffu)), h2f((half_t)(r0lo >> 16)),
+                           h2f((half_t)(r0hi & 0xffffu)), h2f((half_t)(r0hi >> 16))};
+            float a1[4] = {h2f((half_t)(r1lo & 0xffffu)), h2f((half_t)(r1lo >> 16)),
+                           h2f((half_t)(r1hi & 0xffffu)), h2f((half_t)(r1hi >> 16))};
+            for (int e = 0; e < 4; e++) {
+                acc[cn] += (double)(a0[e] * bk[e]);
+                acc[2 + cn] += (double)(a1[e] * bk[e]);
+            }
+        }
+    }
+    for (int i = 0; i < 4; i++) d[i] = (float)acc[i];
+}
+#endif

@@ -1,0 +1,159 @@
+// arena_device.go: device arenas, the GPU counterpart of memfd arenas. A
+// device arena is one whole cuMemAlloc allocation (a model's weight, a
+// residual buffer, an arena block of the device allocator) registered
+// under an arena id and exported with a legacy CUDA IPC handle, which
+// plugin.go sends to plugins that take device arenas (protocol minor 2);
+// DeviceRefOf turns a device buffer (or a view into one) back into a
+// TensorRef, as RefOf does for host slices.
+//
+// The arena does not own its allocation: Close only unregisters it, and
+// the owner frees the memory after every plugin unmapped it (Plugin.Unmap),
+// since legacy IPC needs the exporter's allocation alive while importers
+// hold it. Synchronisation across processes is the caller's (see
+// plugin_device.go).
+package host
+
+import (
+	"fmt"
+
+	"github.com/sdbridge/sdbridge/cuda"
+	"github.com/sdbridge/sdbridge/nn"
+	"github.com/sdbridge/sdbridge/plugins/sdk"
+)
+
+// deviceArena is the device side of an Arena.
+type deviceArena struct {
+	buf    *cuda.Buffer // the whole allocation
+	handle cuda.IPCHandle
+}
+
+// NewDeviceArena registers buf, a whole device allocation (not a view), as
+// an arena and exports its IPC handle.
+func NewDeviceArena(name string, buf *cuda.Buffer, pluginWritable bool) (*Arena, error) {
+	if buf == nil || buf.Ptr == 0 || buf.Size <= 0 {
+		return nil, fmt.Errorf("device arena %q: no device buffer", name)
+	}
+	h, err := buf.IPCHandle()
+	if err != nil {
+		return nil, fmt.Errorf("device arena %q: %w", name, err)
+	}
+	id := nextArenaID.Add(1)
+	a := &Arena{ID: id, Name: name, PluginWritable: pluginWritable, dev: &deviceArena{buf: buf, handle: h}}
+	arenaMu.Lock()
+	arenaByID[id] = a
+	arenaMu.Unlock()
+	return a, nil
+}
+
+// OnDevice reports whether a is a device arena.
+func (a *Arena) OnDevice() bool { return a.dev != nil }
+
+// DeviceBuffer is a device arena's allocation (nil for a memfd arena).
+func (a *Arena) DeviceBuffer() *cuda.Buffer {
+	if a.dev == nil {
+		return nil
+	}
+	return a.dev.buf
+}
+
+// deviceContains reports the byte offset of [p, p+n) on device dev inside
+// the device arena a.
+func (a *Arena) deviceContains(dev *cuda.Device, p uint64, n int) (uint64, bool) {
+	if a.dev == nil || a.dev.buf.Device() != dev {
+		return 0, false
+	}
+	base := a.dev.buf.Ptr
+	if p < base || p+uint64(n) > base+uint64(a.dev.buf.Size) {
+		return 0, false
+	}
+	return p - base, true
+}
+
+// DeviceRefOf describes the tensor of dtype and shape starting at buf (a
+// whole allocation or a view) as a TensorRef, if it lies in a live device
+// arena. writable asks for a write grant, possible only in a
+// plugin-writable arena.
+func DeviceRefOf(name string, buf *cuda.Buffer, dtype sdk.DType, shape []int, writable bool) (sdk.TensorRef, error) {
+	ref := sdk.TensorRef{Name: name, DType: dtype, Shape: append([]int(nil), shape...), Writable: writable}
+	n, err := ref.ByteLen()
+	if err != nil {
+		return sdk.TensorRef{}, err
+	}
+	if n == 0 {
+		return sdk.TensorRef{}, fmt.Errorf("tensor %q: empty tensors cannot be shared", name)
+	}
+	if buf == nil || int(n) > buf.Size {
+		return sdk.TensorRef{}, fmt.Errorf("tensor %q: %d bytes (%s %v) do not fit its device buffer", name, n, dtype, shape)
+	}
+	arenaMu.RLock()
+	defer arenaMu.RUnlock()
+	for _, a := range arenaByID {
+		off, ok := a.deviceContains(buf.Device(), buf.Ptr, int(n))
+		if !ok {
+			continue
+		}
+		if writable && !a.PluginWritable {
+			return sdk.TensorRef{}, fmt.Errorf("tensor %q: device arena %d (%s) is read-only for plugins", name, a.ID, a.Name)
+		}
+		ref.Arena, ref.Offset = a.ID, off
+		return ref, nil
+	}
+	return sdk.TensorRef{}, fmt.Errorf("tensor %q is not in a device arena (register its allocation with NewDeviceArena)", name)
+}
+
+// DeviceArenaSet registers device allocations once each, e.g. every
+// weight of a model on the GPU, and unregisters them together.
+type DeviceArenaSet struct {
+	Name           string
+	PluginWritable bool
+	byPtr          map[uint64]*Arena
+}
+
+// NewDeviceArenaSet makes an empty set.
+func NewDeviceArenaSet(name string, pluginWritable bool) *DeviceArenaSet {
+	return &DeviceArenaSet{Name: name, PluginWritable: pluginWritable, byPtr: map[uint64]*Arena{}}
+}
+
+// Add registers each whole allocation of bufs not registered yet.
+func (s *DeviceArenaSet) Add(bufs ...*cuda.Buffer) error {
+	for _, b := range bufs {
+		if b == nil || s.byPtr[b.Ptr] != nil {
+			continue
+		}
+		a, err := NewDeviceArena(s.Name, b, s.PluginWritable)
+		if err != nil {
+			return err
+		}
+		s.byPtr[b.Ptr] = a
+	}
+	return nil
+}
+
+// Arenas lists the set's arenas (to Unmap them from plugins before Close).
+func (s *DeviceArenaSet) Arenas() []*Arena {
+	out := make([]*Arena, 0, len(s.byPtr))
+	for _, a := range s.byPtr {
+		out = append(out, a)
+	}
+	return out
+}
+
+// Close unregisters every arena of the set (the memory stays its owner's).
+func (s *DeviceArenaSet) Close() {
+	for p, a := range s.byPtr {
+		a.Close()
+		delete(s.byPtr, p)
+	}
+}
+
+// GPURefOf is DeviceRefOf for an nn GPU tensor (its dtype and shape).
+func GPURefOf(name string, t *nn.GPUTensor, writable bool) (sdk.TensorRef, error) {
+	if t == nil {
+		return sdk.TensorRef{}, fmt.Errorf("tensor %q: no device tensor", name)
+	}
+	dt := sdk.F32
+	if t.DType == nn.GPUF16 {
+		dt = sdk.F16
+	}
+	return DeviceRefOf(name, t.Buf, dt, t.Shape, writable)
+}

@@ -1,0 +1,151 @@
+// pipeline_device_test.go: a pipeline loaded onto a GPU (the stand-in
+// libraries and the CUDA C emulator, in a child process) generates what
+// the CPU pipeline generates, and SyncDevice carries a change of the CPU
+// weights (what a LoRA patch does) to the device copies. weightTensors
+// finds every bound weight of a model.
+package host
+
+import (
+	"context"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sdbridge/sdbridge/cuda/cudatest"
+	"github.com/sdbridge/sdbridge/golden"
+	"github.com/sdbridge/sdbridge/models"
+	"github.com/sdbridge/sdbridge/nn"
+	"github.com/sdbridge/sdbridge/safetensors"
+)
+
+// tinyPipeline loads the golden tiny checkpoint on dev (nil: the CPU).
+func tinyPipeline(t *testing.T, dev *Device) (*Loaded, string) {
+	t.Helper()
+	dir := golden.Dir()
+	ckpt := filepath.Join(dir, "models", "sd15-tiny.safetensors")
+	p, err := LoadPipeline(ckpt, LoadOptions{Device: dev, PromptMode: PromptTruncate,
+		CLIPVocab: filepath.Join(dir, "data", "clip", "vocab.json"), CLIPMerges: filepath.Join(dir, "data", "clip", "merges.txt")})
+	if err != nil {
+		if _, serr := os.Stat(ckpt); serr != nil {
+			t.Skipf("golden tiny checkpoint not available: %v", serr)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p, ckpt
+}
+
+func TestWeightTensors(t *testing.T) {
+	p, ckpt := tinyPipeline(t, nil)
+	f, err := safetensors.Open(ckpt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	count := func(prefixes []string) int {
+		n := 0
+		for _, name := range f.Names() {
+			for _, prefix := range prefixes {
+				if strings.HasPrefix(name, prefix) && !strings.HasSuffix(name, "position_ids") {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	clip := p.Prompts.(*CLIPPrompts).Model
+	for _, tc := range []struct {
+		name     string
+		model    any
+		prefixes []string
+	}{
+		{"unet", p.UNet, []string{"model.diffusion_model."}},
+		{"vae decoder", p.VAE, []string{"first_stage_model.decoder.", "first_stage_model.post_quant_conv."}},
+		{"clip", clip, []string{"cond_stage_model.transformer.text_model."}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, want := len(weightTensors(tc.model)), count(tc.prefixes)
+			if want == 0 {
+				t.Fatalf("no %v tensors in %s", tc.prefixes, ckpt)
+			}
+			if got != want {
+				t.Fatalf("weightTensors found %d tensors, the checkpoint has %d under %v", got, want, tc.prefixes)
+			}
+		})
+	}
+}
+
+func TestPipelineOnDevice(t *testing.T) {
+	if cudatest.InChild() {
+		t.Skip("in the child")
+	}
+	if testing.Short() {
+		t.Skip("-short: runs the tiny pipeline on the CUDA emulator")
+	}
+	cudatest.RunChild(t, "TestPipelineOnDeviceChild", cudatest.Build(t))
+}
+
+func TestPipelineOnDeviceChild(t *testing.T) {
+	if !cudatest.InChild() {
+		t.Skip("run by TestPipelineOnDevice")
+	}
+	dev, err := OpenDevice(DeviceCUDA, DTypeF32, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	cpu, _ := tinyPipeline(t, nil)
+	gpu, _ := tinyPipeline(t, dev)
+	if !gpu.OnGPU() {
+		t.Fatalf("the pipeline did not move to %s", dev)
+	}
+	req := Request{Prompt: "a red fox", Negative: "blurry", Steps: 2, CFG: 5, Sampler: "euler",
+		Schedule: "normal", Width: 32, Height: 32, Seed: 3}
+	generate := func(p *Loaded) *Result {
+		t.Helper()
+		res, err := p.Generate(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	// f32 on the device: the same arithmetic as the CPU up to summation order.
+	const tol = 1e-4
+	want := generate(cpu)
+	if rel := relL2(generate(gpu).Image, want.Image); rel > tol {
+		t.Fatalf("GPU image vs CPU: rel L2 %.3g > %g", rel, tol)
+	}
+
+	// A change of the CPU weights (what a LoRA patch writes) reaches the
+	// device only through SyncDevice.
+	w := cpu.UNet.(*models.UNet).OutConv.Weight               // [out, mc, 3, 3]
+	gw := gpu.device.weights[0].(*models.UNet).OutConv.Weight // the GPU pipeline's CPU copy
+	for i := range w.Data {
+		w.Data[i] *= 1.5
+		gw.Data[i] *= 1.5
+	}
+	want = generate(cpu)
+	stale := generate(gpu)
+	if rel := relL2(stale.Image, want.Image); rel <= tol {
+		t.Fatalf("before SyncDevice the GPU already matches the patched CPU (rel L2 %.3g): the check cannot tell", rel)
+	}
+	if err := gpu.SyncDevice(); err != nil {
+		t.Fatal(err)
+	}
+	if rel := relL2(generate(gpu).Image, want.Image); rel > tol {
+		t.Fatalf("after SyncDevice: GPU image vs patched CPU: rel L2 %.3g > %g", rel, tol)
+	}
+}
+
+// relL2 is ||a-b|| / ||b||.
+func relL2(a, b *nn.Tensor) float64 {
+	var num, den float64
+	for i := range b.Data {
+		d := float64(a.Data[i]) - float64(b.Data[i])
+		num += d * d
+		den += float64(b.Data[i]) * float64(b.Data[i])
+	}
+	return math.Sqrt(num / den)
+}

@@ -1,0 +1,59 @@
+// plugin_patch_device.go: weight patching on the GPU. A PatchTarget with
+// Device set names the weight's copy in device memory (in a registered
+// device arena, arena_device.go); WeightPatch then grants the plugin a
+// device ref, restores the weight from the host's copy by uploading it in
+// the device dtype (restore, never subtract: bit-exact like the CPU path),
+// and the plugin merges on the device (plugins/lora/device.go). The
+// plugin must take device arenas (protocol minor 2); an older one fails
+// the patch with an error saying so, and the weights stay as they were.
+//
+// It does not allocate or free device weights (the model's GPU copy owns
+// them) and does not keep pinned staging copies (RestoreFromHost converts
+// and uploads on each restore).
+package host
+
+import (
+	"fmt"
+
+	"github.com/sdbridge/sdbridge/cuda"
+	"github.com/sdbridge/sdbridge/plugins/sdk"
+	"github.com/sdbridge/sdbridge/safetensors"
+)
+
+// DeviceWeight is a patch target's copy on a GPU.
+type DeviceWeight struct {
+	Buf   *cuda.Buffer // the weight's device memory (whole allocation or view), in a device arena
+	DType sdk.DType    // F32 or F16
+	// Restore writes the original values into Buf, e.g. RestoreFromHost.
+	Restore func() error
+}
+
+// ref is the writable device ref of the weight.
+func (d *DeviceWeight) ref(name string, shape []int) (sdk.TensorRef, error) {
+	if d.DType != sdk.F32 && d.DType != sdk.F16 {
+		return sdk.TensorRef{}, fmt.Errorf("device weight %q is %s, want F32 or F16", name, d.DType)
+	}
+	if d.Restore == nil {
+		return sdk.TensorRef{}, fmt.Errorf("device weight %q has no restore source", name)
+	}
+	return DeviceRefOf(name, d.Buf, d.DType, shape, true)
+}
+
+// RestoreFromHost returns a Restore that uploads host (the original
+// float32 values, e.g. the CPU model's weight) into buf in dtype (F32 as
+// is, F16 rounded to nearest even, as the GPU model's upload does).
+func RestoreFromHost(buf *cuda.Buffer, dtype sdk.DType, host []float32) func() error {
+	return func() error {
+		switch dtype {
+		case sdk.F32:
+			return buf.UploadFloat32(host)
+		case sdk.F16:
+			h := make([]uint16, len(host))
+			for i, v := range host {
+				h[i] = safetensors.F32ToF16(v)
+			}
+			return buf.UploadUint16(h)
+		}
+		return fmt.Errorf("restoring a device weight: dtype %s (want F32 or F16)", dtype)
+	}
+}

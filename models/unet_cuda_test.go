@@ -1,0 +1,170 @@
+// unet_cuda_test.go: the image models' GPU forwards (U-Net here; ControlNet
+// and VAE in their own _cuda_test files) against the CPU models on the tiny
+// SD1.5 layout, run on the stand-in CUDA libraries in one child process
+// (the driver loads once per process; one build of the stand-ins serves
+// every image model). F32 must match to rel L2 1e-5.
+package models
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sdbridge/sdbridge/cuda/cudatest"
+	"github.com/sdbridge/sdbridge/nn"
+)
+
+// cudaF32Tol is the rel L2 bound of a GPU forward against the CPU one in
+// F32 mode.
+const cudaF32Tol = 1e-5
+
+func TestImageModelsCUDA(t *testing.T) {
+	if cudatest.InChild() {
+		t.Skip("in the child")
+	}
+	out := cudatest.RunChild(t, "TestImageModelsCUDAChild", cudatest.Build(t))
+	if testing.Verbose() {
+		t.Log(out)
+	}
+}
+
+func TestImageModelsCUDAChild(t *testing.T) {
+	if !cudatest.InChild() {
+		t.Skip("run by TestImageModelsCUDA")
+	}
+	g, err := nn.OpenGPU(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	g.Poison = true // an element no kernel wrote reads NaN and fails the check
+	t.Run("unet", func(t *testing.T) { checkUNetCUDA(t, g, cudaF32Tol) })
+	t.Run("controlnet", func(t *testing.T) { checkControlNetCUDA(t, g, cudaF32Tol) })
+	t.Run("vae", func(t *testing.T) { checkVAECUDA(t, g, cudaF32Tol) })
+}
+
+// checkUNetCUDA compares UNetCUDA.Forward and ForwardGPU with UNet.Forward.
+func checkUNetCUDA(t *testing.T, g *nn.GPU, tol float64) {
+	u := tinyUNet(t)
+	c, err := NewUNetCUDA(g, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, tc := range []struct {
+		name     string
+		b, h, w  int
+		ctxLen   int
+		residual bool
+	}{
+		{"8x8 ctx 77", 2, 8, 8, 77, false},
+		{"10x6 ctx 64 with residuals", 2, 10, 6, 64, true},
+		{"5x3 batch 1 with residuals", 1, 5, 3, 77, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := ramp(tc.b, 4, tc.h, tc.w)                 // [B, 4, h, w]
+			ctx := scaled(ramp(tc.b, tc.ctxLen, 128), 0.7) // [B, L, 128]
+			ts := []float32{999, 10.5}[:tc.b]
+			var res Residuals
+			if tc.residual {
+				res = Residuals{}
+				for i, name := range ResidualNames(u.Config) {
+					if i%3 == 1 {
+						continue // some names absent: they add nothing
+					}
+					res[name] = scaled(ramp(ResidualShapes(u.Config, tc.b, tc.h, tc.w)[name]...), 0.1*float32(i+1))
+				}
+			}
+			want, err := u.Forward(x, ts, ctx, res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.Forward(x, ts, ctx, res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkClose(t, "eps", got, want, tol)
+
+			// ForwardGPU on device tensors gives the same result.
+			dx, dctx := upload(t, g, x), upload(t, g, ctx)
+			dres := GPUResiduals{}
+			for name, r := range res {
+				dres[name] = upload(t, g, r)
+			}
+			y, err := c.ForwardGPU(dx, ts, dctx, dres)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer y.Free()
+			gy, err := y.Download()
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkClose(t, "eps (ForwardGPU)", gy, want, tol)
+			back, err := dx.Download() // inputs are not modified
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkClose(t, "x after ForwardGPU", back, x, 0)
+		})
+	}
+	t.Run("errors", func(t *testing.T) {
+		x, ctx := ramp(1, 4, 8, 8), ramp(1, 77, 128)
+		for _, tc := range []struct {
+			name string
+			res  Residuals
+			want string
+		}{
+			{"unknown name", Residuals{"output_blocks.3": ramp(1, 32, 8, 8)}, `unknown residual "output_blocks.3"`},
+			{"wrong shape", Residuals{"input_blocks.1": ramp(1, 32, 4, 4)}, `residual "input_blocks.1" has shape [1 32 4 4]`},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				_, err := c.Forward(x, []float32{1}, ctx, tc.res)
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("error %v, want it to say %q", err, tc.want)
+				}
+			})
+		}
+	})
+}
+
+// checkClose fails t unless got has want's shape, no NaN/Inf, and
+// ||got-want|| / ||want|| <= tol.
+func checkClose(t *testing.T, what string, got, want *nn.Tensor, tol float64) {
+	t.Helper()
+	if !slices.Equal(got.Shape, want.Shape) {
+		t.Fatalf("%s: shape %v, want %v", what, got.Shape, want.Shape)
+	}
+	var num, den float64
+	for i, w := range want.Data {
+		g := float64(got.Data[i])
+		if math.IsNaN(g) || math.IsInf(g, 0) {
+			t.Fatalf("%s: element %d is %v (want %v)", what, i, g, w)
+		}
+		d := g - float64(w)
+		num += d * d
+		den += float64(w) * float64(w)
+	}
+	rel := math.Sqrt(num / max(den, 1e-300))
+	if !(rel <= tol) {
+		t.Fatalf("%s: rel L2 %.3g > %.0e", what, rel, tol)
+	}
+	t.Logf("%s %v: rel L2 %.3g (tol %.0e)", what, got.Shape, rel, tol)
+}
+
+func scaled(x *nn.Tensor, s float32) *nn.Tensor {
+	nn.Scale(x, s)
+	return x
+}
+
+func upload(t *testing.T, g *nn.GPU, x *nn.Tensor) *nn.GPUTensor {
+	t.Helper()
+	d, err := g.Upload(x)
+	if err != nil {
+		t.Fatal(fmt.Errorf("upload %v: %w", x.Shape, err))
+	}
+	t.Cleanup(func() { d.Free() })
+	return d
+}
