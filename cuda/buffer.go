@@ -2,8 +2,8 @@
 // view into one) with typed host<->device copies, plus page-locking of
 // host memory (RegisterHost). Copies to and from the host are synchronous:
 // they first wait for the device's stream, so a download always sees every
-// kernel queued before it. It does not do async copies through pinned
-// staging or an arena allocator yet.
+// kernel queued before it. Async copies are in async.go, pinned staging
+// in pinned.go and the arena allocator in arena.go.
 package cuda
 
 import (

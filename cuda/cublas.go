@@ -3,8 +3,8 @@
 // the column-major C^T = op(B)^T op(A)^T, so each wrapper swaps the
 // operands and m/n (colMajorArgs, checked by a test against a fake). It
 // binds SGEMM, GemmEx (fp16/bf16 inputs, fp32 compute), and strided
-// batched SGEMM; it does not bind cuBLASLt epilogues yet (the library is
-// only probed, see ProbeLibraries).
+// batched SGEMM. cuBLASLt matmuls with bias/GELU epilogues are in
+// cublaslt.go.
 package cuda
 
 import (

@@ -10,8 +10,11 @@
 // (they synchronise the stream), Device.Synchronize, Event.Synchronize,
 // Device.Alloc/Free, arena growth, Stager uploads. The driver reports those
 // as CUDA_ERROR_STREAM_CAPTURE_* and invalidates the capture; this
-// package's own calls refuse earlier (ErrCapturing). Pointers are baked into
-// the graph: every buffer the closure touches must outlive the Graph.
+// package's own calls refuse earlier (ErrCapturing). Pointers and scalar
+// kernel arguments are baked into the graph: every buffer the closure
+// touches must outlive the Graph, and values that change between replays
+// (a timestep, a guidance scale) must be read by the kernels from device
+// memory, not passed as launch arguments.
 //
 // Recipe for a forward pass with arena scratch: give the pass its own
 // Arena; run it once uncaptured (the arena grows to its peak), Reset, run

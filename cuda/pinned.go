@@ -12,6 +12,13 @@
 //     the GPU is done with it. Sources inside a PinHost/AllocHost region
 //     skip the ring and are copied directly.
 //
+// Which to use: registering faults in and locks every page of the range
+// first, so for a one-shot load of a cold checkpoint the Stager is the
+// safer choice (platform.md §4 measured pinned 55 GB/s vs pageable 8.6
+// GB/s on an H200; performance.md §6 cites direct-from-mmap uploads as
+// 1.2–11x slower); PinHost pays off for memory uploaded again and again
+// (the host copies a LoRA restore reads). Neither is measured here yet.
+//
 // Stager uploads cannot be captured into a graph (the host-side copy would
 // not replay). It does not allocate write-combined or mapped (zero-copy)
 // memory, and it does not download through the ring (use DownloadAsync).

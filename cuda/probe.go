@@ -19,7 +19,7 @@ func (s LibraryStatus) String() string {
 	return fmt.Sprintf("%-9s %s", s.Name, s.Loaded)
 }
 
-// cublasLtNames are cuBLASLt's sonames (probed only, not bound yet).
+// cublasLtNames are cuBLASLt's sonames (probed here, bound in cublaslt.go).
 var cublasLtNames = []string{"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11", "libcublasLt.so"}
 
 // ProbeLibraries tries to open the driver, cuBLAS, cuBLASLt and NVRTC.

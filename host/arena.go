@@ -70,7 +70,7 @@ func lookupArena(id uint32) (*Arena, bool) {
 // Size is the arena's size in bytes.
 func (a *Arena) Size() int {
 	if a.dev != nil {
-		return a.dev.buf.Size
+		return a.dev.size
 	}
 	return len(a.mem)
 }

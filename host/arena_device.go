@@ -21,24 +21,36 @@ import (
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 )
 
-// deviceArena is the device side of an Arena.
+// deviceArena is the device side of an Arena: one whole allocation.
 type deviceArena struct {
-	buf    *cuda.Buffer // the whole allocation
+	dev    *cuda.Device
+	base   uint64 // the allocation's device address
+	size   int
 	handle cuda.IPCHandle
+	buf    *cuda.Buffer // the allocation as a Buffer when registered whole, else nil
 }
 
-// NewDeviceArena registers buf, a whole device allocation (not a view), as
-// an arena and exports its IPC handle.
+// NewDeviceArena registers the device allocation holding buf as an arena
+// and exports its IPC handle. buf is the whole allocation, or a view into
+// one (an arena-allocated tensor): the allocation is then found with
+// cuMemGetAddressRange (Buffer.ExportIPC) and registered whole.
 func NewDeviceArena(name string, buf *cuda.Buffer, pluginWritable bool) (*Arena, error) {
 	if buf == nil || buf.Ptr == 0 || buf.Size <= 0 {
 		return nil, fmt.Errorf("device arena %q: no device buffer", name)
 	}
+	da := &deviceArena{dev: buf.Device(), base: buf.Ptr, size: buf.Size, buf: buf}
 	h, err := buf.IPCHandle()
 	if err != nil {
-		return nil, fmt.Errorf("device arena %q: %w", name, err)
+		x, xerr := buf.ExportIPC()
+		if xerr != nil {
+			return nil, fmt.Errorf("device arena %q: %w (%v)", name, err, xerr)
+		}
+		h = x.Handle
+		da.base, da.size, da.buf = buf.Ptr-uint64(x.Offset), x.AllocSize, nil
 	}
+	da.handle = h
 	id := nextArenaID.Add(1)
-	a := &Arena{ID: id, Name: name, PluginWritable: pluginWritable, dev: &deviceArena{buf: buf, handle: h}}
+	a := &Arena{ID: id, Name: name, PluginWritable: pluginWritable, dev: da}
 	arenaMu.Lock()
 	arenaByID[id] = a
 	arenaMu.Unlock()
@@ -48,7 +60,8 @@ func NewDeviceArena(name string, buf *cuda.Buffer, pluginWritable bool) (*Arena,
 // OnDevice reports whether a is a device arena.
 func (a *Arena) OnDevice() bool { return a.dev != nil }
 
-// DeviceBuffer is a device arena's allocation (nil for a memfd arena).
+// DeviceBuffer is a device arena's allocation when it was registered
+// whole (nil for a memfd arena or one registered through a view).
 func (a *Arena) DeviceBuffer() *cuda.Buffer {
 	if a.dev == nil {
 		return nil
@@ -56,14 +69,22 @@ func (a *Arena) DeviceBuffer() *cuda.Buffer {
 	return a.dev.buf
 }
 
+// Device is the CUDA device of a device arena (nil for a memfd arena).
+func (a *Arena) Device() *cuda.Device {
+	if a.dev == nil {
+		return nil
+	}
+	return a.dev.dev
+}
+
 // deviceContains reports the byte offset of [p, p+n) on device dev inside
 // the device arena a.
 func (a *Arena) deviceContains(dev *cuda.Device, p uint64, n int) (uint64, bool) {
-	if a.dev == nil || a.dev.buf.Device() != dev {
+	if a.dev == nil || a.dev.dev != dev {
 		return 0, false
 	}
-	base := a.dev.buf.Ptr
-	if p < base || p+uint64(n) > base+uint64(a.dev.buf.Size) {
+	base := a.dev.base
+	if p < base || p+uint64(n) > base+uint64(a.dev.size) {
 		return 0, false
 	}
 	return p - base, true
@@ -102,11 +123,12 @@ func DeviceRefOf(name string, buf *cuda.Buffer, dtype sdk.DType, shape []int, wr
 }
 
 // DeviceArenaSet registers device allocations once each, e.g. every
-// weight of a model on the GPU, and unregisters them together.
+// weight of a model on the GPU (one allocation each, or views into the
+// blocks of a device allocator), and unregisters them together.
 type DeviceArenaSet struct {
 	Name           string
 	PluginWritable bool
-	byPtr          map[uint64]*Arena
+	byPtr          map[uint64]*Arena // by allocation base
 }
 
 // NewDeviceArenaSet makes an empty set.
@@ -114,17 +136,27 @@ func NewDeviceArenaSet(name string, pluginWritable bool) *DeviceArenaSet {
 	return &DeviceArenaSet{Name: name, PluginWritable: pluginWritable, byPtr: map[uint64]*Arena{}}
 }
 
-// Add registers each whole allocation of bufs not registered yet.
+// Add registers the allocation holding each of bufs (whole or a view)
+// unless the set has it already.
 func (s *DeviceArenaSet) Add(bufs ...*cuda.Buffer) error {
+next:
 	for _, b := range bufs {
-		if b == nil || s.byPtr[b.Ptr] != nil {
+		if b == nil {
 			continue
+		}
+		if s.byPtr[b.Ptr] != nil {
+			continue
+		}
+		for _, a := range s.byPtr {
+			if _, ok := a.deviceContains(b.Device(), b.Ptr, b.Size); ok {
+				continue next
+			}
 		}
 		a, err := NewDeviceArena(s.Name, b, s.PluginWritable)
 		if err != nil {
 			return err
 		}
-		s.byPtr[b.Ptr] = a
+		s.byPtr[a.dev.base] = a
 	}
 	return nil
 }

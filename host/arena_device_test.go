@@ -94,6 +94,29 @@ func TestDeviceRefOf(t *testing.T) {
 			}
 		})
 	}
+	// A view registers its whole allocation (an arena-allocated tensor).
+	block, err := d.Alloc(4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer block.Free()
+	piece, _ := block.Slice(1024, 512)
+	vset := NewDeviceArenaSet("block", true)
+	if err := vset.Add(piece, piece); err != nil {
+		t.Fatal(err)
+	}
+	other2, _ := block.Slice(2048, 256)
+	if err := vset.Add(other2); err != nil { // same block: no new arena
+		t.Fatal(err)
+	}
+	if as := vset.Arenas(); len(as) != 1 || as[0].Size() != 4096 || as[0].DeviceBuffer() != nil {
+		t.Fatalf("view registration: %d arenas (size %d)", len(as), as[0].Size())
+	}
+	if ref, err := DeviceRefOf("p", other2, sdk.F16, []int{128}, true); err != nil || ref.Offset != 2048 || ref.Arena != vset.Arenas()[0].ID {
+		t.Fatalf("ref of a piece of a registered block: %+v, %v", ref, err)
+	}
+	vset.Close()
+
 	grant, _ := DeviceRefOf("w", view, sdk.F32, []int{8}, true)
 	moved := grant
 	moved.Offset += 4

@@ -3,7 +3,8 @@
 // plugin (a separate process) for the residuals of each active net, with x,
 // t and the context in shared arenas and the residuals written in place
 // into buffers the host allocated, then hands them to the U-Net unchanged
-// (no copy).
+// (no copy). With ControlNetOptions.GPU the buffers are device memory the
+// plugin writes on the GPU (ResidualsGPU hands them on as device tensors).
 //
 // Controls (spec controlnet.md sections 5-8):
 //   - Strength multiplies all 13 residuals; several nets are summed (the
@@ -84,6 +85,11 @@ type ControlNetOptions struct {
 	Batch         int     // images per generation (0 means 1)
 	CFG           float64 // as in Request.CFG
 	Width, Height int     // pixels; the hint must match
+	// GPU, when set, puts the residual buffers in its device memory (a
+	// device arena, in its dtype): the plugin computes on the GPU and
+	// ResidualsGPU hands the buffers to a U-Net on the GPU without copies.
+	// The plugin must take device arenas (protocol minor 2).
+	GPU *nn.GPU
 }
 
 // ResidualPlugin is the plugin call the source needs (*Plugin has it).
@@ -281,14 +287,36 @@ func (s *ControlNetSource) Close() error {
 		}
 	}
 	if s.bufs != nil {
-		errs = append(errs, s.bufs.close())
-		s.bufs = nil
+		errs = append(errs, s.closeBuffers())
 	}
 	if s.inputs != nil {
 		errs = append(errs, s.inputs.close())
 		s.inputs = nil
 	}
 	return errors.Join(errs...)
+}
+
+// arenaUnmapper is implemented by *Plugin: drop a plugin's mappings.
+type arenaUnmapper interface {
+	Unmap(ctx context.Context, arenas ...*Arena) error
+}
+
+// closeBuffers frees the residual buffers; device buffers are first
+// unmapped by the plugin (legacy IPC: the exporter must outlive importers).
+func (s *ControlNetSource) closeBuffers() error {
+	var err error
+	if s.bufs.dev != nil {
+		if um, ok := s.plugin.(arenaUnmapper); ok {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err = um.Unmap(ctx, s.bufs.arena)
+			cancel()
+		}
+	}
+	if cerr := s.bufs.close(); err == nil {
+		err = cerr
+	}
+	s.bufs = nil
+	return err
 }
 
 // step is the sampling step whose interval holds timestep t.
@@ -380,15 +408,40 @@ func (u *cnUnit) runs(cond []bool, uctx *nn.Tensor) ([]run, error) {
 	return out, nil
 }
 
-// Residuals implements ResidualSource.
+// Residuals implements ResidualSource. With ControlNetOptions.GPU the
+// residuals are downloaded from the device buffers (ResidualsGPU does not).
 func (s *ControlNetSource) Residuals(ctx context.Context, x *nn.Tensor, t []float32, uctx *nn.Tensor) (models.Residuals, error) {
+	wrote, err := s.compute(ctx, x, t, uctx)
+	if err != nil || !wrote {
+		return nil, err
+	}
+	return s.bufs.residuals()
+}
+
+// ResidualsGPU is Residuals for a U-Net on the GPU (ControlNetOptions.GPU
+// set): views of the device buffers, valid until the next call; nil when
+// no net ran on this call.
+func (s *ControlNetSource) ResidualsGPU(ctx context.Context, x *nn.Tensor, t []float32, uctx *nn.Tensor) (models.GPUResiduals, error) {
+	if s.opt.GPU == nil {
+		return nil, errors.New("controlnet: ResidualsGPU without ControlNetOptions.GPU")
+	}
+	wrote, err := s.compute(ctx, x, t, uctx)
+	if err != nil || !wrote {
+		return nil, err
+	}
+	return s.bufs.gpuResiduals(), nil
+}
+
+// compute runs the active nets of this call into the buffers; wrote is
+// false when none ran.
+func (s *ControlNetSource) compute(ctx context.Context, x *nn.Tensor, t []float32, uctx *nn.Tensor) (bool, error) {
 	if len(x.Shape) != 4 || len(t) != x.Shape[0] || uctx == nil || len(uctx.Shape) != 3 || uctx.Shape[0] != x.Shape[0] {
-		return nil, fmt.Errorf("controlnet: x %v, %d timesteps, context %v do not form one batch", x.Shape, len(t), shapeOfT(uctx))
+		return false, fmt.Errorf("controlnet: x %v, %d timesteps, context %v do not form one batch", x.Shape, len(t), shapeOfT(uctx))
 	}
 	n, h, w := x.Shape[0], x.Shape[2], x.Shape[3]
 	cond, err := s.condRows(n, t[0])
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	step := s.step(t[0])
 	var active []*cnUnit
@@ -399,15 +452,20 @@ func (s *ControlNetSource) Residuals(ctx context.Context, x *nn.Tensor, t []floa
 	}
 	if len(active) == 0 {
 		s.stats.Skipped++
-		return nil, nil
+		return false, nil
 	}
 	if s.bufs == nil || !s.bufs.fits(n, h, w) {
 		if s.bufs != nil {
-			s.bufs.close()
-			s.bufs = nil
+			s.closeBuffers()
 		}
-		if s.bufs, err = newResidualBuffers(s.opt.UNet, n, h, w); err != nil {
-			return nil, err
+		if s.opt.GPU != nil {
+			s.bufs, err = newDeviceResidualBuffers(s.opt.GPU, s.opt.UNet, n, h, w)
+		} else {
+			s.bufs, err = newResidualBuffers(s.opt.UNet, n, h, w)
+		}
+		if err != nil {
+			s.bufs = nil
+			return false, err
 		}
 	}
 	written := make([]bool, n)
@@ -415,32 +473,35 @@ func (s *ControlNetSource) Residuals(ctx context.Context, x *nn.Tensor, t []floa
 	for _, u := range active {
 		runs, err := u.runs(cond, uctx)
 		if err != nil {
-			return nil, fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err)
+			return false, fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err)
 		}
 		for _, r := range runs {
 			if err := s.call(ctx, u, x, t, r, written); err != nil {
-				return nil, err
+				return false, err
 			}
 			wrote = true
 		}
 	}
 	if !wrote {
 		s.stats.Skipped++
-		return nil, nil
+		return false, nil
 	}
 	start := time.Now()
-	s.zeroUnwritten(written, 0, n)
+	err = s.zeroUnwritten(written, 0, n)
 	s.stats.HandOff += time.Since(start)
-	return s.bufs.residuals(), nil
+	return err == nil, err
 }
 
 // zeroUnwritten clears the rows of [r0, r1) no net wrote yet.
-func (s *ControlNetSource) zeroUnwritten(written []bool, r0, r1 int) {
+func (s *ControlNetSource) zeroUnwritten(written []bool, r0, r1 int) error {
 	for i := r0; i < r1; i++ {
 		if !written[i] {
-			s.bufs.zeroRows(i, i+1)
+			if err := s.bufs.zeroRows(i, i+1); err != nil {
+				return err
+			}
 		}
 	}
+	return nil
 }
 
 // call runs unit u on rows r, writing (or adding) into the buffers.
@@ -452,7 +513,9 @@ func (s *ControlNetSource) call(ctx context.Context, u *cnUnit, x *nn.Tensor, t 
 		none = none && !written[i]
 	}
 	if !all && !none {
-		s.zeroUnwritten(written, r.r0, r.r1)
+		if err := s.zeroUnwritten(written, r.r0, r.r1); err != nil {
+			return err
+		}
 	}
 	per := shapeNumel(x.Shape[1:])
 	xr := nn.From(x.Data[r.r0*per:r.r1*per], r.r1-r.r0, x.Shape[1], x.Shape[2], x.Shape[3]) // [rows, C, h, w]

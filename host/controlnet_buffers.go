@@ -3,7 +3,10 @@
 // arenas the plugin maps read-only; the 13 residual buffers live in one
 // plugin-writable arena per (batch, latent size), allocated once and reused
 // every step. Row ranges of a buffer are granted as refs with an offset, so
-// the cond half and the uncond half can be written by separate calls.
+// the cond half and the uncond half can be written by separate calls. With
+// a GPU (ControlNetOptions.GPU) the residual buffers are one device
+// allocation shared as a device arena, in the GPU's dtype, so the plugin
+// writes them on the device and the U-Net reads them there.
 //
 // It does not call the plugin or decide scales (controlnet.go).
 package host
@@ -12,6 +15,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/models"
 	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
@@ -42,7 +46,52 @@ type residualBuffers struct {
 	arena  *Arena
 	names  []string
 	shapes [][]int     // [n, C, H, W] each
-	data   [][]float32 // in the arena
+	data   [][]float32 // in the arena (host buffers)
+
+	// Device buffers: one allocation (arena is its device arena), views
+	// gpu[i] into it, of dtype dt; data is nil.
+	dev *cuda.Buffer
+	gpu []*nn.GPUTensor
+	dt  sdk.DType
+}
+
+// newDeviceResidualBuffers is newResidualBuffers in device memory of g, in
+// g's dtype.
+func newDeviceResidualBuffers(g *nn.GPU, cfg models.UNetConfig, n, h, w int) (*residualBuffers, error) {
+	names := models.ResidualNames(cfg)
+	shapes := residualShapes(cfg, n, h, w)
+	if len(names) != len(shapes) {
+		return nil, fmt.Errorf("controlnet: %d residual names for %d shapes", len(names), len(shapes))
+	}
+	es := g.DType.Size()
+	const align = 256
+	size, offs := 0, make([]int, len(shapes))
+	for i, s := range shapes {
+		offs[i] = size
+		size += (es*shapeNumel(s) + align - 1) &^ (align - 1)
+	}
+	buf, err := g.Dev.Alloc(size)
+	if err != nil {
+		return nil, fmt.Errorf("controlnet: device residual buffers: %w", err)
+	}
+	a, err := NewDeviceArena("controlnet-residuals", buf, true)
+	if err != nil {
+		buf.Free()
+		return nil, fmt.Errorf("controlnet: device residual buffers: %w", err)
+	}
+	b := &residualBuffers{arena: a, names: names, shapes: shapes, dev: buf, dt: sdk.F32}
+	if g.DType == nn.GPUF16 {
+		b.dt = sdk.F16
+	}
+	for i, s := range shapes {
+		v, err := buf.Slice(offs[i], es*shapeNumel(s))
+		if err != nil {
+			b.close()
+			return nil, err
+		}
+		b.gpu = append(b.gpu, &nn.GPUTensor{Shape: slices.Clone(s), DType: g.DType, Buf: v}) // [n, C, H, W]
+	}
+	return b, nil
 }
 
 func newResidualBuffers(cfg models.UNetConfig, n, h, w int) (*residualBuffers, error) {
@@ -76,6 +125,19 @@ func (b *residualBuffers) rowRefs(r0, r1 int) ([]*sdk.Tensor, error) {
 	for i, name := range b.names {
 		s := b.shapes[i]
 		per := shapeNumel(s[1:])
+		if b.dev != nil {
+			es := b.dt.Size()
+			v, err := b.gpu[i].Buf.Slice(r0*per*es, (r1-r0)*per*es)
+			if err != nil {
+				return nil, err
+			}
+			ref, err := DeviceRefOf(name, v, b.dt, []int{r1 - r0, s[1], s[2], s[3]}, true)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = sdk.Ref(ref)
+			continue
+		}
 		ref, err := RefOf(name, b.data[i][r0*per:r1*per], []int{r1 - r0, s[1], s[2], s[3]}, true)
 		if err != nil {
 			return nil, err
@@ -86,23 +148,65 @@ func (b *residualBuffers) rowRefs(r0, r1 int) ([]*sdk.Tensor, error) {
 }
 
 // zeroRows clears rows [r0, r1) of every buffer.
-func (b *residualBuffers) zeroRows(r0, r1 int) {
+func (b *residualBuffers) zeroRows(r0, r1 int) error {
 	for i, s := range b.shapes {
 		per := shapeNumel(s[1:])
+		if b.dev != nil {
+			es := b.dt.Size()
+			v, err := b.gpu[i].Buf.Slice(r0*per*es, (r1-r0)*per*es)
+			if err == nil {
+				err = v.Zero()
+			}
+			if err != nil {
+				return fmt.Errorf("controlnet: clearing residual %q: %w", b.names[i], err)
+			}
+			continue
+		}
 		clear(b.data[i][r0*per : r1*per])
 	}
+	return nil
 }
 
-// residuals wraps the buffers as U-Net residuals (no copy).
-func (b *residualBuffers) residuals() models.Residuals {
+// residuals wraps the buffers as U-Net residuals: no copy for host
+// buffers; device buffers are downloaded (for a U-Net on the CPU, or one
+// that takes CPU residuals; gpuResiduals avoids the copy).
+func (b *residualBuffers) residuals() (models.Residuals, error) {
 	r := make(models.Residuals, len(b.names))
 	for i, name := range b.names {
+		if b.dev != nil {
+			t, err := b.gpu[i].Download() // [n, C, H, W]
+			if err != nil {
+				return nil, fmt.Errorf("controlnet: downloading residual %q: %w", name, err)
+			}
+			r[name] = t
+			continue
+		}
 		r[name] = nn.From(b.data[i], slices.Clone(b.shapes[i])...) // [n, C, H, W]
+	}
+	return r, nil
+}
+
+// gpuResiduals are the device buffers as U-Net residuals (views, no copy).
+func (b *residualBuffers) gpuResiduals() models.GPUResiduals {
+	r := make(models.GPUResiduals, len(b.names))
+	for i, name := range b.names {
+		r[name] = b.gpu[i]
 	}
 	return r
 }
 
-func (b *residualBuffers) close() error { return b.arena.Close() }
+// close unregisters the arena and frees device buffers (the plugin must
+// have unmapped them: ControlNetSource.Close).
+func (b *residualBuffers) close() error {
+	err := b.arena.Close()
+	if b.dev != nil {
+		if ferr := b.dev.Free(); err == nil {
+			err = ferr
+		}
+		b.dev = nil
+	}
+	return err
+}
 
 // inputArena is a read-only (for the plugin) arena the host refills with
 // the x and context rows of every call.

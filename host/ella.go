@@ -14,6 +14,9 @@
 // CLIP part is encoded once, at construction. Optionally (StripWeights)
 // the text T5 sees loses A1111 emphasis syntax, as in ComfyUI-ELLA.
 //
+// With ELLAOptions.GPU the context buffers are device memory the plugin
+// writes on the GPU (ella_device.go; ContextGPU).
+//
 // It does not run models itself, decide CFG, or batch rows: contexts are
 // [1, L, D] and the denoiser repeats them per image. A returned context is
 // valid until the next Context call for the same half (cond or uncond).
@@ -29,6 +32,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 	"github.com/sdbridge/sdbridge/tokenizer"
@@ -64,6 +68,11 @@ type ELLAOptions struct {
 	// weights too; T5 has no emphasis). The CLIP part of concat mode still
 	// gets the syntax.
 	StripWeights bool
+	// GPU, when set, puts the context buffers in its device memory (one
+	// device arena per half, in its dtype; ella_device.go): the plugin runs
+	// the connector on the GPU and ContextGPU hands the buffer to a U-Net
+	// on the GPU without copies. The plugin must take device arenas.
+	GPU *nn.GPU
 }
 
 // PlainPromptText is prompt without A1111 emphasis syntax: the fragments'
@@ -119,6 +128,14 @@ type ellaHalf struct {
 	out    *nn.Tensor    // [1, Q(+77k), D] returned context
 	lastT  float32
 	valid  bool
+
+	// Device mode (ella_device.go): the whole context [1, Q(+77k), D] on
+	// the GPU, the plugin writing its first Q rows (ref); buf is nil and
+	// out a host copy made only by Context.
+	dev   *cuda.Buffer
+	devA  *Arena
+	gpu   *nn.GPUTensor
+	fresh bool // out holds the device context of lastT
 }
 
 // NewELLAConditioner checks opt, has the plugin load and check its models,
@@ -173,6 +190,11 @@ func ellaParams(opt ELLAOptions) sdk.Params {
 	if opt.T5FP16 {
 		ps = append(ps, sdk.Param{Name: "t5_fp16", Value: "true"})
 	}
+	if opt.GPU != nil {
+		// T5 on the host's GPU too (plugins that do not know the
+		// parameter ignore it).
+		ps = append(ps, sdk.Param{Name: "device", Value: fmt.Sprintf("cuda:%d", opt.GPU.Dev.Ordinal)})
+	}
 	return ps
 }
 
@@ -199,6 +221,13 @@ func (e *ELLAConditioner) newHalf(ctx context.Context, text string, cond bool) (
 		return nil, fmt.Errorf("ella: plugin %q announced context shape %v, want [1, Q, %d]", e.plugin.Name(), s, e.opt.ContextDim)
 	}
 	n := s[1] * s[2]
+	if e.opt.GPU != nil {
+		if err := e.deviceHalf(ctx, h, text, cond, what); err != nil {
+			e.plugin.ReleasePrompt(ctx, resp.Handle)
+			return nil, err
+		}
+		return h, nil
+	}
 	if e.arena == nil {
 		// Both halves share one arena; the shapes are equal.
 		if e.arena, err = NewArena("ella-context", 2*(4*n+arenaAlign), true); err != nil {
@@ -237,27 +266,47 @@ func (e *ELLAConditioner) newHalf(ctx context.Context, text string, cond bool) (
 }
 
 // Context implements Conditioner: the context [1, L, D] of the cond or
-// uncond prompt at U-Net timestep t.
+// uncond prompt at U-Net timestep t. In device mode it is downloaded from
+// the device buffer (ContextGPU does not copy).
 func (e *ELLAConditioner) Context(ctx context.Context, t float32, cond bool) (*nn.Tensor, error) {
+	h, err := e.step(ctx, t, cond)
+	if err != nil {
+		return nil, err
+	}
+	if h.gpu == nil {
+		return h.out, nil
+	}
+	if !h.fresh {
+		d, err := h.gpu.Download() // [1, L, D]
+		if err != nil {
+			return nil, fmt.Errorf("ella: downloading the context: %w", err)
+		}
+		h.out, h.fresh = d, true
+	}
+	return h.out, nil
+}
+
+// step brings h's context to timestep t (plugin call unless it is there).
+func (e *ELLAConditioner) step(ctx context.Context, t float32, cond bool) (*ellaHalf, error) {
 	h := e.halves[0]
 	if cond {
 		h = e.halves[1]
 	}
 	if h == nil {
-		return nil, errors.New("ella: conditioner is closed")
+		return &ellaHalf{}, errors.New("ella: conditioner is closed")
 	}
 	if e.opt.IntTimesteps {
 		t = float32(math.Trunc(float64(t)))
 	}
 	if h.valid && h.lastT == t {
 		e.stats.Reused++
-		return h.out, nil
+		return h, nil
 	}
-	h.valid = false
+	h.valid, h.fresh = false, false
 	if st := e.pluginStarts(); st >= 0 && st != h.starts {
 		// The plugin restarted since this prompt was encoded: its handle is gone.
 		if err := e.reencode(ctx, h); err != nil {
-			return nil, err
+			return h, err
 		}
 	}
 	err := e.conditioning(ctx, h, t)
@@ -268,13 +317,13 @@ func (e *ELLAConditioner) Context(ctx context.Context, t float32, cond bool) (*n
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("ella: %w", err)
+		return h, fmt.Errorf("ella: %w", err)
 	}
-	if h.clip != nil {
+	if h.clip != nil && h.gpu == nil {
 		copy(h.out.Data, h.buf) // [1, Q, D] before the CLIP tokens
 	}
 	h.lastT, h.valid = t, true
-	return h.out, nil
+	return h, nil
 }
 
 // conditioning has the plugin write h's context at t into h.buf.
@@ -331,6 +380,9 @@ func (e *ELLAConditioner) Close() error {
 		// releasing it would start a new one).
 		if h != nil && running && h.starts == e.pluginStarts() {
 			errs = append(errs, e.plugin.ReleasePrompt(context.Background(), h.handle))
+		}
+		if h != nil {
+			errs = append(errs, e.closeDeviceHalf(h, running))
 		}
 		e.halves[i] = nil
 	}

@@ -72,8 +72,7 @@ func (p *Plugin) mapDeviceArena(ctx context.Context, inc *incarnation, a *Arena)
 	if !ok {
 		return fmt.Errorf("device arena %d (%s): %w", a.ID, a.Name, inc.descErr)
 	}
-	b := a.DeviceBuffer()
-	if err := inc.remote.MapDeviceArena(ctx, a.ID, uint64(b.Size), a.PluginWritable, a.dev.handle, b.Device().Ordinal); err != nil {
+	if err := inc.remote.MapDeviceArena(ctx, a.ID, uint64(a.dev.size), a.PluginWritable, a.dev.handle, a.dev.dev.Ordinal); err != nil {
 		return fmt.Errorf("mapping device arena %d (%s): %w", a.ID, a.Name, err)
 	}
 	return nil
@@ -89,7 +88,7 @@ func SyncForPlugin(refs []sdk.TensorRef) error {
 		if !ok || !a.OnDevice() {
 			continue
 		}
-		d := a.DeviceBuffer().Device()
+		d := a.Device()
 		if done[d] {
 			continue
 		}

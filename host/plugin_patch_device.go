@@ -16,6 +16,7 @@ import (
 	"fmt"
 
 	"github.com/sdbridge/sdbridge/cuda"
+	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 	"github.com/sdbridge/sdbridge/safetensors"
 )
@@ -56,4 +57,38 @@ func RestoreFromHost(buf *cuda.Buffer, dtype sdk.DType, host []float32) func() e
 		}
 		return fmt.Errorf("restoring a device weight: dtype %s (want F32 or F16)", dtype)
 	}
+}
+
+// DevicePatchTargets moves patch targets onto the GPU: for each target
+// whose weight has a device copy (weight returns it, or nil to keep the
+// target on the host), the returned target patches that copy in place
+// (its allocation registered in set, plugin-writable) and restores it by
+// uploading the target's Data, the host's unpatched values, in the copy's
+// dtype. The host copies must then stay unpatched (patch the device or the
+// host, not both). Targets without a device copy are returned as they are.
+func DevicePatchTargets(targets []*PatchTarget, set *DeviceArenaSet, weight func(t *PatchTarget) *nn.GPUTensor) ([]*PatchTarget, error) {
+	if !set.PluginWritable {
+		return nil, fmt.Errorf("device patch targets: arena set %q is read-only for plugins", set.Name)
+	}
+	out := make([]*PatchTarget, 0, len(targets))
+	for _, t := range targets {
+		w := weight(t)
+		if w == nil {
+			out = append(out, t)
+			continue
+		}
+		if w.Numel() != len(t.Data) {
+			return nil, fmt.Errorf("patch target %q: device copy %v holds %d values, the host weight %d", t.Name, w.Shape, w.Numel(), len(t.Data))
+		}
+		if err := set.Add(w.Buf); err != nil {
+			return nil, fmt.Errorf("patch target %q: %w", t.Name, err)
+		}
+		dt := sdk.F32
+		if w.DType == nn.GPUF16 {
+			dt = sdk.F16
+		}
+		out = append(out, &PatchTarget{Name: t.Name, Shape: t.Shape, Data: t.Data,
+			Device: &DeviceWeight{Buf: w.Buf, DType: dt, Restore: RestoreFromHost(w.Buf, dt, t.Data)}})
+	}
+	return out, nil
 }

@@ -2,15 +2,17 @@
 // sampling.py: sample_dpmpp_2m and sample_dpmpp_2m_sde (solver_type
 // "midpoint", eta = 1, s_noise = 1). Both work in t = -log(sigma).
 //
-// The SDE sampler's noise comes from the NoiseSource, one standard normal draw
-// per step. k-diffusion and ComfyUI default to a Brownian-tree noise sampler
-// (torchsde), whose draws are also standard normal per step but come from a
-// different generator, so seeded images differ from ComfyUI's for this sampler
-// only; the golden cases inject their noise. It does not implement the "heun"
+// The SDE sampler's noise for a step sigma -> sigma_next is Brownian-tree
+// noise (brownian_noise.go: k-diffusion's BrownianTreeNoiseSampler, the
+// default of k-diffusion and ComfyUI) when the NoiseSource offers it
+// (BrownianNoiseSource), so a seeded image matches ComfyUI's; otherwise one
+// standard normal draw per step from the NoiseSource (recorded noise in the
+// golden cases, the A1111 convention). It does not implement the "heun"
 // solver type or eta != 1.
 package host
 
 import (
+	"fmt"
 	"math"
 
 	"github.com/sdbridge/sdbridge/nn"
@@ -64,6 +66,7 @@ func SampleDPMPP2MSDE(model Denoiser, x *nn.Tensor, sigmas []float64, opt Sample
 		return nil, err
 	}
 	const eta = 1.0
+	stepNoise := sdeNoise(opt, x, sigmas)
 	var old *nn.Tensor // previous denoised, [B, C, H, W]
 	var hLast float64
 	for i := range len(sigmas) - 1 {
@@ -91,7 +94,7 @@ func SampleDPMPP2MSDE(model Denoiser, x *nn.Tensor, sigmas []float64, opt Sample
 					next.Data[j] = float32(float64(next.Data[j]) + c*(float64(denoised.Data[j])-float64(old.Data[j])))
 				}
 			}
-			noise, err := drawNoise(opt, x) // [B, C, H, W]
+			noise, err := stepNoise(sigmas[i], sigmas[i+1]) // [B, C, H, W]
 			if err != nil {
 				return nil, err
 			}
@@ -104,4 +107,40 @@ func SampleDPMPP2MSDE(model Denoiser, x *nn.Tensor, sigmas []float64, opt Sample
 		report(opt, i, sigmas, x, denoised)
 	}
 	return x, nil
+}
+
+// sdeNoise returns the noise function of an SDE sampler: Brownian-tree noise
+// over [min positive sigma, max sigma] when opt.Noise is a
+// BrownianNoiseSource, else one draw from opt.Noise per call. The tree is
+// built on the first call, so schedules whose only step ends at 0 need none.
+func sdeNoise(opt SampleOptions, x *nn.Tensor, sigmas []float64) func(sigma, sigmaNext float64) (*nn.Tensor, error) {
+	bs, ok := opt.Noise.(BrownianNoiseSource)
+	if !ok {
+		return func(float64, float64) (*nn.Tensor, error) { return drawNoise(opt, x) }
+	}
+	var tree IntervalNoise
+	return func(sigma, sigmaNext float64) (*nn.Tensor, error) {
+		if tree == nil {
+			sigmaMin, sigmaMax := math.Inf(1), 0.0
+			for _, s := range sigmas {
+				if s > 0 {
+					sigmaMin = min(sigmaMin, s)
+				}
+				sigmaMax = max(sigmaMax, s)
+			}
+			t, err := bs.BrownianNoise(x.Shape, sigmaMin, sigmaMax)
+			if err != nil {
+				return nil, fmt.Errorf("sampler: %w", err)
+			}
+			tree = t
+		}
+		n, err := tree.Between(sigma, sigmaNext)
+		if err != nil {
+			return nil, fmt.Errorf("sampler: %w", err)
+		}
+		if len(n.Data) != len(x.Data) {
+			return nil, fmt.Errorf("sampler: Brownian noise has shape %v, want %v", n.Shape, x.Shape)
+		}
+		return n, nil
+	}
 }

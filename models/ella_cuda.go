@@ -92,7 +92,7 @@ func (c *ELLACUDA) Conditioning(text *ELLATextCUDA, t []float32) (*nn.Tensor, er
 		return nil, err
 	}
 	defer y.Free()
-	out, err := y.Download()
+	out, err := y.Download() // [Bo, Q, W]
 	if err != nil {
 		return nil, fmt.Errorf("ella cuda: download: %w", err)
 	}
@@ -194,9 +194,6 @@ func (c *ELLACUDA) ForwardSteps(x *nn.Tensor, ts []float32) (*nn.Tensor, error) 
 	}
 	return c.Forward(x, ts)
 }
-
-// Sync re-uploads the device copies of ts (CPU weights patched since).
-func (c *ELLACUDA) Sync(ts []*nn.Tensor) error { return c.dw.Sync(ts) }
 
 // Close frees the device weights.
 func (c *ELLACUDA) Close() error { return c.dw.Close() }

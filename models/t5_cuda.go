@@ -27,7 +27,7 @@ import (
 // T5CUDA is a T5Encoder whose forward runs on a GPU, in fp32.
 type T5CUDA struct {
 	e    *T5Encoder
-	g    *nn.GPU // fp32 view of the caller's GPU
+	g    *nn.GPU // the caller's GPU; the weights' handle is its fp32 view
 	dw   *deviceWeights
 	acts []nn.TextAct // per block, the activation its FF holds
 }
@@ -35,8 +35,7 @@ type T5CUDA struct {
 // NewT5CUDA uploads e's weights to g (as fp32, see the file comment) and
 // returns the GPU encoder.
 func NewT5CUDA(g *nn.GPU, e *T5Encoder) (*T5CUDA, error) {
-	g32 := gpuWithDType(g, nn.GPUF32)
-	c := &T5CUDA{e: e, g: g32, dw: newDeviceWeights(g32)}
+	c := &T5CUDA{e: e, g: g, dw: newDeviceWeights(gpuWithDType(g, nn.GPUF32))}
 	for i := range e.Blocks {
 		act, err := textActOf(e.Blocks[i].FF.Act)
 		if err != nil {
@@ -53,8 +52,9 @@ func NewT5CUDA(g *nn.GPU, e *T5Encoder) (*T5CUDA, error) {
 	return c, nil
 }
 
-// gpuWithDType returns a handle on g's device and cuBLAS whose ops create
-// tensors of dtype dt.
+// gpuWithDType returns a handle on g's device, cuBLAS, arena and settings
+// whose ops create tensors of dtype dt (a copy of g taken now: the T5
+// refreshes it at every call, so later changes to g apply).
 func gpuWithDType(g *nn.GPU, dt nn.GPUDType) *nn.GPU {
 	if g.DType == dt {
 		return g
@@ -74,7 +74,7 @@ func (c *T5CUDA) Encode(ids [][]int, mask [][]bool) (*nn.Tensor, error) {
 		return nil, err
 	}
 	defer y.Free()
-	out, err := y.Download()
+	out, err := y.Download() // [B, L, D]
 	if err != nil {
 		return nil, fmt.Errorf("t5 cuda: download: %w", err)
 	}
@@ -89,6 +89,7 @@ func (c *T5CUDA) EncodeGPU(ids [][]int, mask [][]bool) (*nn.GPUTensor, error) {
 		return nil, err
 	}
 	n := len(ids[0])
+	c.dw.g = gpuWithDType(c.g, nn.GPUF32)
 	r := newTextRun(c.dw)
 	defer r.release()
 	h := r.embed(e.Embed, ids, nil)              // [B, L, D] shared[ids]

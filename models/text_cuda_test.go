@@ -50,10 +50,67 @@ func TestTextModelsCUDAChild(t *testing.T) {
 			t.Run("t5", func(t *testing.T) { checkT5CUDA(t, g) })
 			t.Run("ella", func(t *testing.T) { checkELLACUDA(t, g, m.tol) })
 			t.Run("t5 into ella on the device", func(t *testing.T) { checkT5ELLACUDA(t, g, m.tol) })
+			t.Run("real head widths", func(t *testing.T) { checkTextHeadWidthsCUDA(t, g, m.tol) })
 		})
 	}
 	g.DType = nn.GPUF16
 	t.Run("t5 fp16 overflow", func(t *testing.T) { checkT5CUDAOverflow(t, g) })
+}
+
+// TestTextActOf checks that every activation the CPU text models hold is
+// identified as the GPU activation with the same maths, and that an
+// unknown one is refused (no GPU needed).
+func TestTextActOf(t *testing.T) {
+	sq := func(x *nn.Tensor) {
+		for i, v := range x.Data {
+			x.Data[i] = max(v, 0) * max(v, 0)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		f    func(*nn.Tensor)
+		want nn.TextAct
+	}{
+		{"clip quick_gelu", clipActivations["quick_gelu"], nn.TextQuickGELU},
+		{"clip gelu", clipActivations["gelu"], nn.TextGELU},
+		{"clip gelu_pytorch_tanh", clipActivations["gelu_pytorch_tanh"], nn.TextGELUTanh},
+		{"t5 relu", t5Activations["relu"], nn.TextReLU},
+		{"t5 gelu_new", t5Activations["gelu_new"], nn.TextGELUTanh},
+		{"t5 silu", t5Activations["silu"], nn.TextSiLU},
+		{"squared relu", sq, nn.TextSquaredReLU},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := textActOf(tc.f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("textActOf = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name string
+		f    func(*nn.Tensor)
+	}{
+		{"nil", nil},
+		{"tanh", func(x *nn.Tensor) {
+			for i, v := range x.Data {
+				x.Data[i] = float32(math.Tanh(float64(v)))
+			}
+		}},
+		{"NaN", func(x *nn.Tensor) {
+			for i := range x.Data {
+				x.Data[i] = float32(math.NaN())
+			}
+		}},
+	} {
+		t.Run("refuses "+tc.name, func(t *testing.T) {
+			if got, err := textActOf(tc.f); err == nil {
+				t.Errorf("textActOf = %v, want an error", got)
+			}
+		})
+	}
 }
 
 // textClose fails t unless got has want's shape, is finite, and is within
@@ -213,8 +270,8 @@ func checkT5CUDA(t *testing.T, g *nn.GPU) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					textClose(t, "t5", got, want, 1e-5) // fp32 whatever g.DType
-					y, err := c.EncodeGPU(tc.ids, tc.mask)
+					textClose(t, "t5", got, want, 1e-5)    // fp32 whatever g.DType
+					y, err := c.EncodeGPU(tc.ids, tc.mask) // [B, L, D]
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -337,7 +394,7 @@ func checkELLACUDA(t *testing.T, g *nn.GPU, tol float64) {
 					return e.Conditioning(text, ts)
 				}},
 				{"prepared from device features", func() (*nn.Tensor, error) {
-					xd, err := g.Upload(both)
+					xd, err := g.Upload(both) // [2, 7, Din]
 					if err != nil {
 						return nil, err
 					}
@@ -441,9 +498,129 @@ func checkT5ELLACUDA(t *testing.T, g *nn.GPU, tol float64) {
 	if y.DType != g.DType {
 		t.Errorf("context dtype %s, want the GPU's %s", y.DType, g.DType)
 	}
-	got, err := y.Download()
+	got, err := y.Download() // [S, Q, W]
 	if err != nil {
 		t.Fatal(err)
 	}
 	textClose(t, "t5 -> ella", got, want, tol)
+}
+
+// textLinear is a Linear [out, in] (+ bias [out]) of uniform values in
+// ±scale/sqrt(in), seeded.
+func textLinear(rng *rand.Rand, in, out int, bias bool, scale float64) *nn.Linear {
+	l := &nn.Linear{Weight: nn.New(out, in)} // [out, in]
+	for i := range l.Weight.Data {
+		l.Weight.Data[i] = float32((2*rng.Float64() - 1) * scale / math.Sqrt(float64(in)))
+	}
+	if bias {
+		l.Bias = nn.New(out) // [out]
+		for i := range l.Bias.Data {
+			l.Bias.Data[i] = float32((2*rng.Float64() - 1) * 0.1)
+		}
+	}
+	return l
+}
+
+// textVec is a [n] vector of values around mean.
+func textVec(rng *rand.Rand, n int, mean float64) *nn.Tensor {
+	v := nn.New(n) // [n]
+	for i := range v.Data {
+		v.Data[i] = float32(mean + 0.2*(2*rng.Float64()-1))
+	}
+	return v
+}
+
+// checkTextHeadWidthsCUDA runs the head widths of the released models,
+// which the fixtures' tiny widths do not reach: ELLA-SD1.5's 96 (768 / 8
+// heads, through the fp16 tensor-core attention in F16 mode) and
+// FLAN-T5's d_kv 64, with longer sequences (T5: 40 tokens, past the exact
+// buckets; ELLA: 64 latents attending to 64 + 23 keys).
+func checkTextHeadWidthsCUDA(t *testing.T, g *nn.GPU, tol float64) {
+	rng := rand.New(rand.NewPCG(21, 1))
+	t.Run("ella head width 96", func(t *testing.T) {
+		const w, heads, q, din, emb, ct, n = 192, 2, 64, 24, 32, 16, 23
+		e := &ELLA{Width: w, InputDim: din, NumLatents: q, TimeChannels: ct, TimeEmbedDim: emb, Heads: heads}
+		e.Time = ELLATimeEmbedding{Linear1: textLinear(rng, ct, emb, true, 1), Linear2: textLinear(rng, emb, emb, true, 1), Channels: ct}
+		e.Latents = nn.New(q, w) // [Q, W]
+		for i := range e.Latents.Data {
+			e.Latents.Data[i] = float32(rng.NormFloat64())
+		}
+		e.TimeAware = textLinear(rng, emb, w, true, 1)
+		e.ProjIn = textLinear(rng, din, w, true, 1)
+		for range 2 {
+			e.Blocks = append(e.Blocks, ELLABlock{
+				LN1:  ELLAAdaLayerNorm{Linear: textLinear(rng, emb, 2*w, true, 0.5)},
+				LN2:  ELLAAdaLayerNorm{Linear: textLinear(rng, emb, 2*w, true, 0.5)},
+				LNFF: ELLAAdaLayerNorm{Linear: textLinear(rng, emb, 2*w, true, 0.5)},
+				Attn: ELLAAttention{Q: textLinear(rng, w, w, true, 1), K: textLinear(rng, w, w, true, 1),
+					V: textLinear(rng, w, w, true, 1), Out: textLinear(rng, w, w, true, 1), Heads: heads},
+				MLP: ELLAMLP{FC: textLinear(rng, w, 4*w, true, 1), Proj: textLinear(rng, 4*w, w, true, 0.5)},
+			})
+		}
+		x := nn.New(1, n, din) // [1, N, Din]
+		for i := range x.Data {
+			x.Data[i] = float32(rng.NormFloat64())
+		}
+		steps := []float32{999, 666.5, 333, 1}
+		want, err := e.ForwardSteps(x, steps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := NewELLACUDA(g, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		got, err := c.ForwardSteps(x, steps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		textClose(t, "ella", got, want, tol)
+	})
+	t.Run("t5 d_kv 64", func(t *testing.T) {
+		const d, heads, dkv, ff, vocab, n = 48, 3, 64, 80, 50, 40
+		cfg := T5Config{DModel: d, DKV: dkv, DFF: ff, NumHeads: heads, NumLayers: 2, VocabSize: vocab,
+			NumBuckets: 32, MaxDistance: 128, FeedForwardProj: "gated-gelu", LayerNormEps: 1e-6, ModelType: "t5"}
+		e := &T5Encoder{Config: cfg, Embed: nn.New(vocab, d)} // [V, D]
+		for i := range e.Embed.Data {
+			e.Embed.Data[i] = float32(rng.NormFloat64() * 4)
+		}
+		e.RelBias = T5RelativeBias{Table: nn.New(32, heads), NumBuckets: 32, MaxDistance: 128} // [NB, H]
+		for i := range e.RelBias.Table.Data {
+			e.RelBias.Table.Data[i] = float32(rng.NormFloat64())
+		}
+		for range cfg.NumLayers {
+			e.Blocks = append(e.Blocks, T5Block{
+				AttnNorm: T5RMSNorm{Weight: textVec(rng, d, 1), Eps: 1e-6},
+				Attn: T5Attention{Q: textLinear(rng, d, heads*dkv, false, 0.3), K: textLinear(rng, d, heads*dkv, false, 0.3),
+					V: textLinear(rng, d, heads*dkv, false, 1), O: textLinear(rng, heads*dkv, d, false, 1), Heads: heads},
+				FFNorm: T5RMSNorm{Weight: textVec(rng, d, 1), Eps: 1e-6},
+				FF: T5FeedForward{Wi0: textLinear(rng, d, ff, false, 1), Wi1: textLinear(rng, d, ff, false, 1),
+					Wo: textLinear(rng, ff, d, false, 1), Act: nn.GELUTanh},
+			})
+		}
+		e.Final = T5RMSNorm{Weight: textVec(rng, d, 1), Eps: 1e-6}
+		ids := [][]int{make([]int, n), make([]int, n)}
+		mask := [][]bool{make([]bool, n), make([]bool, n)}
+		for b := range ids {
+			for i := range n {
+				ids[b][i] = rng.IntN(vocab)
+				mask[b][i] = b == 0 || i < 29 // row 1 padded after 29 tokens
+			}
+		}
+		want, err := e.Encode(ids, mask)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := NewT5CUDA(g, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		got, err := c.Encode(ids, mask)
+		if err != nil {
+			t.Fatal(err)
+		}
+		textClose(t, "t5", got, want, 1e-5) // fp32 whatever g.DType
+	})
 }

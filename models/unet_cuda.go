@@ -64,6 +64,13 @@ func (c *UNetCUDA) Forward(x *nn.Tensor, timesteps []float32, ctx *nn.Tensor, re
 	if err := res.checkNames(c.U.Config); err != nil {
 		return nil, fmt.Errorf("unet: %w", err)
 	}
+	shapes := map[string][]int{}
+	for name, t := range res {
+		shapes[name] = shapeOf(t)
+	}
+	if err := checkResidualShapes(c.U.Config, x.Shape, shapes); err != nil {
+		return nil, fmt.Errorf("unet: %w", err)
+	}
 	r := newImageRun(c.dw)
 	defer r.release()
 	dx := r.upload(x)     // [B, in, H, W]
@@ -86,14 +93,20 @@ func (c *UNetCUDA) Forward(x *nn.Tensor, timesteps []float32, ctx *nn.Tensor, re
 }
 
 // ForwardGPU is Forward on device tensors: x [B, in, H, W] and ctx
-// [B, L, D] in the GPU's dtype, residuals as GPUResiduals (added in place
-// of nothing: the inputs are not modified). The result is a new tensor
-// [B, out, H, W] the caller frees.
+// [B, L, D] in the GPU's dtype, residuals as GPUResiduals. The inputs are
+// not modified; the result is a new tensor [B, out, H, W] the caller frees.
 func (c *UNetCUDA) ForwardGPU(x *nn.GPUTensor, timesteps []float32, ctx *nn.GPUTensor, res GPUResiduals) (*nn.GPUTensor, error) {
 	if err := checkConditioning("unet", c.U.Config, shapeOnly(x), timesteps, shapeOnly(ctx)); err != nil {
 		return nil, err
 	}
 	if err := res.names().checkNames(c.U.Config); err != nil {
+		return nil, fmt.Errorf("unet: %w", err)
+	}
+	shapes := map[string][]int{}
+	for name, t := range res {
+		shapes[name] = gpuShape(t)
+	}
+	if err := checkResidualShapes(c.U.Config, x.Shape, shapes); err != nil {
 		return nil, fmt.Errorf("unet: %w", err)
 	}
 	r := newImageRun(c.dw)
@@ -156,6 +169,19 @@ func (r *imageRun) addResidual(res GPUResiduals, name string, base *nn.GPUTensor
 		return
 	}
 	r.addInPlace(base, t) // [B, C, H, W]
+}
+
+// checkResidualShapes refuses, before any work, a residual (by name; nil
+// shapes are absent residuals) that does not have the shape of the
+// activation it is added to for the input x [B, in, H, W].
+func checkResidualShapes(cfg UNetConfig, x []int, shapes map[string][]int) error {
+	want := ResidualShapes(cfg, x[0], x[2], x[3])
+	for name, s := range shapes {
+		if s != nil && !slices.Equal(s, want[name]) {
+			return fmt.Errorf("residual %q has shape %v, the U-Net activation is %v", name, s, want[name])
+		}
+	}
+	return nil
 }
 
 // drop frees t now when it is one of r's temporaries (an input of the

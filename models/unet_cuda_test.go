@@ -2,7 +2,8 @@
 // and VAE in their own _cuda_test files) against the CPU models on the tiny
 // SD1.5 layout, run on the stand-in CUDA libraries in one child process
 // (the driver loads once per process; one build of the stand-ins serves
-// every image model). F32 must match to rel L2 1e-5.
+// every image model). F32 storage must match to rel L2 1e-5, F16 storage
+// (fp32 arithmetic) to 1e-2.
 package models
 
 import (
@@ -16,9 +17,12 @@ import (
 	"github.com/sdbridge/sdbridge/nn"
 )
 
-// cudaF32Tol is the rel L2 bound of a GPU forward against the CPU one in
-// F32 mode.
-const cudaF32Tol = 1e-5
+// The rel L2 bounds of a GPU forward against the CPU one: F32 storage, and
+// F16 storage with fp32 arithmetic.
+const (
+	cudaF32Tol = 1e-5
+	cudaF16Tol = 1e-2
+)
 
 func TestImageModelsCUDA(t *testing.T) {
 	if cudatest.InChild() {
@@ -40,9 +44,20 @@ func TestImageModelsCUDAChild(t *testing.T) {
 	}
 	defer g.Close()
 	g.Poison = true // an element no kernel wrote reads NaN and fails the check
-	t.Run("unet", func(t *testing.T) { checkUNetCUDA(t, g, cudaF32Tol) })
-	t.Run("controlnet", func(t *testing.T) { checkControlNetCUDA(t, g, cudaF32Tol) })
-	t.Run("vae", func(t *testing.T) { checkVAECUDA(t, g, cudaF32Tol) })
+	for _, tc := range []struct {
+		dtype nn.GPUDType
+		tol   float64
+	}{
+		{nn.GPUF32, cudaF32Tol},
+		{nn.GPUF16, cudaF16Tol},
+	} {
+		t.Run(tc.dtype.String(), func(t *testing.T) {
+			g.DType = tc.dtype
+			t.Run("unet", func(t *testing.T) { checkUNetCUDA(t, g, tc.tol) })
+			t.Run("controlnet", func(t *testing.T) { checkControlNetCUDA(t, g, tc.tol) })
+			t.Run("vae", func(t *testing.T) { checkVAECUDA(t, g, tc.tol) })
+		})
+	}
 }
 
 // checkUNetCUDA compares UNetCUDA.Forward and ForwardGPU with UNet.Forward.
@@ -58,10 +73,11 @@ func checkUNetCUDA(t *testing.T, g *nn.GPU, tol float64) {
 		b, h, w  int
 		ctxLen   int
 		residual bool
+		onDevice bool // also run ForwardGPU on device tensors
 	}{
-		{"8x8 ctx 77", 2, 8, 8, 77, false},
-		{"10x6 ctx 64 with residuals", 2, 10, 6, 64, true},
-		{"5x3 batch 1 with residuals", 1, 5, 3, 77, true},
+		{"8x8 ctx 77", 2, 8, 8, 77, false, false},
+		{"10x6 ctx 64 with residuals", 2, 10, 6, 64, true, true},
+		{"5x3 batch 1 with residuals", 1, 5, 3, 77, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			x := ramp(tc.b, 4, tc.h, tc.w)                 // [B, 4, h, w]
@@ -86,8 +102,9 @@ func checkUNetCUDA(t *testing.T, g *nn.GPU, tol float64) {
 				t.Fatal(err)
 			}
 			checkClose(t, "eps", got, want, tol)
-
-			// ForwardGPU on device tensors gives the same result.
+			if !tc.onDevice {
+				return
+			}
 			dx, dctx := upload(t, g, x), upload(t, g, ctx)
 			dres := GPUResiduals{}
 			for name, r := range res {
@@ -103,7 +120,14 @@ func checkUNetCUDA(t *testing.T, g *nn.GPU, tol float64) {
 				t.Fatal(err)
 			}
 			checkClose(t, "eps (ForwardGPU)", gy, want, tol)
-			back, err := dx.Download() // inputs are not modified
+			for name, r := range dres { // inputs are not modified
+				back, err := r.Download()
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkClose(t, "residual "+name+" after ForwardGPU", back, res[name], 0)
+			}
+			back, err := dx.Download()
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/cuda/cudatest"
 )
 
@@ -39,6 +40,9 @@ func TestOpsCUDAChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
+	if g.Arena == nil {
+		t.Error("OpenGPU set no tensor arena")
+	}
 	g.Poison = true // an element no kernel wrote reads NaN and fails the check
 	for _, dt := range []GPUDType{GPUF32, GPUF16} {
 		g.DType = dt
@@ -51,6 +55,8 @@ func TestOpsCUDAChild(t *testing.T) {
 			t.Run("attention", func(t *testing.T) { checkAttentionCUDA(t, g) })
 		})
 	}
+	t.Run("arena", func(t *testing.T) { checkArenaCUDA(t, g) })
+	t.Run("gemm-paths", func(t *testing.T) { checkGemmPathsCUDA(t, g) })
 	t.Run("updown", func(t *testing.T) { checkUpDownCUDA(t, g) })
 	t.Run("errors", func(t *testing.T) { checkOpErrorsCUDA(t, g) })
 }
@@ -316,6 +322,8 @@ var attnCases = []attnCase{
 	{name: "ella-d96-bias", b: 1, lq: 33, lk: 17, h: 2, d: 96, bias: 1},
 	{name: "tiny-d8", b: 2, lq: 5, lk: 3, h: 4, d: 8},
 	{name: "d128-causal-mask", b: 2, lq: 70, lk: 70, h: 1, d: 128, causal: true, mask: true},
+	{name: "d12-unaligned", b: 1, lq: 9, lk: 13, h: 3, d: 12}, // rows not 16-byte multiples: scalar tile loads
+	{name: "d7-odd", b: 2, lq: 17, lk: 66, h: 1, d: 7},
 }
 
 func checkAttentionCUDA(t *testing.T, g *GPU) {
@@ -471,5 +479,59 @@ func checkOpErrorsCUDA(t *testing.T, g *GPU) {
 	defer q.Free()
 	if _, err := g.Attention(q, q, q, 2, 0); err == nil {
 		t.Error("Attention with head dim 200 succeeded")
+	}
+}
+
+// checkArenaCUDA runs a few ops with a fresh GPU.Arena: tensors come
+// from the pool and Free gives them back.
+func checkArenaCUDA(t *testing.T, g *GPU) {
+	a := g.Dev.NewArena(cuda.ArenaOptions{Name: "nn test arena", BlockSize: 1 << 20})
+	defer a.Close()
+	old := g.Arena
+	g.Arena, g.DType = a, GPUF16
+	defer func() { g.Arena, g.DType = old, GPUF32 }()
+	r := rand.New(rand.NewPCG(12, 13))
+	x := gpuRand(r, GPUF16, 1, 2, 12, 3, 5)
+	gx := up(t, g, x)
+	y, err := g.GroupNorm(gx, nil, nil, 3, 1e-5, true)
+	expect(t, "GroupNorm from the arena", y, err, (&GroupNorm{Groups: 3, Eps: 1e-5}).ForwardSiLU(x))
+	if st := a.Stats(); st.Live != 2 || st.Grows != 1 {
+		t.Errorf("arena after two tensors: %+v, want 2 live allocations in one block", st)
+	}
+	must(t, y.Free())
+	must(t, gx.Free())
+	if st := a.Stats(); st.Live != 0 {
+		t.Errorf("arena after Free: %d live allocations", st.Live)
+	}
+}
+
+// checkGemmPathsCUDA runs Linear through both GEMM paths: cuBLAS plus the
+// bias kernel, and cuBLASLt with the bias in the epilogue (when the
+// library loads).
+func checkGemmPathsCUDA(t *testing.T, g *GPU) {
+	old := g.Lt
+	defer func() { g.Lt, g.DType = old, GPUF32 }()
+	lt := old
+	if lt == nil {
+		var err error
+		if lt, err = g.Dev.NewLt(); err != nil {
+			t.Logf("no cuBLASLt, cuBLAS path only: %v", err)
+		} else {
+			defer lt.Close()
+		}
+	}
+	for _, p := range []struct {
+		name string
+		lt   *cuda.Lt
+	}{{"cublas", nil}, {"cublaslt", lt}} {
+		if p.name == "cublaslt" && lt == nil {
+			continue
+		}
+		for _, dt := range []GPUDType{GPUF32, GPUF16} {
+			t.Run(p.name+"-"+dt.String(), func(t *testing.T) {
+				g.Lt, g.DType = p.lt, dt
+				checkLinearCUDA(t, g)
+			})
+		}
 	}
 }

@@ -11,6 +11,7 @@
 package nn
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 
@@ -73,8 +74,11 @@ type GPU struct {
 }
 
 // OpenGPU opens CUDA device ordinal and its cuBLAS handle, with fp32
-// tensors (set DType to GPUF16 for fp16 storage). Without a driver it
-// returns cuda.ErrNoDriver (wrapped), which says to use the CPU.
+// tensors (set DType to GPUF16 for fp16 storage), tensors allocated from
+// a device arena, and cuBLASLt for Linear layers when that library loads
+// (it is optional: without it Linear uses cuBLAS plus a bias kernel).
+// Without a driver it returns cuda.ErrNoDriver (wrapped), which says to
+// use the CPU.
 func OpenGPU(ordinal int) (*GPU, error) {
 	d, err := cuda.Open(ordinal)
 	if err != nil {
@@ -85,16 +89,28 @@ func OpenGPU(ordinal int) (*GPU, error) {
 		d.Close()
 		return nil, err
 	}
-	return &GPU{Dev: d, BLAS: b}, nil
+	g := &GPU{Dev: d, BLAS: b, Arena: d.NewArena(cuda.ArenaOptions{Name: "nn tensors"})}
+	if lt, err := d.NewLt(); err == nil {
+		g.Lt = lt
+	}
+	return g, nil
 }
 
-// Close releases cuBLAS and the device (free GPUTensors first).
+// Close releases cuBLASLt, the arena, cuBLAS and the device (free
+// GPUTensors first; tensors from the arena are invalid afterwards).
 func (g *GPU) Close() error {
-	err := g.BLAS.Close()
-	if cerr := g.Dev.Close(); err == nil {
-		err = cerr
+	var errs []error
+	if g.Lt != nil {
+		errs = append(errs, g.Lt.Close())
 	}
-	return err
+	if g.Arena != nil {
+		errs = append(errs, g.Arena.Close())
+	}
+	if g.BLAS != nil {
+		errs = append(errs, g.BLAS.Close())
+	}
+	errs = append(errs, g.Dev.Close())
+	return errors.Join(errs...)
 }
 
 // GPUTensor is a dense row-major tensor in device memory.

@@ -5,8 +5,10 @@
 // modulation (with or without the non-affine layer norm), the broadcast
 // add of per-item rows to a shared [Q, W] block, and a dtype cast. Each
 // runs the kernel of cuda/kernels/text.cu in its inputs' storage dtype
-// (fp32 arithmetic) and returns tensors of that dtype, whatever g.DType. It does not hold attention (cuda_text_attn.go) or the
-// models' layer wiring (models/*_cuda.go).
+// (fp32 arithmetic) and returns tensors of that dtype, whatever g.DType.
+// It does not hold attention (AttentionOpts in cuda_attention.go serves
+// CLIP's causal and T5's biased, unscaled attention) or the models' layer
+// wiring (models/*_cuda.go).
 package nn
 
 import (

@@ -1,5 +1,4 @@
-// cuda_text_test.go checks the text-model GPU ops (cuda_text.go,
-// cuda_text_attn.go) against their CPU twins on the stand-in CUDA
+// cuda_text_test.go checks the text-model GPU ops (cuda_text.go) against their CPU twins on the stand-in CUDA
 // libraries (kernels run by the CUDA C emulator), in fp32 (rel L2 <= 1e-5)
 // and fp16 storage (inputs rounded to fp16 on both sides, rel L2 <= 2e-3).
 // One child process runs every case (the driver loads once per process).
@@ -49,7 +48,6 @@ func TestTextOpsCUDAChild(t *testing.T) {
 			t.Run("activations", func(t *testing.T) { checkActivationsCUDA(t, g, d.tol) })
 			t.Run("adanorm", func(t *testing.T) { checkAdaNormCUDA(t, g, d.tol) })
 			t.Run("outer-rows", func(t *testing.T) { checkOuterRowsCUDA(t, g, d.tol) })
-			t.Run("attention", func(t *testing.T) { checkTextAttentionCUDA(t, g, d.tol) })
 		})
 	}
 	t.Run("cast", func(t *testing.T) { checkCastCUDA(t, g) })
@@ -60,7 +58,7 @@ func TestTextOpsCUDAChild(t *testing.T) {
 // when dt is GPUF16 (so CPU and GPU see the same inputs).
 func textRand(seed uint64, dt GPUDType, scale float32, shape ...int) *Tensor {
 	r := rand.New(rand.NewPCG(seed, 5))
-	x := New(shape...)
+	x := New(shape...) // [shape...]
 	for i := range x.Data {
 		x.Data[i] = float32(r.NormFloat64()) * scale
 	}
@@ -173,7 +171,7 @@ func checkRMSNormCUDA(t *testing.T, g *GPU, tol float64) {
 		x := textRand(3, g.DType, 3, 2, 3, d) // [B, L, D]
 		w := textRand(4, g.DType, 1, d)       // [D]
 		const eps = 1e-6
-		want := New(x.Shape...)
+		want := New(x.Shape...) // [B, L, D]
 		for r := range 6 {
 			var ss float64
 			for _, v := range x.Data[r*d : (r+1)*d] {
@@ -216,7 +214,7 @@ func checkActivationsCUDA(t *testing.T, g *GPU, tol float64) {
 			if err := g.Activate(xd, tc.act); err != nil {
 				t.Fatal(err)
 			}
-			cp, err := g.Cast(xd, xd.DType)
+			cp, err := g.Cast(xd, xd.DType) // [R, N] copy
 			textExpect(t, cp, err, want, g.DType, tol)
 			// gated: act(x) * gate, in place on a fresh copy
 			want = Mul(want, gate)
@@ -224,7 +222,7 @@ func checkActivationsCUDA(t *testing.T, g *GPU, tol float64) {
 			if err := g.GatedActivate(xd, textUp(t, g, gate), tc.act); err != nil {
 				t.Fatal(err)
 			}
-			cp, err = g.Cast(xd, xd.DType)
+			cp, err = g.Cast(xd, xd.DType) // [R, N] copy
 			textExpect(t, cp, err, want, g.DType, tol)
 		})
 	}
@@ -236,7 +234,7 @@ func textModulateCPU(x, mod *Tensor) *Tensor {
 	bx, l, w := x.Shape[0], x.Shape[1], x.Shape[2]
 	bm := mod.Shape[0]
 	bo := max(bx, bm)
-	out := New(bo, l, w)
+	out := New(bo, l, w) // [Bo, L, W]
 	for b := range bo {
 		m := mod.Data[(b%bm)*2*w : (b%bm+1)*2*w]
 		for i := range l {
@@ -280,47 +278,6 @@ func checkOuterRowsCUDA(t *testing.T, g *GPU, tol float64) {
 	textExpect(t, got, err, want, g.DType, tol)
 }
 
-func checkTextAttentionCUDA(t *testing.T, g *GPU, tol float64) {
-	causalBias := func(heads, l int) *Tensor {
-		m := New(1, heads, l, l) // [1, H, L, L]
-		for h := range heads {
-			for i := range l {
-				for j := i + 1; j < l; j++ {
-					m.Data[(h*l+i)*l+j] = -1e30
-				}
-			}
-		}
-		return m
-	}
-	for _, tc := range []struct {
-		name                string
-		b, lq, lk, heads, d int
-		opt                 TextAttentionOpts
-		bias                *Tensor // CPU bias (nil: none), uploaded as opt.Bias unless causal
-	}{
-		{"default scale", 2, 7, 11, 3, 8, TextAttentionOpts{}, nil},
-		{"scale 0.3, head dim 64", 1, 5, 40, 2, 64, TextAttentionOpts{Scale: 0.3}, nil},
-		{"causal", 2, 9, 9, 2, 16, TextAttentionOpts{Causal: true}, causalBias(2, 9)},
-		{"no scale, per-item bias", 2, 6, 6, 3, 4, TextAttentionOpts{NoScale: true}, textRand(11, g.DType, 2, 2, 3, 6, 6)},
-		{"bias shared over batch", 3, 4, 13, 2, 8, TextAttentionOpts{}, textRand(12, g.DType, 1, 1, 2, 4, 13)},
-		{"bias shared over heads", 2, 4, 5, 2, 8, TextAttentionOpts{}, textRand(13, g.DType, 1, 2, 1, 4, 5)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c := tc.heads * tc.d
-			q := textRand(14, g.DType, 1, tc.b, tc.lq, c) // [B, Lq, H*d]
-			k := textRand(15, g.DType, 1, tc.b, tc.lk, c) // [B, Lk, H*d]
-			v := textRand(16, g.DType, 1, tc.b, tc.lk, c) // [B, Lk, H*d]
-			opt := tc.opt
-			if tc.bias != nil && !opt.Causal {
-				opt.Bias = textUp(t, g, tc.bias)
-			}
-			want := ScaledDotProductAttention(q, k, v, tc.heads, AttentionOpts{Scale: tc.opt.Scale, NoScale: tc.opt.NoScale, Bias: tc.bias})
-			got, err := g.TextAttention(textUp(t, g, q), textUp(t, g, k), textUp(t, g, v), tc.heads, opt)
-			textExpect(t, got, err, want, g.DType, tol)
-		})
-	}
-}
-
 func checkCastCUDA(t *testing.T, g *GPU) {
 	x := New(7) // [7] halfway cases, overflow, a subnormal
 	copy(x.Data, []float32{1, 1.0009765625 + 0.00048828125, -2.5e-7, 65504, 70000, -1e-3, 3.14159})
@@ -336,7 +293,7 @@ func checkCastCUDA(t *testing.T, g *GPU) {
 		t.Fatal(err)
 	}
 	defer back.Free()
-	got, err := back.Download()
+	got, err := back.Download() // [7]
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,8 +306,8 @@ func checkCastCUDA(t *testing.T, g *GPU) {
 
 func checkTextOpErrorsCUDA(t *testing.T, g *GPU) {
 	g.DType = GPUF32
-	tab := textUp(t, g, New(4, 3))
-	x := textUp(t, g, New(2, 3, 8))
+	tab := textUp(t, g, New(4, 3))  // [V, C]
+	x := textUp(t, g, New(2, 3, 8)) // [B, L, D]
 	for _, tc := range []struct {
 		name, want string
 		run        func() (*GPUTensor, error)
@@ -359,10 +316,6 @@ func checkTextOpErrorsCUDA(t *testing.T, g *GPU) {
 		{"ragged ids", "row 1 has 1 ids", func() (*GPUTensor, error) { return g.Embedding(tab, [][]int{{0, 1}, {2}}, nil) }},
 		{"rmsnorm weight", "weight", func() (*GPUTensor, error) { return g.RMSNorm(x, tab, 1e-6) }},
 		{"modulation width", "modulation", func() (*GPUTensor, error) { return g.Modulate(x, textUp(t, g, New(2, 8))) }},
-		{"attention heads", "heads", func() (*GPUTensor, error) { return g.TextAttention(x, x, x, 3, TextAttentionOpts{}) }},
-		{"attention bias", "bias", func() (*GPUTensor, error) {
-			return g.TextAttention(x, x, x, 2, TextAttentionOpts{Bias: textUp(t, g, New(1, 2, 3, 4))})
-		}},
 		{"mixed dtypes", "mixed dtypes", func() (*GPUTensor, error) {
 			h, err := g.UploadAs(New(8), GPUF16)
 			if err != nil {

@@ -16,6 +16,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/cuda/cudatest"
@@ -124,6 +125,50 @@ extern "C" __global__ void exited_lanes(float* y) {
     y[threadIdx.x] = __shfl_xor_sync(0xffffffffu, v, 1) + 100.0f * __shfl_xor_sync(0xffffffffu, v, 16);
 }
 
+// Half-warps shuffle among themselves with their own masks; __syncwarp and
+// __syncthreads_and/or in between.
+extern "C" __global__ void half_warps(const float* x, float* y, int* flags) {
+    int l = threadIdx.x;
+    float v = x[l];
+    unsigned m = l < 16 ? 0x0000ffffu : 0xffff0000u;
+    float s = v;
+    for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(m, s, o);
+    __syncwarp();
+    float first = __shfl_sync(m, v, 0, 16);
+    y[l] = s + 1000.0f * first;
+    int all = __syncthreads_and(v > -1000.0f), any = __syncthreads_or(v > 1e30f);
+    if (l == 0) { flags[0] = all; flags[1] = any; }
+}
+
+// Lanes of one warp meet at different kinds of collective.
+extern "C" __global__ void mixed_collectives(float* y) {
+    float v = 1.0f;
+    if (threadIdx.x & 1) v = __shfl_xor_sync(0xffffffffu, v, 1);
+    else v = (float)__ballot_sync(0xffffffffu, 1);
+    y[threadIdx.x] = v;
+}
+
+// Costs of the emulator's switches (logged by the timing subtest).
+extern "C" __global__ void bench_shfl(float* y, int iters) {
+    float v = (float)threadIdx.x;
+    for (int i = 0; i < iters; i++) v = __shfl_xor_sync(0xffffffffu, v, 1);
+    y[blockIdx.x * blockDim.x + threadIdx.x] = v;
+}
+extern "C" __global__ void bench_sync(float* y, int iters) {
+    __shared__ float s[1024];
+    float v = 0.0f;
+    for (int i = 0; i < iters; i++) {
+        s[threadIdx.x] = (float)i;
+        __syncthreads();
+        v += s[(threadIdx.x + 1) % blockDim.x];
+        __syncthreads();
+    }
+    y[blockIdx.x * blockDim.x + threadIdx.x] = v;
+}
+extern "C" __global__ void bench_plain(float* y) {
+    y[blockIdx.x * blockDim.x + threadIdx.x] = (float)threadIdx.x;
+}
+
 extern "C" __global__ void divergent(float* y) {
     if (threadIdx.x < 16) { y[threadIdx.x] = 1.0f; __syncthreads(); }
     else { y[threadIdx.x] = 2.0f; __syncthreads(); }
@@ -165,7 +210,12 @@ func TestEmulator(t *testing.T) {
 	if cudatest.InChild() {
 		t.Skip("in the child")
 	}
-	cudatest.RunChild(t, "TestEmulatorChild", cudatest.Build(t))
+	out := cudatest.RunChild(t, "TestEmulatorChild", cudatest.Build(t))
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "ns per thread") {
+			t.Log(strings.TrimSpace(l))
+		}
+	}
 }
 
 // emu is the child's device with the test module loaded.
@@ -511,6 +561,33 @@ func TestEmulatorChild(t *testing.T) {
 		}
 	})
 
+	t.Run("half-warp-masks", func(t *testing.T) {
+		e.t = t
+		x := make([]float32, 32)
+		for i := range x {
+			x[i] = float32(rng.IntN(100))
+		}
+		y, flags := e.buf(4*32), e.buf(8)
+		if err := e.fn("half_warps").Launch(cuda.Dim3{X: 1}, cuda.Dim3{X: 32}, 0, e.f32(x), y, flags); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]float32, 32)
+		y.DownloadFloat32(got)
+		for l := range got {
+			h := l &^ 15
+			var s float32
+			for i := h; i < h+16; i++ {
+				s += x[i]
+			}
+			if want := s + 1000*x[h]; got[l] != want {
+				t.Fatalf("lane %d = %v, want %v", l, got[l], want)
+			}
+		}
+		if f := u32s(e.down(flags, 8)); f[0] != 1 || f[1] != 0 {
+			t.Fatalf("__syncthreads_and/or = %v, want [1 0]", f)
+		}
+	})
+
 	t.Run("mma-m16n8k16", func(t *testing.T) {
 		e.t = t
 		a := make([]uint16, 16*16)
@@ -557,6 +634,38 @@ func TestEmulatorChild(t *testing.T) {
 		}
 	})
 
+	t.Run("timing", func(t *testing.T) {
+		e.t = t
+		const blocks, threads, iters = 4, 256, 200
+		y := e.buf(4 * blocks * threads)
+		got := make([]float32, blocks*threads)
+		for _, tc := range []struct {
+			name string
+			args []any
+			ops  int // lane operations per thread
+			want func(i int) float32
+		}{
+			{"thread-without-switches", []any{y}, 1, func(i int) float32 { return float32(i % threads) }},
+			{"shfl-xor", []any{y, iters}, iters, func(i int) float32 { return float32(i % threads) }},
+			{"syncthreads", []any{y, iters}, 2 * iters, func(i int) float32 { return float32(iters * (iters - 1) / 2) }},
+		} {
+			kernel := map[string]string{"thread-without-switches": "bench_plain", "shfl-xor": "bench_shfl", "syncthreads": "bench_sync"}[tc.name]
+			start := time.Now()
+			if err := e.fn(kernel).Launch(cuda.Dim3{X: blocks}, cuda.Dim3{X: threads}, 0, tc.args...); err != nil {
+				t.Fatal(err)
+			}
+			el := time.Since(start)
+			y.DownloadFloat32(got)
+			for i, v := range got {
+				if v != tc.want(i) {
+					t.Fatalf("%s: y[%d] = %v, want %v", tc.name, i, v, tc.want(i))
+				}
+			}
+			t.Logf("%s: %.1f ns per thread and operation (%d blocks x %d threads x %d)", tc.name,
+				float64(el.Nanoseconds())/float64(blocks*threads*tc.ops), blocks, threads, tc.ops)
+		}
+	})
+
 	t.Run("failures", func(t *testing.T) {
 		e.t = t
 		y := e.buf(4 * 64)
@@ -568,6 +677,7 @@ func TestEmulatorChild(t *testing.T) {
 			{"divergent-barrier", "divergent", "divergent __syncthreads", 719, []any{y}},
 			{"shuffle-waits-for-barrier", "stuck_shuffle", "deadlock", 719, []any{y}},
 			{"trap", "traps", "__trap()", 719, []any{y}},
+			{"mixed-collectives", "mixed_collectives", "different warp collectives", 719, []any{y}},
 			{"too-few-params", "row_sum", "takes 3 parameters, the launch passed 2", 1, []any{y, y}},
 			{"too-many-params", "traps", "takes 1 parameters, the launch passed 2", 1, []any{y, y}},
 		} {

@@ -20,20 +20,21 @@
 //
 // Launch (nn/cuda_attention.go):
 //   flash_attn_f16_d<DP>: block 128 threads = 4 warps x 16 query rows,
-//     grid (ceil(Lq/64), H, B), static shared 2*64*(DP+8)*2 bytes
-//     (43 KB at DP=160); key tiles of 64.
+//     grid (ceil(Lq/64), H, B), static shared 64*(DP+8)*2 + DP*(64+8)*2
+//     bytes (44.5 KB at DP=160); key tiles of 64, loaded 16 bytes per
+//     thread when D and the row strides are multiples of 8 halves.
 //   flash_attn_simt_<T>: block 128 threads = 4 warps x 2 query rows,
 //     grid (ceil(Lq/8), H, B), dynamic shared (8+64)*(D+1)*4 bytes.
 // On an H100 (SD1.5 64x64: Lq = Lk = 4096, D = 40/80/160, 8 heads, B=2)
-// the f16 kernel would gain most from: cp.async / TMA double-buffered
-// K/V tiles (the loads are 16-bit, element by element, and not
-// overlapped with the MMAs); ldmatrix(.trans) for the K and V fragments;
-// 128-row query blocks with 8 warps, or wgmma (sm_90a) for the full
-// Hopper rate; exp2 with the log2(e) factor folded into scale (done) and
-// fewer registers at DP=160 (~170 live: qa 40 + o 80 + s 32) to allow 2
-// blocks per SM. For cross-attention (Lk = 77) one key tile covers all
-// keys; a split over heads*batch is then the only parallelism
-// (ceil(4096/64)*8*2 = 1024 blocks is enough).
+// the f16 kernel would gain most from: double-buffered K/V tiles with
+// cp.async or TMA, so loads overlap the MMAs (now load, sync, compute);
+// ldmatrix / ldmatrix.trans for the fragments instead of the transposing
+// scalar stores into Vt; 128 query rows per block with 8 warps (K/V
+// reuse) or wgmma (sm_90a) for the full Hopper rate; fewer registers at
+// DP=160 (~170 live: qa 40 + o 80 + s 32) to fit 2 blocks per SM; and,
+// for D = 40, 48-wide tiles waste 17% of the q k^T MMAs on padding.
+// Cross-attention (Lk = 77) has two key tiles; ceil(4096/64)*8*2 = 1024
+// blocks still fill 132 SMs.
 
 #define FA_LOG2E 1.4426950408889634f
 
@@ -128,11 +129,11 @@ __device__ void flash_simt(float* smem, const T* __restrict__ q, const T* __rest
         int so, float scale, int causal, long long bias_b, long long bias_h
 #define FA_ARGS q, k, v, o, bias, kmask, H, Lq, Lk, D, sq, sk, sv, so, scale, causal, bias_b, bias_h
 
-extern "C" __global__ void flash_attn_simt_f32(FA_PARAMS(float)) {
+extern "C" __global__ void __launch_bounds__(128) flash_attn_simt_f32(FA_PARAMS(float)) {
     extern __shared__ float fa_smem_f32[];
     flash_simt(fa_smem_f32, FA_ARGS);
 }
-extern "C" __global__ void flash_attn_simt_f16(FA_PARAMS(half_t)) {
+extern "C" __global__ void __launch_bounds__(128) flash_attn_simt_f16(FA_PARAMS(half_t)) {
     extern __shared__ float fa_smem_f16[];
     flash_simt(fa_smem_f16, FA_ARGS);
 }
@@ -144,8 +145,11 @@ extern "C" __global__ void flash_attn_simt_f16(FA_PARAMS(half_t)) {
 
 template <int DP>
 __device__ void flash_mma(FA_PARAMS(half_t)) {
-    __shared__ half_t Ks[FA_BK][DP + 8]; // +8 halves: fragment reads spread over all banks
-    __shared__ half_t Vs[FA_BK][DP + 8];
+    // K tile as [key][dim], V tile transposed to [dim][key], so both MMA
+    // B fragments are pairs of adjacent halves (one 32-bit shared load);
+    // the +8 halves of padding spread a fragment's rows over all banks.
+    __shared__ __align__(16) half_t Ks[FA_BK][DP + 8];
+    __shared__ __align__(16) half_t Vt[DP][FA_BK + 8];
     const int NK = DP / 16; // k-steps of q k^T
     const int ND = DP / 8;  // n-tiles of the output
     int b = blockIdx.z, h = blockIdx.y, qblk = blockIdx.x * FA_BQ;
@@ -158,6 +162,8 @@ __device__ void flash_mma(FA_PARAMS(half_t)) {
     half_t* ob = o + (long long)b * Lq * so + (long long)h * D;
     const half_t* bb = bias ? bias + b * bias_b + h * bias_h : nullptr;
     const half_t zero = 0;
+    // 16-byte tile loads when every row start is 16-byte aligned.
+    bool vec = ((D | sk | sv) & 7) == 0 && (((unsigned long long)kb | (unsigned long long)vb) & 15) == 0;
 
     // This warp's 16 query rows as A fragments (rows g and g+8).
     unsigned qa[NK][4];
@@ -182,11 +188,30 @@ __device__ void flash_mma(FA_PARAMS(half_t)) {
     int kend = causal ? min(Lk, qblk + FA_BQ) : Lk;
     for (int k0 = 0; k0 < kend; k0 += FA_BK) {
         __syncthreads();
-        for (int i = threadIdx.x; i < FA_BK * DP; i += blockDim.x) {
-            int j = i / DP, d = i - j * DP;
-            bool in = k0 + j < Lk && d < D;
-            Ks[j][d] = in ? kb[(long long)(k0 + j) * sk + d] : zero;
-            Vs[j][d] = in ? vb[(long long)(k0 + j) * sv + d] : zero;
+        if (vec) {
+            // Chunks of 8 halves; consecutive threads take consecutive keys
+            // of one chunk, so the transposed V stores hit distinct banks.
+            for (int i = threadIdx.x; i < FA_BK * (DP / 8); i += blockDim.x) {
+                int j = i % FA_BK, c = (i / FA_BK) * 8;
+                bool in = k0 + j < Lk && c < D;
+                uint4 vv;
+                if (in) {
+                    copy8h(&Ks[j][c], kb + (long long)(k0 + j) * sk + c);
+                    copy8h((half_t*)&vv, vb + (long long)(k0 + j) * sv + c);
+                } else {
+                    zero8h(&Ks[j][c]);
+                    zero8h((half_t*)&vv);
+                }
+                unsigned wv[4] = {vv.x, vv.y, vv.z, vv.w};
+                for (int e = 0; e < 8; e++) Vt[c + e][j] = (half_t)((e & 1) ? wv[e >> 1] >> 16 : wv[e >> 1] & 0xffffu);
+            }
+        } else {
+            for (int i = threadIdx.x; i < FA_BK * DP; i += blockDim.x) {
+                int j = i % FA_BK, d = i / FA_BK;
+                bool in = k0 + j < Lk && d < D;
+                Ks[j][d] = in ? kb[(long long)(k0 + j) * sk + d] : zero;
+                Vt[d][j] = in ? vb[(long long)(k0 + j) * sv + d] : zero;
+            }
         }
         __syncthreads();
 
@@ -194,10 +219,9 @@ __device__ void flash_mma(FA_PARAMS(half_t)) {
         float s[FA_BK / 8][4];
         for (int j = 0; j < FA_BK / 8; j++) {
             for (int e = 0; e < 4; e++) s[j][e] = 0.0f;
-            const half_t* kr = &Ks[j * 8 + g][0];
+            const half_t* kr = &Ks[j * 8 + g][2 * t];
             for (int kk = 0; kk < NK; kk++) {
-                unsigned bf[2] = {pack_h2(kr[kk * 16 + 2 * t], kr[kk * 16 + 2 * t + 1]),
-                                  pack_h2(kr[kk * 16 + 8 + 2 * t], kr[kk * 16 + 9 + 2 * t])};
+                unsigned bf[2] = {ld_h2(kr + kk * 16), ld_h2(kr + kk * 16 + 8)};
                 mma_m16n8k16(s[j], qa[kk], bf, s[j]);
             }
         }
@@ -238,10 +262,9 @@ __device__ void flash_mma(FA_PARAMS(half_t)) {
             unsigned pa[4] = {pack_h2(f2h(s[2 * kk][0]), f2h(s[2 * kk][1])), pack_h2(f2h(s[2 * kk][2]), f2h(s[2 * kk][3])),
                               pack_h2(f2h(s[2 * kk + 1][0]), f2h(s[2 * kk + 1][1])),
                               pack_h2(f2h(s[2 * kk + 1][2]), f2h(s[2 * kk + 1][3]))};
-            int kr = kk * 16 + 2 * t;
             for (int n = 0; n < ND; n++) {
-                int c = n * 8 + g;
-                unsigned bf[2] = {pack_h2(Vs[kr][c], Vs[kr + 1][c]), pack_h2(Vs[kr + 8][c], Vs[kr + 9][c])};
+                const half_t* vr = &Vt[n * 8 + g][kk * 16 + 2 * t];
+                unsigned bf[2] = {ld_h2(vr), ld_h2(vr + 8)};
                 mma_m16n8k16(oacc[n], pa, bf, oacc[n]);
             }
         }
@@ -260,11 +283,11 @@ __device__ void flash_mma(FA_PARAMS(half_t)) {
         }
 }
 
-extern "C" __global__ void flash_attn_f16_d16(FA_PARAMS(half_t)) { flash_mma<16>(FA_ARGS); }
-extern "C" __global__ void flash_attn_f16_d32(FA_PARAMS(half_t)) { flash_mma<32>(FA_ARGS); }
-extern "C" __global__ void flash_attn_f16_d48(FA_PARAMS(half_t)) { flash_mma<48>(FA_ARGS); }
-extern "C" __global__ void flash_attn_f16_d64(FA_PARAMS(half_t)) { flash_mma<64>(FA_ARGS); }
-extern "C" __global__ void flash_attn_f16_d80(FA_PARAMS(half_t)) { flash_mma<80>(FA_ARGS); }
-extern "C" __global__ void flash_attn_f16_d96(FA_PARAMS(half_t)) { flash_mma<96>(FA_ARGS); }
-extern "C" __global__ void flash_attn_f16_d128(FA_PARAMS(half_t)) { flash_mma<128>(FA_ARGS); }
-extern "C" __global__ void flash_attn_f16_d160(FA_PARAMS(half_t)) { flash_mma<160>(FA_ARGS); }
+extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d16(FA_PARAMS(half_t)) { flash_mma<16>(FA_ARGS); }
+extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d32(FA_PARAMS(half_t)) { flash_mma<32>(FA_ARGS); }
+extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d48(FA_PARAMS(half_t)) { flash_mma<48>(FA_ARGS); }
+extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d64(FA_PARAMS(half_t)) { flash_mma<64>(FA_ARGS); }
+extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d80(FA_PARAMS(half_t)) { flash_mma<80>(FA_ARGS); }
+extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d96(FA_PARAMS(half_t)) { flash_mma<96>(FA_ARGS); }
+extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d128(FA_PARAMS(half_t)) { flash_mma<128>(FA_ARGS); }
+extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d160(FA_PARAMS(half_t)) { flash_mma<160>(FA_ARGS); }

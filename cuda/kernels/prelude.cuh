@@ -88,6 +88,26 @@ __device__ __forceinline__ unsigned pack_h2(half_t lo, half_t hi) {
     return (unsigned)lo | ((unsigned)hi << 16);
 }
 
+// ld_h2 loads two adjacent halves (4-byte aligned) as one .f16x2 word;
+// copy8h copies 8 halves (16-byte aligned at both ends) in one access;
+// zero8h clears 8 halves. The emulator spells them with memcpy (no
+// aliasing games under -O2).
+#ifndef SDB_EMU
+__device__ __forceinline__ unsigned ld_h2(const half_t* p) { return *reinterpret_cast<const unsigned*>(p); }
+__device__ __forceinline__ void copy8h(half_t* dst, const half_t* src) {
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+}
+__device__ __forceinline__ void zero8h(half_t* dst) { *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0); }
+#else
+__device__ __forceinline__ unsigned ld_h2(const half_t* p) {
+    unsigned u;
+    __builtin_memcpy(&u, p, 4);
+    return u;
+}
+__device__ __forceinline__ void copy8h(half_t* dst, const half_t* src) { __builtin_memcpy(dst, src, 16); }
+__device__ __forceinline__ void zero8h(half_t* dst) { __builtin_memset(dst, 0, 16); }
+#endif
+
 // neg_inf is -infinity (the identity of max).
 __device__ __forceinline__ float neg_inf() { return __int_as_float((int)0xff800000u); }
 

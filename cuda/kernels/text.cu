@@ -4,11 +4,11 @@
 // position embedding), T5's RMSNorm, the activations named by the models'
 // configs (in place, or multiplied by a gate as in T5's gated FF), ELLA's
 // AdaLayerNorm modulation (optionally after a non-affine layer norm), the
-// latents + time row broadcast add, a dtype cast, and a small attention
-// for short sequences with an additive bias, causal masking and no score
-// scaling (T5, CLIP). Uses the prelude's half_t, to_f / from_f and
-// reductions. Not tuned: one thread per element or one block
-// per row, every row read from global memory twice.
+// latents + time row broadcast add, and a dtype cast. Attention is not
+// here (attention.cu has the causal / bias / no-scale options the text
+// models need). Uses the prelude's half_t, to_f / from_f and block
+// reductions. Not tuned: one thread per element or one block per row,
+// normalised rows read from global memory two or three times.
 
 // Activation kinds, as nn.TextAct numbers them.
 #define TEXT_RELU 0
@@ -163,64 +163,4 @@ extern "C" __global__ void cast_f32(const float* __restrict__ x, half_t* __restr
 extern "C" __global__ void cast_f16(const half_t* __restrict__ x, float* __restrict__ y, long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         y[i] = to_f(x[i]);
-}
-
-// Attention for short key sequences: one block per (batch, head, query
-// row), the row's Lk scores in dynamic shared memory (Lk floats):
-// o = softmax(scale * q k^T + bias [+ causal]) v. q [B, Lq, H*D], k, v
-// [B, Lk, H*D], o [B, Lq, H*D]; bias [Bb, Hb, Lq, Lk] with Bb in {1, B}
-// and Hb in {1, H}, or null; causal drops keys j > i. grid = B*H*Lq,
-// blockDim a multiple of 32.
-template <class T>
-__device__ void text_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                               const T* __restrict__ bias, T* __restrict__ o, float* p, int H, int Lq, int Lk, int D,
-                               float scale, int Bb, int Hb, int causal) {
-    __shared__ float sh[33];
-    int row = blockIdx.x;
-    int i = row % Lq, h = (row / Lq) % H, b = row / (Lq * H);
-    long long C = (long long)H * D;
-    const T* qr = q + ((long long)b * Lq + i) * C + (long long)h * D;
-    const T* kb = k + (long long)b * Lk * C + (long long)h * D;
-    const T* vb = v + (long long)b * Lk * C + (long long)h * D;
-    const T* br = bias ? bias + (((long long)(b % Bb) * Hb + (h % Hb)) * Lq + i) * Lk : 0;
-    int lanes = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    // One warp per key: lanes split the head dimension.
-    for (int j = warp; j < Lk; j += lanes) {
-        float s = 0.0f;
-        for (int d = lane; d < D; d += 32) s += to_f(qr[d]) * to_f(kb[(long long)j * C + d]);
-        s = warp_sum(s);
-        if (lane == 0) {
-            s *= scale;
-            if (br) s += to_f(br[j]);
-            if (causal && j > i) s = neg_inf();
-            p[j] = s;
-        }
-    }
-    __syncthreads();
-    float m = neg_inf();
-    for (int j = threadIdx.x; j < Lk; j += blockDim.x) m = fmaxf(m, p[j]);
-    m = block_max(m, sh);
-    float z = 0.0f;
-    for (int j = threadIdx.x; j < Lk; j += blockDim.x) {
-        float e = expf(p[j] - m);
-        p[j] = e;
-        z += e;
-    }
-    float inv = 1.0f / block_sum(z, sh);
-    T* orow = o + ((long long)b * Lq + i) * C + (long long)h * D;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j < Lk; j++) acc += p[j] * to_f(vb[(long long)j * C + d]);
-        orow[d] = from_f<T>(acc * inv);
-    }
-}
-extern "C" __global__ void text_attention_f32(const float* q, const float* k, const float* v, const float* bias, float* o,
-                                              int H, int Lq, int Lk, int D, float scale, int Bb, int Hb, int causal) {
-    extern __shared__ float text_p[];
-    text_attention<float>(q, k, v, bias, o, text_p, H, Lq, Lk, D, scale, Bb, Hb, causal);
-}
-extern "C" __global__ void text_attention_f16(const half_t* q, const half_t* k, const half_t* v, const half_t* bias, half_t* o,
-                                              int H, int Lq, int Lk, int D, float scale, int Bb, int Hb, int causal) {
-    extern __shared__ float text_p[];
-    text_attention<half_t>(q, k, v, bias, o, text_p, H, Lq, Lk, D, scale, Bb, Hb, causal);
 }

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/sdbridge/sdbridge/cuda"
+	"github.com/sdbridge/sdbridge/models"
 	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 )
@@ -41,6 +43,7 @@ const (
 	ParamT5FP16      = "t5_fp16"      // emulate fp16 T5
 	ParamContextDim  = "context_dim"  // the U-Net's cross-attention width
 	ParamMode        = "mode"         // ModeFlexible or ModeFixed
+	ParamDevice      = "device"       // "cpu" (default) or "cuda:N": where T5 runs (gpu.go)
 )
 
 // Length modes.
@@ -63,6 +66,11 @@ type Plugin struct {
 	cache   *lru
 	handles map[string]*handle
 	next    uint64
+	// Device copies of the connector (gpu.go), made on the first call
+	// with a device output.
+	gpus map[gpuKey]*gpuConnector
+	t5s  map[t5Key]*models.T5CUDA
+	blas map[*cuda.Device]*cuda.BLAS
 }
 
 // handle is one prepared prompt.
@@ -84,7 +92,7 @@ func (p *Plugin) Describe(context.Context, *sdk.DescribeRequest) (*sdk.DescribeR
 	return &sdk.DescribeResponse{
 		Name:         "ella",
 		Version:      Version,
-		Capabilities: []sdk.Capability{sdk.CapConditioning},
+		Capabilities: []sdk.Capability{sdk.CapConditioning, sdk.CapDeviceArenas},
 		Params: []sdk.ParamSpec{
 			{Name: ParamELLA, Type: sdk.ParamFile, Help: "ELLA connector file (ella-sd1.5-tsc-t5xl.safetensors)"},
 			{Name: ParamT5, Type: sdk.ParamFile, Help: "FLAN-T5-XL encoder folder (config.json, model.safetensors)"},
@@ -93,6 +101,7 @@ func (p *Plugin) Describe(context.Context, *sdk.DescribeRequest) (*sdk.DescribeR
 			{Name: ParamT5FP16, Type: sdk.ParamBool, Default: "false", Help: "round T5 as an all-fp16 PyTorch model does"},
 			{Name: ParamContextDim, Type: sdk.ParamInt, Help: "the U-Net's cross-attention context dim (768 for SD 1.5)"},
 			{Name: ParamMode, Type: sdk.ParamString, Default: ModeFlexible, Help: "flexible (no padding) or fixed (128 tokens with mask)"},
+			{Name: ParamDevice, Type: sdk.ParamString, Default: "cpu", Help: "where T5 encodes prompts: cpu or cuda:N (the host's GPU)"},
 		},
 	}, nil
 }
@@ -137,6 +146,7 @@ func (p *Plugin) modelsFor(cfg Config) (*Models, error) {
 	p.log.Info("loaded ELLA", "ella", cfg.ELLAPath, "t5", cfg.T5Dir, "width", m.ELLA.Width,
 		"t5_d_model", m.T5.DModel(), "t5_layers", m.T5.Config.NumLayers, "seconds", time.Since(t0).Seconds())
 	p.models = m
+	p.dropGPU(m)
 	return m, nil
 }
 
@@ -166,6 +176,10 @@ func (p *Plugin) EncodePrompt(ctx context.Context, req *sdk.EncodePromptRequest)
 	if err := m.CheckContextDim(contextDim); err != nil {
 		return nil, err
 	}
+	t5, err := p.t5For(m, req.Params.String(ParamDevice, "cpu"))
+	if err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -173,7 +187,7 @@ func (p *Plugin) EncodePrompt(ctx context.Context, req *sdk.EncodePromptRequest)
 	enc, ok := p.cache.get(key)
 	if !ok {
 		t0 := time.Now()
-		if enc, err = encode(m, mode, req.Text); err != nil {
+		if enc, err = encode(m, t5, mode, req.Text); err != nil {
 			return nil, err
 		}
 		p.cache.put(key, enc)
@@ -187,8 +201,15 @@ func (p *Plugin) EncodePrompt(ctx context.Context, req *sdk.EncodePromptRequest)
 	return &sdk.EncodePromptResponse{Handle: h, ContextShape: []int{1, m.ELLA.NumLatents, m.ELLA.Width}}, nil
 }
 
-// encode tokenizes text, runs T5 and prepares the connector's text part.
-func encode(m *Models, mode, text string) (*encoded, error) {
+// t5Encoder is the T5 forward encode needs: the CPU encoder or its GPU
+// twin (models.T5CUDA).
+type t5Encoder interface {
+	Encode(ids [][]int, mask [][]bool) (*nn.Tensor, error)
+}
+
+// encode tokenizes text, runs T5 (t5: m.T5 or its GPU copy) and prepares
+// the connector's text part.
+func encode(m *Models, t5 t5Encoder, mode, text string) (*encoded, error) {
 	var ids []int
 	var mask [][]bool
 	if mode == ModeFixed {
@@ -205,7 +226,7 @@ func encode(m *Models, mode, text string) (*encoded, error) {
 	} else {
 		ids = m.Tokenizer.Encode(text) // pieces + EOS, no padding
 	}
-	feats, err := m.T5.Encode([][]int{ids}, mask) // [1, N, Din]
+	feats, err := t5.Encode([][]int{ids}, mask) // [1, N, Din]
 	if err != nil {
 		return nil, fmt.Errorf("ella: t5 encoder %s: %w", m.Config.T5Dir, err)
 	}
@@ -245,16 +266,22 @@ func (p *Plugin) Conditioning(ctx context.Context, req *sdk.ConditioningRequest)
 	if !sameShape(req.Out.Shape, want) {
 		return nil, fmt.Errorf("ella: output tensor %q has shape %v, want %v", req.Out.Name, req.Out.Shape, want)
 	}
-	out, err := req.Out.MutableFloat32()
-	if err != nil {
-		return nil, fmt.Errorf("ella: %w", err)
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	ts := req.Timesteps
 	if allEqual(ts) {
 		ts = ts[:1] // one connector run, copied to every row
+	}
+	if req.Out.OnDevice() {
+		if err := p.conditioningGPU(h, req.Out, ts, b); err != nil {
+			return nil, fmt.Errorf("ella connector %s (cuda): %w", h.m.Config.ELLAPath, err)
+		}
+		return &sdk.ConditioningResponse{Written: req.Out.TensorRef}, nil
+	}
+	out, err := req.Out.MutableFloat32()
+	if err != nil {
+		return nil, fmt.Errorf("ella: %w", err)
 	}
 	cond, err := e.Conditioning(h.enc.text, ts) // [len(ts), Q, W]
 	if err != nil {

@@ -309,6 +309,10 @@ int nvrtcCompileProgram(struct prog *p, int n, const char *const *opts) {
     argv[na++] = "-DSDB_EMU";
     argv[na++] = "-include";
     argv[na++] = hdr;
+    char extra[1024] = ""; /* SDBRIDGE_CUDA_EMU_CXXFLAGS: blank-separated extra compiler flags */
+    const char *ef = getenv("SDBRIDGE_CUDA_EMU_CXXFLAGS");
+    if (ef) snprintf(extra, sizeof extra, "%s", ef);
+    for (char *tok = strtok(extra, " \t"); tok && na < 40; tok = strtok(NULL, " \t")) argv[na++] = tok;
     char defs[8][512]; /* -DX and --define-macro=X pass through as -DX */
     int nd = 0;
     for (int i = 1; i < n && nd < 8; i++)
@@ -322,7 +326,7 @@ int nvrtcCompileProgram(struct prog *p, int n, const char *const *opts) {
     char ident[256] = "";
     if (stat(cxx, &st) == 0) snprintf(ident, sizeof ident, "%lld:%lld", (long long)st.st_size, (long long)st.st_mtime);
     for (int i = 0; i < na; i++) {
-        if (i == 10) continue; /* the header's path: its text is hashed instead */
+        if (argv[i] == hdr) continue; /* the header's path: its text is hashed instead */
         h1 = hash(h1, argv[i], strlen(argv[i]) + 1);
         h2 = hash(h2, argv[i], strlen(argv[i]) + 1);
     }

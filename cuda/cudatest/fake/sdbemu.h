@@ -42,7 +42,12 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
-#if !defined(__x86_64__)
+/* The fibers switch with a few instructions of x86-64 assembly; elsewhere,
+ * or with -DSDB_EMU_UCONTEXT (for comparison), with ucontext. */
+#if defined(__x86_64__) && !defined(SDB_EMU_UCONTEXT)
+#define SDB_EMU_ASM_SWITCH 1
+#else
+#define SDB_EMU_ASM_SWITCH 0
 #include <ucontext.h>
 #endif
 
@@ -196,21 +201,31 @@ enum { opSync, opShflIdx, opShflUp, opShflDown, opShflXor, opBallot, opAny, opAl
 static const char *const opNames[] = {"__syncwarp", "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
                                       "__shfl_xor_sync", "__ballot_sync", "__any_sync", "__all_sync"};
 
-struct Fiber {
+/* Ctx is a saved execution context. */
+struct Ctx {
     void *sp; /* saved stack pointer (x86-64) */
-#if !defined(__x86_64__)
+#if !SDB_EMU_ASM_SWITCH
     ucontext_t uc;
 #endif
+};
+
+struct Fiber {
+    Ctx ctx;
     uint3 tid;
     int lane, warp;
     int state;
-    int line;         /* source line of the barrier or collective it waits at */
+    int line;         /* source line of the barrier it waits at */
     const char *file; /* and its file (#line names) */
-    int op;         /* warp collective kind */
-    unsigned mask;  /* warp collective mask */
-    int param, width;
-    int pred;       /* __syncthreads_count/and/or predicate */
-    uint64_t val, result;
+    int pred;         /* __syncthreads_count/and/or predicate */
+};
+
+/* Warp is one warp's collective state, lane-indexed (kept apart from the
+ * fibers so a completing collective touches a few cache lines). */
+struct Warp {
+    unsigned live, arrived; /* lanes not exited; lanes waiting in a collective */
+    unsigned mask[32];
+    int op[32], param[32], width[32], line[32];
+    uint64_t val[32], res[32];
 };
 
 /* Launch is what the stand-in driver hands a module's entry. */
@@ -235,14 +250,12 @@ static int g_cap;          /* fibers allocated */
 static char *g_stacks;     /* g_cap stacks of kStack bytes, each above a guard page */
 static const size_t kStack = 256 << 10, kGuard = 4096;
 static int g_nthreads, g_live, g_barArrived, g_barResult, g_barN, g_nwarps;
-static unsigned *g_warpLive, *g_warpArrived; /* per warp lane masks */
+static Warp *g_warps;
 static Fiber *g_cur;
 static int *g_runq;
 static int g_qhead, g_qtail;
-static void *g_schedSP;
-#if !defined(__x86_64__)
-static ucontext_t g_schedUC;
-#endif
+static Ctx g_sched;              /* the launching thread's own context */
+static int g_nextStart, g_stacksUsed; /* threads are started lazily, in order */
 static void (*g_thunk)(void *);
 static void *g_thunkArg;
 static int g_error;
@@ -262,7 +275,7 @@ static size_t g_dynCap;
 
 namespace sdb_emu {
 
-#if defined(__x86_64__)
+#if SDB_EMU_ASM_SWITCH
 extern "C" void sdb_emu_swap(void **save, void *to);
 __asm__(".text\n"
         ".hidden sdb_emu_swap\n"
@@ -275,11 +288,9 @@ __asm__(".text\n"
         "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
         "  ret\n"
         ".size sdb_emu_swap, .-sdb_emu_swap\n");
-static inline void toSched(Fiber *f) { sdb_emu_swap(&f->sp, g_schedSP); }
-static inline void toFiber(Fiber *f) { sdb_emu_swap(&g_schedSP, f->sp); }
+static inline void jump(Ctx *from, Ctx *to) { sdb_emu_swap(&from->sp, to->sp); }
 #else
-static inline void toSched(Fiber *f) { swapcontext(&f->uc, &g_schedUC); }
-static inline void toFiber(Fiber *f) { swapcontext(&g_schedUC, &f->uc); }
+static inline void jump(Ctx *from, Ctx *to) { swapcontext(&from->uc, &to->uc); }
 #endif
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -302,13 +313,61 @@ static inline void ready(int i) {
     if (++g_qtail > g_nthreads) g_qtail = 0;
 }
 
-/* block blocks the current fiber until the scheduler resumes it; after a
- * failure it never returns (the block is abandoned). */
-static inline void block(Fiber *f) {
-    toSched(f);
-    if (g_error) { /* resumed only to be abandoned: cannot happen, guard anyway */
-        for (;;) toSched(f);
+static void fiberMain();
+#if !SDB_EMU_ASM_SWITCH
+static void fiberMainUC() { fiberMain(); }
+#endif
+
+/* identity sets thread i's indices. */
+static inline void identity(Fiber *f, int i) {
+    unsigned bx = g_blockDim.x, by = g_blockDim.y;
+    f->tid.x = i % bx;
+    f->tid.y = (i / bx) % by;
+    f->tid.z = i / (bx * by);
+    f->lane = i & 31;
+    f->warp = i >> 5;
+    f->state = kRunning;
+}
+
+/* pickNext returns the next fiber to switch to, g_cur set: a ready one,
+ * else the next thread not started yet (on a fresh stack), else null. */
+static Fiber *pickNext() {
+    while (g_qhead != g_qtail) {
+        Fiber *f = &g_fibers[g_runq[g_qhead]];
+        if (++g_qhead > g_nthreads) g_qhead = 0;
+        if (f->state != kReady) continue;
+        f->state = kRunning;
+        return g_cur = f;
     }
+    if (g_nextStart >= g_nthreads) return nullptr;
+    int i = g_nextStart++, k = g_stacksUsed++;
+    Fiber *f = &g_fibers[i];
+    identity(f, i);
+    /* Stack tops are staggered by k cache lines so that fibers' hot frames
+     * do not all fall in the same cache set. */
+    char *top = g_stacks + (kStack + kGuard) * (k + 1) - (k % 64) * 64;
+#if SDB_EMU_ASM_SWITCH
+    void **sp = (void **)top;
+    *--sp = nullptr;            /* fake return address of fiberMain */
+    *--sp = (void *)&fiberMain; /* where sdb_emu_swap returns to */
+    for (int r = 0; r < 6; r++) *--sp = nullptr; /* rbp rbx r12..r15 */
+    f->ctx.sp = sp;
+#else
+    getcontext(&f->ctx.uc);
+    f->ctx.uc.uc_stack.ss_sp = g_stacks + (kStack + kGuard) * k + kGuard;
+    f->ctx.uc.uc_stack.ss_size = kStack - 1024;
+    f->ctx.uc.uc_link = nullptr;
+    makecontext(&f->ctx.uc, fiberMainUC, 0);
+#endif
+    return g_cur = f;
+}
+
+/* block suspends the current fiber and runs another directly (or returns
+ * to the launching thread when none can run); after a failure it never
+ * returns (the block is abandoned). */
+static inline void block(Fiber *f) {
+    Fiber *n = g_error ? nullptr : pickNext();
+    jump(&f->ctx, n ? &n->ctx : &g_sched);
 }
 
 /* ---- __syncthreads ---- */
@@ -359,68 +418,73 @@ static int syncthreads(const char *file, int line, int pred) {
 }
 
 /* ---- warp collectives ---- */
-static uint64_t shflSource(const Fiber *me, int srcLane, bool inGroup) {
-    if (!inGroup) return me->val;
-    return g_fibers[me->warp * 32 + srcLane].val;
-}
-
-/* tryComplete finishes the collective lane's group if every member has
- * arrived; it returns true when it did (or failed). */
-static bool tryComplete(int warp, int lane, Fiber *self) {
-    Fiber *base = &g_fibers[warp * 32];
-    Fiber *me = &base[lane];
-    unsigned live = g_warpLive[warp];
-    unsigned need = (me->mask | (1u << lane)) & live;
-    if ((g_warpArrived[warp] & need) != need) return false;
+/* tryComplete finishes the collective of lane l's group if every member
+ * has arrived; it returns true when it did (or failed). */
+static bool tryComplete(int wi, int l, Fiber *self) {
+    Warp &w = g_warps[wi];
+    unsigned live = w.live;
+    unsigned need = (w.mask[l] | (1u << l)) & live;
+    if ((w.arrived & need) != need) return false;
+    int op = w.op[l];
     for (unsigned m = need; m; m &= m - 1) {
-        Fiber *o = &base[__builtin_ctz(m)];
-        unsigned on = (o->mask | (1u << o->lane)) & live;
-        if (o->op != me->op || on != need) {
+        int o = __builtin_ctz(m);
+        if (w.op[o] != op || ((w.mask[o] | (1u << o)) & live) != need) {
             fail("warp %d: lanes %d and %d meet at different warp collectives (%s mask %#x at line %d, %s mask %#x at "
                  "line %d)",
-                 warp, lane, o->lane, opNames[me->op], me->mask, me->line, opNames[o->op], o->mask, o->line);
+                 wi, l, o, opNames[op], w.mask[l], w.line[l], opNames[w.op[o]], w.mask[o], w.line[o]);
             return true;
         }
     }
-    uint64_t ballot = 0;
-    if (me->op == opBallot || me->op == opAny || me->op == opAll)
+    /* A source lane outside the group (exited, past blockDim, not in the
+     * mask) gives the caller its own value. */
+#define SDB_SRC(cond, src) ((cond) && ((need >> (src)) & 1) ? w.val[src] : w.val[x])
+    switch (op) {
+    case opShflIdx:
         for (unsigned m = need; m; m &= m - 1) {
-            int l = __builtin_ctz(m);
-            if (base[l].val) ballot |= 1ull << l;
+            int x = __builtin_ctz(m), wd = w.width[x], src = (x & ~(wd - 1)) + (w.param[x] & (wd - 1));
+            w.res[x] = SDB_SRC(true, src);
         }
-    for (unsigned m = need; m; m &= m - 1) {
-        int l = __builtin_ctz(m);
-        Fiber *o = &base[l];
-        int w = o->width, seg = l & ~(w - 1), src;
-        switch (o->op) {
-        case opShflIdx:
-            src = seg + (o->param & (w - 1));
-            o->result = shflSource(o, src, (need >> src) & 1);
-            break;
-        case opShflUp:
-            src = l - o->param;
-            o->result = (l - seg) >= o->param ? shflSource(o, src, (need >> src) & 1) : o->val;
-            break;
-        case opShflDown:
-            src = l + o->param;
-            o->result = (l - seg) + o->param < w ? shflSource(o, src, (need >> src) & 1) : o->val;
-            break;
-        case opShflXor:
-            src = l ^ o->param;
-            o->result = (src & ~(w - 1)) > seg || src > 31 ? o->val : shflSource(o, src, (need >> src) & 1);
-            break;
-        case opBallot: o->result = ballot; break;
-        case opAny: o->result = ballot != 0; break;
-        case opAll: o->result = ballot == need; break;
-        default: o->result = 0;
+        break;
+    case opShflUp:
+        for (unsigned m = need; m; m &= m - 1) {
+            int x = __builtin_ctz(m), wd = w.width[x], d = w.param[x], src = x - d;
+            w.res[x] = SDB_SRC(d >= 0 && (x & (wd - 1)) >= d, src);
         }
+        break;
+    case opShflDown:
+        for (unsigned m = need; m; m &= m - 1) {
+            int x = __builtin_ctz(m), wd = w.width[x], d = w.param[x], src = x + d;
+            w.res[x] = SDB_SRC(d >= 0 && (x & (wd - 1)) + d < wd, src);
+        }
+        break;
+    case opShflXor:
+        for (unsigned m = need; m; m &= m - 1) {
+            int x = __builtin_ctz(m), wd = w.width[x], src = x ^ w.param[x];
+            w.res[x] = SDB_SRC(src >= 0 && src < 32 && (src & ~(wd - 1)) <= (x & ~(wd - 1)), src);
+        }
+        break;
+    case opBallot:
+    case opAny:
+    case opAll: {
+        uint64_t ballot = 0;
+        for (unsigned m = need; m; m &= m - 1) {
+            int x = __builtin_ctz(m);
+            if (w.val[x]) ballot |= 1ull << x;
+        }
+        uint64_t r = op == opBallot ? ballot : op == opAny ? ballot != 0 : ballot == need;
+        for (unsigned m = need; m; m &= m - 1) w.res[__builtin_ctz(m)] = r;
+        break;
     }
-    g_warpArrived[warp] &= ~need;
+    default:
+        break;
+    }
+#undef SDB_SRC
+    w.arrived &= ~need;
+    Fiber *base = &g_fibers[wi * 32];
     for (unsigned m = need; m; m &= m - 1) {
-        int l = __builtin_ctz(m);
-        Fiber *o = &base[l];
-        if (o == self) o->state = kRunning;
-        else ready(warp * 32 + l);
+        int x = __builtin_ctz(m);
+        if (&base[x] == self) self->state = kRunning;
+        else ready(wi * 32 + x);
     }
     return true;
 }
@@ -431,20 +495,22 @@ static uint64_t collective(int op, unsigned mask, uint64_t val, int param, int w
         fail("%s at line %d: width %d is not a power of two in 1..32", opNames[op], line, width);
         block(f);
     }
+    Warp &w = g_warps[f->warp];
+    int l = f->lane;
     f->state = kWaitWarp;
-    f->op = op;
-    f->mask = mask;
-    f->val = val;
-    f->param = param;
-    f->width = width;
-    f->line = line;
-    g_warpArrived[f->warp] |= 1u << f->lane;
-    if (tryComplete(f->warp, f->lane, f)) {
+    w.op[l] = op;
+    w.mask[l] = mask;
+    w.val[l] = val;
+    w.param[l] = param;
+    w.width[l] = width;
+    w.line[l] = line;
+    w.arrived |= 1u << l;
+    if (tryComplete(f->warp, l, f)) {
         if (g_error) block(f);
-        return f->result;
+    } else {
+        block(f);
     }
-    block(f);
-    return f->result;
+    return g_warps[f->warp].res[l];
 }
 
 template <class T> static inline uint64_t bitsOf(T v) {
@@ -460,32 +526,40 @@ template <class T> static inline T fromBits(uint64_t u) {
 }
 
 /* ---- fibers ---- */
-static void exitFiber(Fiber *f);
-
-static void fiberMain() {
-    Fiber *f = g_cur;
-    g_thunk(g_thunkArg);
-    exitFiber(f);
-}
-
+/* exitFiber does the bookkeeping of a returned thread: a lane that leaves
+ * can complete its warp's collectives, and the last thread not yet at the
+ * block barrier can release it. */
 static void exitFiber(Fiber *f) {
     f->state = kDone;
     g_live--;
-    g_warpLive[f->warp] &= ~(1u << f->lane);
-    /* A lane that leaves can complete its warp's collectives, and the last
-     * thread not yet at the block barrier can release it. */
-    unsigned waiting = g_warpArrived[f->warp];
-    for (unsigned m = waiting; m && !g_error; m &= m - 1) {
+    Warp &w = g_warps[f->warp];
+    w.live &= ~(1u << f->lane);
+    for (unsigned m = w.arrived; m && !g_error; m &= m - 1) {
         int l = __builtin_ctz(m);
-        if (g_warpArrived[f->warp] & (1u << l)) tryComplete(f->warp, l, nullptr);
+        if (w.arrived & (1u << l)) tryComplete(f->warp, l, nullptr);
     }
     if (!g_error && g_live > 0 && g_barArrived == g_live) releaseBarrier(nullptr);
-    for (;;) toSched(f);
 }
 
-#if !defined(__x86_64__)
-static void fiberMainUC() { fiberMain(); }
-#endif
+/* fiberMain runs threads on one stack: when a thread returns, the next
+ * thread not started yet reuses the stack at once (so kernels without
+ * barriers or collectives never switch); when there is none, it moves on
+ * to a ready fiber for good. */
+static void fiberMain() {
+    for (;;) {
+        g_thunk(g_thunkArg);
+        exitFiber(g_cur);
+        if (!g_error && g_nextStart < g_nthreads) {
+            int i = g_nextStart++;
+            identity(&g_fibers[i], i);
+            g_cur = &g_fibers[i];
+            continue;
+        }
+        Ctx dead;
+        Fiber *n = g_error ? nullptr : pickNext();
+        jump(&dead, n ? &n->ctx : &g_sched);
+    }
+}
 
 static bool reserve(int n) {
     if (n <= g_cap) return true;
@@ -496,13 +570,11 @@ static bool reserve(int n) {
     if (g_stacks) munmap(g_stacks, per * g_cap);
     free(g_fibers);
     free(g_runq);
-    free(g_warpLive);
-    free(g_warpArrived);
+    free(g_warps);
     g_stacks = st;
     g_fibers = (Fiber *)calloc(n, sizeof(Fiber));
     g_runq = (int *)calloc(n + 1, sizeof(int));
-    g_warpLive = (unsigned *)calloc((n + 31) / 32, sizeof(unsigned));
-    g_warpArrived = (unsigned *)calloc((n + 31) / 32, sizeof(unsigned));
+    g_warps = (Warp *)calloc((n + 31) / 32, sizeof(Warp));
     g_cap = n;
     return true;
 }
@@ -521,11 +593,12 @@ static void describeDeadlock() {
         }
     }
     if (w) {
-        unsigned live = g_warpLive[w->warp], need = (w->mask | (1u << w->lane)) & live;
-        unsigned missing = need & ~g_warpArrived[w->warp];
+        const Warp &wp = g_warps[w->warp];
+        int l = w->lane;
+        unsigned need = (wp.mask[l] | (1u << l)) & wp.live, missing = need & ~wp.arrived;
         fail("deadlock: %d live threads, %d at __syncthreads (line %d), %d at warp collectives; warp %d lane %d waits in "
              "%s (line %d, mask %#x) for lanes %#x that never arrive",
-             g_live, bar, barLine, warp, w->warp, w->lane, opNames[w->op], w->line, w->mask, missing);
+             g_live, bar, barLine, warp, w->warp, l, opNames[wp.op[l]], wp.line[l], wp.mask[l], missing);
     } else {
         fail("deadlock: %d live threads, %d waiting at __syncthreads (line %d)", g_live, bar, barLine);
     }
@@ -536,44 +609,17 @@ static int runBlock() {
     g_qhead = g_qtail = 0;
     g_live = n;
     g_barArrived = 0;
+    g_nextStart = g_stacksUsed = 0;
     g_nwarps = (n + 31) / 32;
     for (int w = 0; w < g_nwarps; w++) {
         int lanes = n - w * 32 < 32 ? n - w * 32 : 32;
-        g_warpLive[w] = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1);
-        g_warpArrived[w] = 0;
+        g_warps[w].live = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1);
+        g_warps[w].arrived = 0;
     }
-    size_t per = kStack + kGuard;
-    for (int i = 0; i < n; i++) {
-        Fiber *f = &g_fibers[i];
-        f->tid.x = i % g_blockDim.x;
-        f->tid.y = (i / g_blockDim.x) % g_blockDim.y;
-        f->tid.z = i / (g_blockDim.x * g_blockDim.y);
-        f->lane = i & 31;
-        f->warp = i >> 5;
-        char *top = g_stacks + per * i + per;
-#if defined(__x86_64__)
-        void **sp = (void **)top;
-        *--sp = nullptr;                /* fake return address of fiberMain */
-        *--sp = (void *)&fiberMain;     /* where sdb_emu_swap returns to */
-        for (int r = 0; r < 6; r++) *--sp = nullptr; /* rbp rbx r12..r15 */
-        f->sp = sp;
-#else
-        getcontext(&f->uc);
-        f->uc.uc_stack.ss_sp = top - kStack;
-        f->uc.uc_stack.ss_size = kStack;
-        f->uc.uc_link = nullptr;
-        makecontext(&f->uc, fiberMainUC, 0);
-#endif
-        ready(i);
-    }
-    while (g_qhead != g_qtail) {
-        int i = g_runq[g_qhead];
-        if (++g_qhead > g_nthreads) g_qhead = 0;
-        Fiber *f = &g_fibers[i];
-        if (f->state != kReady) continue;
-        f->state = kRunning;
-        g_cur = f;
-        toFiber(f);
+    /* Fibers switch among themselves; control comes back here only when
+     * none can run (all done, a deadlock) or after a failure. */
+    while (Fiber *f = pickNext()) {
+        jump(&g_sched, &f->ctx);
         if (g_error) return g_error;
     }
     if (g_live > 0) {
@@ -666,7 +712,6 @@ template <class... A> static int nparamsOf(void (*)(A...)) { return (int)sizeof.
 #define __syncthreads_count(p) (sdb_emu::syncthreads(__FILE__, __LINE__, (p) != 0))
 #define __syncthreads_or(p) (sdb_emu::syncthreads(__FILE__, __LINE__, (p) != 0) != 0)
 #define __syncthreads_and(p) (sdb_emu::syncthreads(__FILE__, __LINE__, (p) != 0) == sdb_emu::g_barN)
-#define __syncwarp(...) sdb_emu::syncwarp_(__LINE__, ##__VA_ARGS__)
 #define __shfl_sync(m, v, s, ...) sdb_emu::shfl_(sdb_emu::opShflIdx, __LINE__, m, v, s, ##__VA_ARGS__)
 #define __shfl_up_sync(m, v, s, ...) sdb_emu::shfl_(sdb_emu::opShflUp, __LINE__, m, v, s, ##__VA_ARGS__)
 #define __shfl_down_sync(m, v, s, ...) sdb_emu::shfl_(sdb_emu::opShflDown, __LINE__, m, v, s, ##__VA_ARGS__)
@@ -674,11 +719,10 @@ template <class... A> static int nparamsOf(void (*)(A...)) { return (int)sizeof.
 #define __ballot_sync(m, p) ((unsigned)sdb_emu::collective(sdb_emu::opBallot, m, (p) != 0, 0, 32, __LINE__))
 #define __any_sync(m, p) ((int)sdb_emu::collective(sdb_emu::opAny, m, (p) != 0, 0, 32, __LINE__))
 #define __all_sync(m, p) ((int)sdb_emu::collective(sdb_emu::opAll, m, (p) != 0, 0, 32, __LINE__))
-#define __activemask() (sdb_emu::g_warpLive[sdb_emu::g_cur->warp])
+#define __activemask() (sdb_emu::g_warps[sdb_emu::g_cur->warp].live)
 #define __trap() sdb_emu::trap_(__LINE__)
 
 namespace sdb_emu {
-static inline void syncwarp_(int line, unsigned mask = 0xffffffffu) { collective(opSync, mask, 0, 0, 32, line); }
 template <class T> static inline T shfl_(int op, int line, unsigned mask, T v, int s, int width = 32) {
     return fromBits<T>(collective(op, mask, bitsOf(v), s, width, line));
 }
@@ -687,5 +731,9 @@ static inline void trap_(int line) {
     block(g_cur);
 }
 } /* namespace sdb_emu */
+
+static inline void __syncwarp(unsigned mask = 0xffffffffu, int line = __builtin_LINE()) {
+    sdb_emu::collective(sdb_emu::opSync, mask, 0, 0, 32, line);
+}
 
 #endif /* SDB_EMU_RUNTIME_H */
