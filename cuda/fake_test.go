@@ -13,6 +13,7 @@ import (
 	"errors"
 	"math"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -85,7 +86,18 @@ func TestFakeDriverChild(t *testing.T) {
 	})
 
 	t.Run("launch", func(t *testing.T) {
-		m, err := d.LoadModule([]byte("fake image"))
+		if _, err := d.LoadModule([]byte("fake image")); err == nil || !strings.Contains(err.Error(), "CUDA_ERROR_INVALID_IMAGE") {
+			t.Fatalf("LoadModule(garbage) = %v, want CUDA_ERROR_INVALID_IMAGE", err)
+		}
+		m, err := d.CompileModule("launch_test.cu", `
+extern "C" __global__ void add_f32(const float* a, const float* b, float* y, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) y[i] = a[i] + b[i];
+}
+extern "C" __global__ void scale_f32(float* a, float s, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) a[i] *= s;
+}
+`)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,7 +113,10 @@ func TestFakeDriverChild(t *testing.T) {
 		if err := add.Launch(Dim3{X: 1}, Dim3{X: 256}, 0, a, b, y, int64(3)); err != nil {
 			t.Fatal(err)
 		}
-		scale, _ := m.Function("scale_f32")
+		scale, err := m.Function("scale_f32")
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := scale.Launch(Dim3{X: 1}, Dim3{X: 256}, 0, y, float32(0.5), 3); err != nil {
 			t.Fatal(err)
 		}
@@ -110,11 +125,13 @@ func TestFakeDriverChild(t *testing.T) {
 		if got[0] != 5.5 || got[2] != 16.5 {
 			t.Fatalf("(a+b)/2 = %v", got)
 		}
-		bad, _ := m.Function("missing_kernel")
-		err = bad.Launch(Dim3{X: 1}, Dim3{X: 32}, 0)
+		_, err = m.Function("missing_kernel")
 		var ce *Error
-		if !errors.As(err, &ce) || !strings.Contains(err.Error(), "CUDA_ERROR_FAKE") || !strings.Contains(err.Error(), "missing_kernel") {
-			t.Fatalf("failed launch error = %v", err)
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), "CUDA_ERROR_NOT_FOUND") || !strings.Contains(err.Error(), "missing_kernel") {
+			t.Fatalf("lookup of a missing kernel = %v", err)
+		}
+		if err := scale.Launch(Dim3{X: 1}, Dim3{X: 32}, 0, y); err == nil || !strings.Contains(err.Error(), "CUDA_ERROR_INVALID_VALUE") {
+			t.Fatalf("launch with too few arguments = %v, want CUDA_ERROR_INVALID_VALUE", err)
 		}
 	})
 
@@ -209,20 +226,33 @@ func TestFakeDriverChild(t *testing.T) {
 				}
 			})
 		}
-		if err := bl.GemmEx(false, false, 2, 2, 3, 1, da, 3, db, 2, 0, dc, 2, R16F, R32F); err == nil || !strings.Contains(err.Error(), "NOT_SUPPORTED") {
-			t.Errorf("stand-in GemmEx with fp16 = %v, want its NOT_SUPPORTED status as an error", err)
+		ah := []uint16{0x3c00, 0x4000, 0x4200, 0x4400, 0x4500, 0x4600} // 1..6 in fp16
+		bh := []uint16{0x4700, 0x4800, 0x4880, 0x4900, 0x4980, 0x4a00} // 7..12
+		dah, _ := d.Alloc(12)
+		dbh, _ := d.Alloc(12)
+		dch, _ := d.Alloc(8)
+		dah.UploadUint16(ah)
+		dbh.UploadUint16(bh)
+		if err := bl.GemmEx(false, false, 2, 2, 3, 1, dah, 3, dbh, 2, 0, dch, 2, R16F, R16F); err != nil {
+			t.Fatal(err)
+		}
+		gh := make([]uint16, 4)
+		dch.DownloadUint16(gh)
+		if want := []uint16{0x5340, 0x5400, 0x5858, 0x58d0}; !slices.Equal(gh, want) { // 58 64 139 154
+			t.Errorf("fp16 GemmEx = %#x, want %#x", gh, want)
 		}
 	})
 
 	t.Run("nvrtc-compile-and-cache", func(t *testing.T) {
+		dir, _ := cacheDir()
+		before, _ := filepath.Glob(filepath.Join(dir, "*.cubin"))
 		if _, err := d.Kernel("norm.cu", "group_norm_f32"); err != nil {
 			t.Fatal(err)
 		}
-		// The stand-in NVRTC supports sm_90: a CUBIN went to the cache.
-		dir, _ := cacheDir()
+		// The stand-in NVRTC supports sm_90: one more CUBIN went to the cache.
 		m, _ := filepath.Glob(filepath.Join(dir, "*.cubin"))
-		if len(m) != 1 {
-			t.Fatalf("cache holds %v, want one .cubin", m)
+		if len(m) != len(before)+1 {
+			t.Fatalf("cache holds %v (before %v), want one more .cubin", m, before)
 		}
 		if _, err := d.Kernel("norm.cu", "softmax_rows_f32"); err != nil {
 			t.Fatal(err)

@@ -4,14 +4,20 @@
 // kernels for a CPU emulator. It checks that every kind with a GPU runner
 // ran on the "GPU" and passed at the device tolerance, so the GPU models,
 // the kernels and the wiring are checked end to end before a real device
-// run. Skipped under -short and where no C/C++ compiler is found; the f32
-// pass (the cases' own tolerances) runs only with SDBRIDGE_CUDA_SLOW_TESTS=1.
+// run. The emulator runs a tiny U-Net forward in seconds, so by default
+// only two txt2img cases run (quickTxt2Img: the CLIP path, and LoRA +
+// ControlNet + ELLA together) with every case of the other kinds, in f16;
+// SDBRIDGE_CUDA_SLOW_TESTS=1 runs every case in f16 and in f32 (the cases'
+// own tolerances). Skipped under -short and where no C/C++ compiler is
+// found.
 package golden
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -35,6 +41,12 @@ func TestGoldenCUDA(t *testing.T) {
 	dtypes := []string{"f16"}
 	if os.Getenv("SDBRIDGE_CUDA_SLOW_TESTS") != "" {
 		dtypes = append(dtypes, "f32")
+	} else {
+		names, err := quickCases(Dir())
+		if err != nil {
+			t.Skipf("golden cases not available: %v", err)
+		}
+		env = append(env, "SDBRIDGE_GOLDEN_CASES="+strings.Join(names, ","))
 	}
 	for _, dt := range dtypes {
 		t.Run(dt, func(t *testing.T) {
@@ -44,8 +56,41 @@ func TestGoldenCUDA(t *testing.T) {
 			if err := checkGPULines(out, dt); err != nil {
 				t.Fatalf("%v\n%s", err, out)
 			}
+			for _, m := range goldenLine.FindAllString(out, -1) {
+				t.Log(m)
+			}
 		})
 	}
+}
+
+// quickTxt2Img are the txt2img cases of the default emulated run.
+var quickTxt2Img = map[string]bool{"txt2img_dpmpp_2m_karras": true, "txt2img_lora_controlnet_ella": true}
+
+// quickCases lists the cases of the default emulated run: every case
+// except the txt2img ones not in quickTxt2Img.
+func quickCases(root string) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join(root, "cases", "index.json"))
+	if err != nil {
+		return nil, err
+	}
+	var index struct {
+		Cases []string `json:"cases"`
+	}
+	if err := json.Unmarshal(b, &index); err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, n := range index.Cases {
+		c, err := Load(root, n)
+		if err != nil {
+			return nil, err
+		}
+		if c.Kind != "txt2img" || quickTxt2Img[n] {
+			names = append(names, n)
+		}
+		c.Close()
+	}
+	return names, nil
 }
 
 // checkGPULines checks a TestGolden report of a GPU run: every case ok,

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sdbridge/sdbridge/host"
 )
@@ -28,6 +29,8 @@ var gpuRunners = map[string]gpuRunner{
 	"clip_text":       runCLIPTextGPU,
 	"t5_encoder":      runT5EncoderGPU,
 	"ella":            runELLAGPU,
+	"vae_decode":      runVAEDecodeGPU,
+	"vae_encode":      runVAEEncodeGPU,
 	"txt2img":         runTxt2ImgGPU,
 }
 
@@ -60,7 +63,7 @@ func deviceTolerance(c *Case, d *host.Device) float64 {
 
 // runOnDevice runs c where it belongs on d: its kind's GPU runner (with
 // the device tolerance set on c) or the CPU runner. where is the golden
-// line's suffix ("" on a CPU run; "device=cuda/f16 tol=0.01", or
+// line's suffix ("" on a CPU run; "device=cuda/f16 tol=0.01 1.2s", or
 // "device=cpu (no GPU path for <kind>)" on a GPU run).
 func runOnDevice(c *Case, d *host.Device, cpu Runner) (got Result, where string, err error) {
 	if !d.OnGPU() {
@@ -76,8 +79,9 @@ func runOnDevice(c *Case, d *host.Device, cpu Runner) (got Result, where string,
 		return got, fmt.Sprintf("device=cpu (no GPU path for %s)", c.Kind), err
 	}
 	c.Tolerance = deviceTolerance(c, d)
+	t0 := time.Now()
 	got, notes, err := gpu(c, d)
-	where = fmt.Sprintf("device=cuda/%s tol=%.3g", d.DType, c.Tolerance)
+	where = fmt.Sprintf("device=cuda/%s tol=%.3g %.1fs", d.DType, c.Tolerance, time.Since(t0).Seconds())
 	if len(notes) > 0 {
 		where += " (" + strings.Join(notes, "; ") + ")"
 	}

@@ -2,7 +2,8 @@
 // the real code and prints one line per case. It fails on any case over
 // tolerance; a kind whose issue is still open reports "unsupported". With
 // SDBRIDGE_DEVICE=cuda the kinds with a GPU path run on the GPU
-// (device_test.go) and each line says where the case ran.
+// (device_test.go) and each line says where the case ran;
+// SDBRIDGE_GOLDEN_CASES=a,b runs only the cases named.
 package golden
 
 import (
@@ -37,6 +38,23 @@ var runners = map[string]Runner{
 var corpora = map[string]func(root, path string) (bad, total int, err error){
 	"clip_tokenize.jsonl": checkCLIPTokenize,
 	"t5_tokenize.jsonl":   checkT5Tokenize,
+}
+
+// caseFilter is the set of case names in $SDBRIDGE_GOLDEN_CASES (comma
+// separated), or nil (every case) when it is unset. The tokenizer corpora
+// always run.
+func caseFilter() map[string]bool {
+	v := os.Getenv("SDBRIDGE_GOLDEN_CASES")
+	if strings.TrimSpace(v) == "" {
+		return nil
+	}
+	only := map[string]bool{}
+	for _, n := range strings.Split(v, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			only[n] = true
+		}
+	}
+	return only
 }
 
 func TestGolden(t *testing.T) {
@@ -77,7 +95,11 @@ func TestGolden(t *testing.T) {
 		}
 		fmt.Println(line)
 	}
+	only := caseFilter()
 	for _, name := range index.Cases {
+		if only != nil && !only[name] {
+			continue
+		}
 		c, err := Load(root, name)
 		if err != nil {
 			report(name, "?", 0, err)

@@ -94,7 +94,6 @@ func txt2imgCase(c *Case, d *host.Device) (Result, []string, error) {
 	defer p.Close()
 	var notes []string
 	if d.OnGPU() {
-		notes = append(notes, p.DeviceNotes...)
 		for _, h := range txt2imgHooks {
 			if _, ok := c.FilesRel[h.role]; ok && txt2imgPluginNotes[h.role] != "" {
 				notes = append(notes, txt2imgPluginNotes[h.role])

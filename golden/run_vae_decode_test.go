@@ -1,22 +1,42 @@
 // run_vae_decode_test.go runs "vae_decode" cases: the checkpoint's VAE
-// decodes a sampler-space latent; the image is compared unclamped.
+// decodes a sampler-space latent; the image is compared unclamped. On a GPU
+// the decoder runs as models.VAEDecoderCUDA.
 package golden
 
 import (
 	"fmt"
 
+	"github.com/sdbridge/sdbridge/host"
 	"github.com/sdbridge/sdbridge/models"
 	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/safetensors"
 )
 
-// runVAEDecode runs a "vae_decode" case.
-func runVAEDecode(c *Case) (Result, error) {
-	vae, closeFn, err := loadGoldenVAE(c, false)
+// runVAEDecode runs a "vae_decode" case on the CPU.
+func runVAEDecode(c *Case) (Result, error) { return vaeDecodeCase(c, nil) }
+
+// runVAEDecodeGPU runs a "vae_decode" case on d's GPU.
+func runVAEDecodeGPU(c *Case, d *host.Device) (Result, []string, error) {
+	res, err := vaeDecodeCase(c, d)
+	return res, nil, err
+}
+
+// vaeDecodeCase runs a "vae_decode" case on d (nil: the CPU).
+func vaeDecodeCase(c *Case, d *host.Device) (_ Result, err error) {
+	cpu, closeFn, err := loadGoldenVAE(c, false)
 	if err != nil {
 		return nil, err
 	}
 	defer closeFn()
+	var vae host.ImageDecoder = cpu
+	if d.OnGPU() {
+		g, gerr := models.NewVAEDecoderCUDA(d.GPU, cpu)
+		if gerr != nil {
+			return nil, gerr
+		}
+		defer closeGPU(g.Close, &err)
+		vae = g
+	}
 	data, shape, err := c.Input("in.latent")
 	if err != nil {
 		return nil, err

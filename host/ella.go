@@ -293,7 +293,7 @@ func (e *ELLAConditioner) step(ctx context.Context, t float32, cond bool) (*ella
 		h = e.halves[1]
 	}
 	if h == nil {
-		return &ellaHalf{}, errors.New("ella: conditioner is closed")
+		return nil, errors.New("ella: conditioner is closed")
 	}
 	if e.opt.IntTimesteps {
 		t = float32(math.Trunc(float64(t)))
@@ -306,7 +306,7 @@ func (e *ELLAConditioner) step(ctx context.Context, t float32, cond bool) (*ella
 	if st := e.pluginStarts(); st >= 0 && st != h.starts {
 		// The plugin restarted since this prompt was encoded: its handle is gone.
 		if err := e.reencode(ctx, h); err != nil {
-			return h, err
+			return nil, err
 		}
 	}
 	err := e.conditioning(ctx, h, t)
@@ -317,7 +317,7 @@ func (e *ELLAConditioner) step(ctx context.Context, t float32, cond bool) (*ella
 		}
 	}
 	if err != nil {
-		return h, fmt.Errorf("ella: %w", err)
+		return nil, fmt.Errorf("ella: %w", err)
 	}
 	if h.clip != nil && h.gpu == nil {
 		copy(h.out.Data, h.buf) // [1, Q, D] before the CLIP tokens

@@ -23,7 +23,7 @@ func mergeOnGPU(g *nn.GPU, plan *lora.Plan, key string, vals []float32) error {
 	if g.BLAS == nil {
 		return fmt.Errorf("%s: merging on the GPU needs cuBLAS", key)
 	}
-	buf, err := g.Dev.Alloc(4 * max(len(vals), 1))
+	buf, err := g.Dev.Alloc(4 * max(len(vals), 1)) // [numel] fp32
 	if err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}
@@ -31,7 +31,7 @@ func mergeOnGPU(g *nn.GPU, plan *lora.Plan, key string, vals []float32) error {
 	if err := buf.UploadFloat32(vals); err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}
-	if err := plan.ApplyDevice(g.BLAS, key, buf, sdk.F32); err != nil {
+	if err := plan.ApplyDevice(g.BLAS, key, buf, sdk.F32, nil); err != nil {
 		return err
 	}
 	if err := buf.DownloadFloat32(vals); err != nil {

@@ -1,10 +1,12 @@
 // noise.go provides the NoiseSource implementations and the seeded initial
 // noise: ComfyUI's convention (torch CPU generator; one randn over the whole
-// batch; ancestral noise from a second generator seeded with the same seed,
-// as ComfyUI's default_noise_sampler does on the CPU) and A1111's "NV"
-// convention (one Philox generator per image, seeded seed+i, whose later
-// draws are the ancestral noise). It does not implement Brownian-tree noise
-// or A1111's subseeds.
+// batch; ancestral noise from a second generator seeded with seed+1, as
+// ComfyUI's default_noise_sampler does for a CPU latent; the SDE samplers'
+// Brownian tree seeded with the seed itself, as BrownianTreeNoiseSampler) and
+// A1111's "NV" convention (one Philox generator per image, seeded seed+i,
+// whose later draws are the ancestral noise; per-step draws for the SDE
+// samplers too). It does not implement A1111's subseeds or its Brownian
+// mode (one tree per image on the CUDA generator).
 package host
 
 import (
@@ -45,7 +47,12 @@ func (c *comfyNoise) Initial(shape []int) (*nn.Tensor, error) {
 	return t, nil
 }
 
-func (c *comfyNoise) Steps() NoiseSource { return &TorchNoise{Gen: NewTorchGenerator(c.seed)} }
+// Steps gives ComfyUI's step noise for a CPU latent: default_noise_sampler
+// seeds its generator with seed+1 ("if x.device == cpu: seed += 1"), and
+// dpmpp_2m_sde's BrownianTreeNoiseSampler uses the seed itself.
+func (c *comfyNoise) Steps() NoiseSource {
+	return &BrownianSeedNoise{Seed: c.seed, Steps: &TorchNoise{Gen: NewTorchGenerator(c.seed + 1)}}
+}
 
 // TorchNoise draws each request as one torch.randn on its generator.
 type TorchNoise struct{ Gen *TorchGenerator }

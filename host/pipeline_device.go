@@ -1,8 +1,7 @@
 // pipeline_device.go moves a loaded pipeline's models onto its Device: the
 // U-Net, the VAE decoder and the CLIP text encoder are wrapped by their
 // CUDA types (models.*CUDA: CPU tensors in and out, weights uploaded once
-// in the device's dtype). A part without a GPU path stays on the CPU and
-// says so in Loaded.DeviceNotes. After a LoRA patches the CPU weights
+// in the device's dtype). After a LoRA patches the CPU weights
 // (ApplyLoRAs on the shared arenas), SyncDevice re-uploads them, until the
 // LoRA plugin patches device weights itself. It does not open the device
 // (device.go) or choose where plugins compute (their options do).
@@ -26,11 +25,15 @@ type TextEncoder interface {
 	EncodeSkip(ids [][]int, skip int) (*nn.Tensor, error)
 }
 
-// deviceModel is a model copy on the device: freed by Close, its weights
-// re-uploaded from the CPU tensors by Sync (a LoRA patched them).
+// deviceModel is a model copy on the device, freed by Close.
 type deviceModel interface {
-	Sync(ts []*nn.Tensor) error
 	Close() error
+}
+
+// syncer is a device copy whose weights Sync re-uploads from the CPU
+// tensors (a LoRA patched them); the patchable models (U-Net, CLIP) have it.
+type syncer interface {
+	Sync(ts []*nn.Tensor) error
 }
 
 // onDevice is what toDevice moved: the device copies and, for SyncDevice,
@@ -39,39 +42,14 @@ type onDevice struct {
 	dev     *Device
 	copies  []deviceModel
 	weights []any // the CPU models behind copies, in the same order
-	// The device copies the pipeline calls (nil: that part stays on the CPU).
+	// The device copies the pipeline calls.
 	eps EpsModel
 	dec ImageDecoder
 	enc TextEncoder
 }
 
-// unet returns the U-Net the pipeline runs: the device copy, else cpu.
-func (o *onDevice) unet(cpu *models.UNet) EpsModel {
-	if o.eps != nil {
-		return o.eps
-	}
-	return cpu
-}
-
-// vae returns the decoder the pipeline runs: the device copy, else cpu.
-func (o *onDevice) vae(cpu *models.VAE) ImageDecoder {
-	if o.dec != nil {
-		return o.dec
-	}
-	return cpu
-}
-
-// text returns the text encoder the pipeline runs: the device copy, else cpu.
-func (o *onDevice) text(cpu *models.CLIPTextModel) TextEncoder {
-	if o.enc != nil {
-		return o.enc
-	}
-	return cpu
-}
-
-// toDevice wraps the CPU models with their CUDA types on d; parts without
-// a GPU path stay on the CPU with a note. On error what was moved is
-// freed again.
+// toDevice wraps the CPU models with their CUDA types on d. On error what
+// was moved is freed again.
 func (l *Loaded) toDevice(d *Device, unet *models.UNet, vae *models.VAE, clip *models.CLIPTextModel) error {
 	if !d.OnGPU() {
 		return nil
@@ -88,11 +66,6 @@ func (l *Loaded) toDevice(d *Device, unet *models.UNet, vae *models.VAE, clip *m
 func (o *onDevice) track(m deviceModel, cpu any) {
 	o.copies = append(o.copies, m)
 	o.weights = append(o.weights, cpu)
-}
-
-// note records a part that stays on the CPU.
-func (l *Loaded) note(part string) {
-	l.DeviceNotes = append(l.DeviceNotes, part+" on the CPU (no GPU path yet)")
 }
 
 // closeDevice frees every device copy (the Device itself stays open: its
@@ -112,15 +85,19 @@ func (l *Loaded) closeDevice() error {
 // OnGPU reports whether any part of the pipeline computes on a GPU.
 func (l *Loaded) OnGPU() bool { return l.device != nil && len(l.device.copies) > 0 }
 
-// SyncDevice re-uploads the weights of every device copy from its CPU
-// model (after ApplyLoRAs patched the CPU tensors). Tensors the device
-// never uploaded are skipped. It is a no-op on the CPU.
+// SyncDevice re-uploads the weights of the patchable device copies (U-Net,
+// CLIP) from their CPU models (after ApplyLoRAs patched the CPU tensors).
+// Tensors the device never uploaded are skipped. It is a no-op on the CPU.
 func (l *Loaded) SyncDevice() error {
 	if l.device == nil {
 		return nil
 	}
 	for i, m := range l.device.copies {
-		if err := m.Sync(weightTensors(l.device.weights[i])); err != nil {
+		s, ok := m.(syncer)
+		if !ok {
+			continue // not patchable (the VAE)
+		}
+		if err := s.Sync(weightTensors(l.device.weights[i])); err != nil {
 			return fmt.Errorf("re-uploading patched weights to %s: %w", l.device.dev, err)
 		}
 	}
@@ -198,8 +175,12 @@ func (l *Loaded) moveParts(d *Device, unet *models.UNet, vae *models.VAE, clip *
 	}
 	o.track(u, unet)
 	o.eps = u
-	_ = vae
-	l.note("VAE decoder")
+	v, err := models.NewVAEDecoderCUDA(d.GPU, vae)
+	if err != nil {
+		return fmt.Errorf("vae decoder: %w", err)
+	}
+	o.track(v, vae)
+	o.dec = v
 	c, err := models.NewCLIPCUDA(d.GPU, clip)
 	if err != nil {
 		return fmt.Errorf("clip text encoder: %w", err)

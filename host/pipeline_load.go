@@ -4,8 +4,9 @@
 // alphas_cumprod when stored, else SD1.5's). It refuses SDXL and other
 // non-SD1 checkpoints by name and says how to supply a missing VAE. With
 // LoadOptions.Patchable the U-Net and text encoder are bound into shared
-// arenas for LoRA patching (modelstore.go). It does not apply LoRAs or start
-// plugins.
+// arenas for LoRA patching (modelstore.go). With LoadOptions.Device on a
+// GPU the U-Net, VAE decoder and text encoder then run as their CUDA types
+// (pipeline_device.go). It does not apply LoRAs or start plugins.
 package host
 
 import (
@@ -49,12 +50,9 @@ type Loaded struct {
 	// UNetConfig describes the U-Net (plugins check their models against
 	// it), whichever device runs it.
 	UNetConfig models.UNetConfig
-	// DeviceNotes name the parts that stay on the CPU although the
-	// pipeline was loaded for a GPU.
-	DeviceNotes []string
-	files       []io.Closer
-	store       *modelStore // nil unless Patchable
-	device      *onDevice   // nil on the CPU
+	files      []io.Closer
+	store      *modelStore // nil unless Patchable
+	device     *onDevice   // nil on the CPU
 }
 
 // Close frees the shared weight arenas (after the plugins unmap them) and
@@ -180,7 +178,7 @@ func (l *Loaded) load(checkpoint string, f *safetensors.File, opt LoadOptions) e
 		return fmt.Errorf("checkpoint %s: %w", checkpoint, err)
 	}
 	if l.device != nil {
-		l.UNet, l.VAE, prompts.Model = l.device.unet(unet), l.device.vae(vae), l.device.text(clip)
+		l.UNet, l.VAE, prompts.Model = l.device.eps, l.device.dec, l.device.enc
 	}
 	return nil
 }

@@ -8,12 +8,13 @@
 // the patch with an error saying so, and the weights stay as they were.
 //
 // It does not allocate or free device weights (the model's GPU copy owns
-// them) and does not keep pinned staging copies (RestoreFromHost converts
-// and uploads on each restore).
+// them) and does not page-lock the host copies (restores are synchronous
+// pageable uploads; F16 copies are converted once and kept).
 package host
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/nn"
@@ -41,19 +42,25 @@ func (d *DeviceWeight) ref(name string, shape []int) (sdk.TensorRef, error) {
 }
 
 // RestoreFromHost returns a Restore that uploads host (the original
-// float32 values, e.g. the CPU model's weight) into buf in dtype (F32 as
-// is, F16 rounded to nearest even, as the GPU model's upload does).
+// float32 values, e.g. the CPU model's weight) into buf in dtype: F32 as
+// is; F16 rounded to nearest even (as the GPU model's upload does) once, on
+// the first restore, and kept (2 bytes per value) so later restores are a
+// plain copy.
 func RestoreFromHost(buf *cuda.Buffer, dtype sdk.DType, host []float32) func() error {
+	var half []uint16
+	var once sync.Once
 	return func() error {
 		switch dtype {
 		case sdk.F32:
 			return buf.UploadFloat32(host)
 		case sdk.F16:
-			h := make([]uint16, len(host))
-			for i, v := range host {
-				h[i] = safetensors.F32ToF16(v)
-			}
-			return buf.UploadUint16(h)
+			once.Do(func() {
+				half = make([]uint16, len(host))
+				for i, v := range host {
+					half[i] = safetensors.F32ToF16(v)
+				}
+			})
+			return buf.UploadUint16(half)
 		}
 		return fmt.Errorf("restoring a device weight: dtype %s (want F32 or F16)", dtype)
 	}
@@ -66,6 +73,8 @@ func RestoreFromHost(buf *cuda.Buffer, dtype sdk.DType, host []float32) func() e
 // uploading the target's Data, the host's unpatched values, in the copy's
 // dtype. The host copies must then stay unpatched (patch the device or the
 // host, not both). Targets without a device copy are returned as they are.
+// Before freeing the device weights, Unmap set.Arenas() from every plugin
+// that patched them, then Close the set.
 func DevicePatchTargets(targets []*PatchTarget, set *DeviceArenaSet, weight func(t *PatchTarget) *nn.GPUTensor) ([]*PatchTarget, error) {
 	if !set.PluginWritable {
 		return nil, fmt.Errorf("device patch targets: arena set %q is read-only for plugins", set.Name)

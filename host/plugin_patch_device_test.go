@@ -4,7 +4,8 @@
 // merges there (stand-in driver with memfd-backed IPC and the CUDA C
 // emulator, in a child test process). Each step (patch, swaps, two
 // adapters, reset) is checked against the same steps on host-memory
-// weights: rel L2 <= 1e-6 per tensor (fp32 GEMMs in another order), with
+// weights: rel L2 <= 1e-6 per tensor for F32 device weights (fp32 GEMMs in
+// another order), <= 2e-3 for F16 ones (made by DevicePatchTargets), with
 // restores and a repeated patch bit-exact on the device.
 package host
 
@@ -18,7 +19,9 @@ import (
 
 	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/cuda/cudatest"
+	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
+	"github.com/sdbridge/sdbridge/safetensors"
 )
 
 func TestLoRADevicePatchMatchesHost(t *testing.T) {
@@ -80,12 +83,62 @@ func TestLoRADevicePatchMatchesHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The same weights in F16 on the device, through DevicePatchTargets.
+	g := &nn.GPU{Dev: dev, DType: nn.GPUF16}
+	halves := map[string]*nn.GPUTensor{}
+	for _, ht := range hostTargets {
+		w, err := g.Upload(nn.From(slices.Clone(originals[ht.Name]), ht.Shape...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Free()
+		halves[ht.Name] = w
+	}
+	set16 := NewDeviceArenaSet("weights-f16", true)
+	defer set16.Close()
+	// The host copies DevicePatchTargets restores from must stay unpatched:
+	// here the host side is patched too, so give it the snapshot.
+	var pristine []*PatchTarget
+	for _, ht := range hostTargets {
+		c := *ht
+		c.Data = originals[ht.Name]
+		pristine = append(pristine, &c)
+	}
+	t16, err := DevicePatchTargets(pristine, set16, func(pt *PatchTarget) *nn.GPUTensor { return halves[pt.Name] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	devW16, err := NewWeightPatch(t16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	download16 := func() map[string][]float32 {
+		out := map[string][]float32{}
+		for name, w := range halves {
+			v, err := w.Download()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[name] = v.Data
+		}
+		return out
+	}
+	rounded := map[string][]float32{}
+	for name, v := range originals {
+		r := make([]float32, len(v))
+		for i, x := range v {
+			var one [1]float32
+			safetensors.F16ToF32(one[:], []uint16{safetensors.F32ToF16(x)})
+			r[i] = one[0]
+		}
+		rounded[name] = r
+	}
 	p := loraTestPlugin(t)
 	p.SetDevice("cuda:0")
 	if ok, err := p.TakesDeviceArenas(ctx); err != nil || !ok {
 		t.Fatalf("the LoRA plugin does not take device arenas: %v %v", ok, err)
 	}
-	t.Cleanup(func() { p.Unmap(context.Background(), set.Arenas()...) })
+	t.Cleanup(func() { p.Unmap(context.Background(), append(set.Arenas(), set16.Arenas()...)...) })
 	download := func() map[string][]float32 {
 		out := map[string][]float32{}
 		for name, b := range bufs {
@@ -118,6 +171,9 @@ func TestLoRADevicePatchMatchesHost(t *testing.T) {
 				if err := devW.Reset(); err != nil {
 					t.Fatal(err)
 				}
+				if err := devW16.Reset(); err != nil {
+					t.Fatal(err)
+				}
 			} else {
 				hr, err := hostW.Apply(ctx, p, st.params)
 				if err != nil {
@@ -130,8 +186,22 @@ func TestLoRADevicePatchMatchesHost(t *testing.T) {
 				if !slices.Equal(hr.Touched, dr.Touched) || len(dr.Touched) == 0 || dr.OnePass != 0 {
 					t.Fatalf("touched: host %d, device %d tensors (device one-pass %d)", len(hr.Touched), len(dr.Touched), dr.OnePass)
 				}
+				if _, err := devW16.Apply(ctx, p, st.params); err != nil {
+					t.Fatal(err)
+				}
 			}
-			host, got := snapshotTargets(hostTargets), download()
+			host, got, got16 := snapshotTargets(hostTargets), download(), download16()
+			for name, want := range host {
+				if st.params == nil {
+					if !slices.Equal(got16[name], rounded[name]) {
+						t.Fatalf("%s: F16 device weight not restored bit-exactly", name)
+					}
+					continue
+				}
+				if r := relL2F32(got16[name], want); r > 2e-3 || math.IsNaN(r) {
+					t.Fatalf("%s: F16 device vs host rel L2 %.3g > 2e-3", name, r)
+				}
+			}
 			changed := 0
 			for name, want := range host {
 				if !slices.Equal(got[name], originals[name]) {

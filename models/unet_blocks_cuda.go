@@ -20,12 +20,7 @@ import (
 
 // imageRun is gpuRun with the image models' layer compositions. Its
 // methods return nil once an op failed (the sticky error is r.err).
-type imageRun struct {
-	*gpuRun
-	// keepAll disables collect (every temporary lives until release), as a
-	// captured CUDA graph needs its buffers to stay put.
-	keepAll bool
-}
+type imageRun struct{ *gpuRun }
 
 func newImageRun(dw *deviceWeights) *imageRun { return &imageRun{gpuRun: newGPURun(dw)} }
 
@@ -35,7 +30,7 @@ func (r *imageRun) mark() int { return len(r.tmp) }
 // collect frees the temporaries recorded since mark except keep (they stay
 // recorded, so release frees them later).
 func (r *imageRun) collect(mark int, keep ...*nn.GPUTensor) {
-	if r.keepAll || mark > len(r.tmp) {
+	if mark > len(r.tmp) {
 		return
 	}
 	kept := r.tmp[:mark]
@@ -81,10 +76,21 @@ func (r *imageRun) add(a, b *nn.GPUTensor) *nn.GPUTensor {
 // consumer of the embedding (each ResBlock's emb_layers) starts with SiLU,
 // so it is applied once here instead of once per block (same values).
 func (r *imageRun) timeEmbed(t *TimeEmbed, timesteps []float32) *nn.GPUTensor {
-	// timestep_embedding(t, mc, repeat_only=False) is tiny: made on the CPU
-	s := nn.TimestepEmbedding(timesteps, t.Channels, true, 0, 10000) // [B, mc]
-	h := r.upload(s)                                                 // [B, mc]
-	h = r.linear(h, t.Linear1)                                       // [B, 4mc]
+	return r.timeEmbedFrom(t, r.upload(sinusoid(t, timesteps)))
+}
+
+// sinusoid is timestep_embedding(t, mc, repeat_only=False) [B, mc]: tiny,
+// made on the CPU.
+func sinusoid(t *TimeEmbed, timesteps []float32) *nn.Tensor {
+	return nn.TimestepEmbedding(timesteps, t.Channels, true, 0, 10000) // [B, mc]
+}
+
+// timeEmbedFrom is timeEmbed given the uploaded sinusoid s [B, mc].
+func (r *imageRun) timeEmbedFrom(t *TimeEmbed, s *nn.GPUTensor) *nn.GPUTensor {
+	if r.err != nil {
+		return nil
+	}
+	h := r.linear(s, t.Linear1) // [B, 4mc]
 	r.silu(h)
 	emb := r.linear(h, t.Linear2) // [B, 4mc]
 	r.silu(emb)                   // emb_layers.0 of every ResBlock

@@ -6,8 +6,8 @@
 // ControlNet residuals named as in Residuals.
 //
 // It does not change the CPU U-Net, does not patch weights itself (Sync
-// re-uploads tensors patched on the CPU, a LoRA for example), and does not
-// capture CUDA graphs (see unet_cuda_graph.go when that lands).
+// re-uploads tensors patched on the CPU, a LoRA for example); CUDA graph
+// replay is an option (unet_cuda_graph.go).
 package models
 
 import (
@@ -32,11 +32,17 @@ func (r GPUResiduals) names() Residuals {
 	return out
 }
 
-// UNetCUDA runs a bound U-Net on a GPU.
+// UNetCUDA runs a bound U-Net on a GPU. It is not safe for concurrent use
+// (nor is the GPU it runs on).
 type UNetCUDA struct {
-	U  *UNet
-	g  *nn.GPU
-	dw *deviceWeights
+	U *UNet
+	// Graphs replays each input shape's forward as a captured CUDA graph
+	// (unet_cuda_graph.go). Off by default: not yet checked on a GPU.
+	Graphs bool
+
+	g      *nn.GPU
+	dw     *deviceWeights
+	graphs map[string]*unetGraph // by graphKey
 }
 
 // NewUNetCUDA prepares u for g and uploads its weights (an error names the
@@ -81,8 +87,16 @@ func (c *UNetCUDA) Forward(x *nn.Tensor, timesteps []float32, ctx *nn.Tensor, re
 			dres[name] = r.upload(t) // [B, C_i, H_i, W_i]
 		}
 	}
-	y := c.forward(r, dx, timesteps, dctx, dres) // [B, out, H, W]
 	if r.err != nil {
+		return nil, fmt.Errorf("unet (cuda): %w", r.err)
+	}
+	var y *nn.GPUTensor // [B, out, H, W]
+	if c.Graphs {
+		var err error
+		if y, err = c.runGraph(dx, timesteps, dctx, dres); err != nil {
+			return nil, fmt.Errorf("unet (cuda): %w", err)
+		}
+	} else if y = c.forward(r, dx, timesteps, dctx, dres); r.err != nil {
 		return nil, fmt.Errorf("unet (cuda): %w", r.err)
 	}
 	out, err := y.Download()
@@ -109,6 +123,21 @@ func (c *UNetCUDA) ForwardGPU(x *nn.GPUTensor, timesteps []float32, ctx *nn.GPUT
 	if err := checkResidualShapes(c.U.Config, x.Shape, shapes); err != nil {
 		return nil, fmt.Errorf("unet: %w", err)
 	}
+	if c.Graphs {
+		y, err := c.runGraph(x, timesteps, ctx, res) // [B, out, H, W], the graph's
+		if err != nil {
+			return nil, fmt.Errorf("unet (cuda): %w", err)
+		}
+		out, err := c.g.Empty(y.Shape...) // [B, out, H, W]
+		if err != nil {
+			return nil, fmt.Errorf("unet (cuda): %w", err)
+		}
+		if err := out.Buf.CopyFrom(y.Buf, y.Bytes()); err != nil {
+			out.Free()
+			return nil, fmt.Errorf("unet (cuda): copying the graph's output: %w", err)
+		}
+		return out, nil
+	}
 	r := newImageRun(c.dw)
 	defer r.release()
 	y := c.forward(r, x, timesteps, ctx, res) // [B, out, H, W]
@@ -122,8 +151,15 @@ func (c *UNetCUDA) ForwardGPU(x *nn.GPUTensor, timesteps []float32, ctx *nn.GPUT
 // forward follows UNet.Forward on the GPU. Inputs are not modified; the
 // result is one of r's temporaries.
 func (c *UNetCUDA) forward(r *imageRun, x *nn.GPUTensor, timesteps []float32, ctx *nn.GPUTensor, res GPUResiduals) *nn.GPUTensor {
+	s := r.upload(sinusoid(c.U.TimeEmbed, timesteps)) // [B, mc]
+	return c.forwardFrom(r, x, s, ctx, res)
+}
+
+// forwardFrom is forward given the uploaded timestep sinusoid s [B, mc]
+// (a graph captures it: every input is then a device tensor).
+func (c *UNetCUDA) forwardFrom(r *imageRun, x, s, ctx *nn.GPUTensor, res GPUResiduals) *nn.GPUTensor {
 	u := c.U
-	emb := r.timeEmbed(u.TimeEmbed, timesteps) // [B, 4mc], silu applied
+	emb := r.timeEmbedFrom(u.TimeEmbed, s) // [B, 4mc], silu applied
 
 	h := x                                                // [B, in, H, W]
 	skips := make([]*nn.GPUTensor, 0, len(u.InputBlocks)) // hs
@@ -187,7 +223,7 @@ func checkResidualShapes(cfg UNetConfig, x []int, shapes map[string][]int) error
 // drop frees t now when it is one of r's temporaries (an input of the
 // forward is left alone).
 func (r *imageRun) drop(t *nn.GPUTensor) {
-	if r.keepAll || t == nil {
+	if t == nil {
 		return
 	}
 	if i := slices.Index(r.tmp, t); i >= 0 {
@@ -197,20 +233,28 @@ func (r *imageRun) drop(t *nn.GPUTensor) {
 }
 
 // Sync re-uploads the device copies of ts (U-Net weights patched on the
-// CPU); tensors that are not this U-Net's weights are ignored.
+// CPU); tensors that are not this U-Net's weights are ignored. Captured
+// graphs are dropped (they hold the old weights' addresses).
 func (c *UNetCUDA) Sync(ts []*nn.Tensor) error {
+	if err := c.closeGraphs(); err != nil {
+		return fmt.Errorf("unet (cuda): sync: %w", err)
+	}
 	if err := c.dw.Sync(ts); err != nil {
 		return fmt.Errorf("unet (cuda): sync: %w", err)
 	}
 	return nil
 }
 
-// Close frees the device copies of the weights.
+// Close frees the graphs and the device copies of the weights.
 func (c *UNetCUDA) Close() error {
 	if c == nil || c.dw == nil {
 		return nil
 	}
-	return c.dw.Close()
+	err := c.closeGraphs()
+	if cerr := c.dw.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // shapeOnly wraps a device tensor's shape for the shape checks shared with

@@ -3,12 +3,17 @@
 // SD1.5 layout, run on the stand-in CUDA libraries in one child process
 // (the driver loads once per process; one build of the stand-ins serves
 // every image model). F32 storage must match to rel L2 1e-5, F16 storage
-// (fp32 arithmetic) to 1e-2.
+// (fp32 arithmetic) to 1e-2; F16 runs one case per model unless
+// SDBRIDGE_CUDA_SLOW_TESTS=1. Sizes keep the models' deepest level at 2
+// pixels or more where a tight bound is checked: at 1x1 the tiny models'
+// GroupNorms see 2 values per group and amplify any rounding (a 1e-7
+// change of the input moves the CPU's own output by ~1e-4).
 package models
 
 import (
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -16,6 +21,22 @@ import (
 	"github.com/sdbridge/sdbridge/cuda/cudatest"
 	"github.com/sdbridge/sdbridge/nn"
 )
+
+// cudaMode is how a check runs in one storage dtype.
+type cudaMode struct {
+	tol   float64 // rel L2 of a model's output against the CPU model's
+	store float64 // rel L2 of a tensor uploaded and downloaded (F16 rounds)
+	all   bool    // run every case; else only the cases marked quick
+}
+
+// skip reports whether a case runs in m (and says so when it does not).
+func (m cudaMode) skip(t *testing.T, quick bool) bool {
+	if m.all || quick {
+		return false
+	}
+	t.Skip("F16 runs the quick cases only; SDBRIDGE_CUDA_SLOW_TESTS=1 runs all")
+	return true
+}
 
 // The rel L2 bounds of a GPU forward against the CPU one: F32 storage, and
 // F16 storage with fp32 arithmetic.
@@ -44,24 +65,26 @@ func TestImageModelsCUDAChild(t *testing.T) {
 	}
 	defer g.Close()
 	g.Poison = true // an element no kernel wrote reads NaN and fails the check
+	slow := os.Getenv("SDBRIDGE_CUDA_SLOW_TESTS") != ""
 	for _, tc := range []struct {
 		dtype nn.GPUDType
-		tol   float64
+		m     cudaMode
 	}{
-		{nn.GPUF32, cudaF32Tol},
-		{nn.GPUF16, cudaF16Tol},
+		{nn.GPUF32, cudaMode{tol: cudaF32Tol, store: 0, all: true}},
+		{nn.GPUF16, cudaMode{tol: cudaF16Tol, store: 5e-4, all: slow}},
 	} {
 		t.Run(tc.dtype.String(), func(t *testing.T) {
 			g.DType = tc.dtype
-			t.Run("unet", func(t *testing.T) { checkUNetCUDA(t, g, tc.tol) })
-			t.Run("controlnet", func(t *testing.T) { checkControlNetCUDA(t, g, tc.tol) })
-			t.Run("vae", func(t *testing.T) { checkVAECUDA(t, g, tc.tol) })
+			t.Run("unet", func(t *testing.T) { checkUNetCUDA(t, g, tc.m) })
+			t.Run("unet graphs", func(t *testing.T) { checkUNetCUDAGraphs(t, g, tc.m) })
+			t.Run("controlnet", func(t *testing.T) { checkControlNetCUDA(t, g, tc.m) })
+			t.Run("vae", func(t *testing.T) { checkVAECUDA(t, g, tc.m) })
 		})
 	}
 }
 
 // checkUNetCUDA compares UNetCUDA.Forward and ForwardGPU with UNet.Forward.
-func checkUNetCUDA(t *testing.T, g *nn.GPU, tol float64) {
+func checkUNetCUDA(t *testing.T, g *nn.GPU, m cudaMode) {
 	u := tinyUNet(t)
 	c, err := NewUNetCUDA(g, u)
 	if err != nil {
@@ -74,12 +97,16 @@ func checkUNetCUDA(t *testing.T, g *nn.GPU, tol float64) {
 		ctxLen   int
 		residual bool
 		onDevice bool // also run ForwardGPU on device tensors
+		quick    bool
 	}{
-		{"8x8 ctx 77", 2, 8, 8, 77, false, false},
-		{"10x6 ctx 64 with residuals", 2, 10, 6, 64, true, true},
-		{"5x3 batch 1 with residuals", 1, 5, 3, 77, true, false},
+		{"8x8 ctx 77", 2, 8, 8, 77, false, false, false},
+		{"10x6 ctx 64 with residuals", 2, 10, 6, 64, true, true, true},
+		{"9x5 batch 1 with residuals", 1, 9, 5, 77, true, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if m.skip(t, tc.quick) {
+				return
+			}
 			x := ramp(tc.b, 4, tc.h, tc.w)                 // [B, 4, h, w]
 			ctx := scaled(ramp(tc.b, tc.ctxLen, 128), 0.7) // [B, L, 128]
 			ts := []float32{999, 10.5}[:tc.b]
@@ -101,7 +128,7 @@ func checkUNetCUDA(t *testing.T, g *nn.GPU, tol float64) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkClose(t, "eps", got, want, tol)
+			checkClose(t, "eps", got, want, m.tol)
 			if !tc.onDevice {
 				return
 			}
@@ -119,22 +146,25 @@ func checkUNetCUDA(t *testing.T, g *nn.GPU, tol float64) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkClose(t, "eps (ForwardGPU)", gy, want, tol)
+			checkClose(t, "eps (ForwardGPU)", gy, want, m.tol)
 			for name, r := range dres { // inputs are not modified
 				back, err := r.Download()
 				if err != nil {
 					t.Fatal(err)
 				}
-				checkClose(t, "residual "+name+" after ForwardGPU", back, res[name], 0)
+				checkClose(t, "residual "+name+" after ForwardGPU", back, res[name], m.store)
 			}
 			back, err := dx.Download()
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkClose(t, "x after ForwardGPU", back, x, 0)
+			checkClose(t, "x after ForwardGPU", back, x, m.store)
 		})
 	}
 	t.Run("errors", func(t *testing.T) {
+		if m.skip(t, false) {
+			return
+		}
 		x, ctx := ramp(1, 4, 8, 8), ramp(1, 77, 128)
 		for _, tc := range []struct {
 			name string

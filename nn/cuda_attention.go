@@ -4,8 +4,9 @@
 // materialising the [Lq, Lk] scores): tensor cores for fp16 tensors,
 // plain fp32 arithmetic for fp32 ones. The options cover CLIP (causal),
 // T5 (additive position bias, no scale, padding mask) and ELLA. Head dims
-// up to 160. It does not do dropout, and it is not a general strided
-// attention (q, k, v are [B, L, heads*d] tensors).
+// up to 160. q, k and v are [B, L, heads*d] tensors, or the packed
+// outputs of a fused q/k/v (or k/v) projection read in place. It does not
+// do dropout or general strided views.
 package nn
 
 import (
@@ -78,17 +79,76 @@ func (g *GPU) AttentionOptsInto(out, q, k, v *GPUTensor, heads int, o GPUAttenti
 	}
 	b, lq, c := q.Shape[0], q.Shape[1], q.Shape[2]
 	lk := k.Shape[1]
-	if c%heads != 0 || k.Shape[2] != c || v.Shape[2] != c || v.Shape[1] != lk || k.Shape[0] != b || v.Shape[0] != b {
+	if k.Shape[2] != c || v.Shape[2] != c || v.Shape[1] != lk || k.Shape[0] != b || v.Shape[0] != b {
 		return fmt.Errorf("nn: cuda Attention: q %v, k %v, v %v with %d heads", q.Shape, k.Shape, v.Shape, heads)
 	}
-	if out.Numel() != q.Numel() {
-		return fmt.Errorf("nn: cuda Attention: out %v for q %v", out.Shape, q.Shape)
+	return g.attention(attnOperands{out: out, q: q, k: k, v: v, b: b, lq: lq, lk: lk, c: c, sq: c, sk: c, sv: c}, heads, o)
+}
+
+// AttentionQKV is self-attention on the output of one fused q/k/v
+// projection: qkv [B, L, 3*heads*d] holds q, k and v side by side in each
+// row (weights concatenated [wq; wk; wv]); the kernel reads them in place.
+// Returns [B, L, heads*d].
+func (g *GPU) AttentionQKV(qkv *GPUTensor, heads int, o GPUAttentionOpts) (*GPUTensor, error) {
+	if len(qkv.Shape) != 3 || qkv.Shape[2]%3 != 0 {
+		return nil, fmt.Errorf("nn: cuda AttentionQKV: qkv %v is not [B, L, 3C]", qkv.Shape)
+	}
+	b, l, c := qkv.Shape[0], qkv.Shape[1], qkv.Shape[2]/3
+	out, err := g.EmptyOf(qkv.DType, b, l, c) // [B, L, C]
+	if err != nil {
+		return nil, err
+	}
+	ops := attnOperands{out: out, q: qkv, k: qkv, v: qkv, koff: c, voff: 2 * c, b: b, lq: l, lk: l, c: c, sq: 3 * c, sk: 3 * c, sv: 3 * c}
+	if err := g.attention(ops, heads, o); err != nil {
+		out.Free()
+		return nil, err
+	}
+	return out, nil
+}
+
+// AttentionKV is cross-attention with a fused k/v projection of the
+// context: q [B, Lq, heads*d], kv [B, Lk, 2*heads*d] (k then v in each
+// row). Returns [B, Lq, heads*d].
+func (g *GPU) AttentionKV(q, kv *GPUTensor, heads int, o GPUAttentionOpts) (*GPUTensor, error) {
+	if len(q.Shape) != 3 || len(kv.Shape) != 3 || kv.Shape[2] != 2*q.Shape[2] || kv.Shape[0] != q.Shape[0] {
+		return nil, fmt.Errorf("nn: cuda AttentionKV: q %v, kv %v", q.Shape, kv.Shape)
+	}
+	b, lq, c := q.Shape[0], q.Shape[1], q.Shape[2]
+	out, err := g.EmptyOf(q.DType, b, lq, c) // [B, Lq, C]
+	if err != nil {
+		return nil, err
+	}
+	ops := attnOperands{out: out, q: q, k: kv, v: kv, voff: c, b: b, lq: lq, lk: kv.Shape[1], c: c, sq: c, sk: 2 * c, sv: 2 * c}
+	if err := g.attention(ops, heads, o); err != nil {
+		out.Free()
+		return nil, err
+	}
+	return out, nil
+}
+
+// attnOperands locates q, k, v and out: element offsets of k and v in
+// their tensors (packed projections) and the row strides of each.
+type attnOperands struct {
+	out, q, k, v *GPUTensor
+	koff, voff   int
+	b, lq, lk, c int
+	sq, sk, sv   int
+}
+
+// attention checks the options and launches the flash kernel.
+func (g *GPU) attention(p attnOperands, heads int, o GPUAttentionOpts) error {
+	b, lq, lk, c := p.b, p.lq, p.lk, p.c
+	if heads <= 0 || c%heads != 0 {
+		return fmt.Errorf("nn: cuda Attention: %d channels in %d heads", c, heads)
+	}
+	if p.out.Numel() != b*lq*c {
+		return fmt.Errorf("nn: cuda Attention: out %v for [%d, %d, %d]", p.out.Shape, b, lq, c)
 	}
 	d := c / heads
 	if d > attnMaxHeadDim {
 		return fmt.Errorf("nn: cuda Attention: head dim %d > %d", d, attnMaxHeadDim)
 	}
-	dt, err := opDType("Attention", out, q, k, v, o.Bias, o.KeyMask)
+	dt, err := opDType("Attention", p.out, p.q, p.k, p.v, o.Bias, o.KeyMask)
 	if err != nil {
 		return err
 	}
@@ -108,6 +168,14 @@ func (g *GPU) AttentionOptsInto(out, q, k, v *GPUTensor, heads int, o GPUAttenti
 	if m := o.KeyMask; m != nil && m.Numel() != b*lk {
 		return fmt.Errorf("nn: cuda Attention: key mask %v for batch %d and %d keys", m.Shape, b, lk)
 	}
+	kb, err := p.k.offset(p.koff, p.k.Numel()-p.koff)
+	if err != nil {
+		return err
+	}
+	vb, err := p.v.offset(p.voff, p.v.Numel()-p.voff)
+	if err != nil {
+		return err
+	}
 	scale := o.Scale
 	if scale == 0 {
 		scale = float32(1 / math.Sqrt(float64(d)))
@@ -119,7 +187,7 @@ func (g *GPU) AttentionOptsInto(out, q, k, v *GPUTensor, heads int, o GPUAttenti
 	if o.Causal {
 		causal = 1
 	}
-	args := []any{q.Buf, k.Buf, v.Buf, out.Buf, bufOf(o.Bias), bufOf(o.KeyMask), heads, lq, lk, d, c, c, c, c,
+	args := []any{p.q.Buf, kb, vb, p.out.Buf, bufOf(o.Bias), bufOf(o.KeyMask), heads, lq, lk, d, p.sq, p.sk, p.sv, c,
 		scale, causal, biasB, biasH}
 	block := cuda.Dim3{X: 128}
 	if dt == GPUF16 && !attnForceSIMT {

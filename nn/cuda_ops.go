@@ -8,7 +8,16 @@
 // instantiation per dtype, fp32 arithmetic). Outputs take the dtype of
 // the inputs; the *Into variants write into given tensors (no
 // allocation). Attention is in cuda_attention.go, layout ops in
-// cuda_shape.go. It does not do implicit-GEMM convolutions.
+// cuda_shape.go, fused chains in cuda_fused.go. It does not do
+// implicit-GEMM convolutions.
+//
+// On an H100, what would make these faster: Conv2d runs im2col then one
+// GEMM per batch item; a strided-batched GemmEx (weights with stride 0)
+// or an implicit-GEMM conv (cuDNN, or mma tiles gathering the input)
+// removes the 9x im2col traffic and the per-item launches. fp16 GEMMs hit
+// the tensor cores at full rate when every leading dimension is a
+// multiple of 8 halves (SD1.5's channel counts are; odd test shapes are
+// not, which is only slower).
 package nn
 
 import (
@@ -298,11 +307,18 @@ func (g *GPU) GroupNormEx(y, x, pre, weight, bias *GPUTensor, groups int, eps fl
 	if silu {
 		s = 1
 	}
-	grid := cuda.Dim3{X: uint32(b * groups)}
+	grid, block := cuda.Dim3{X: uint32(b * groups)}, cuda.Dim3{X: uint32(groupNormThreads(c / groups * hw))}
 	if pre == nil {
-		return g.launch("norm.cu", dt.kernel("group_norm"), grid, x.Buf, y.Buf, bufOf(weight), bufOf(bias), c, hw, groups, eps, s)
+		return g.launchBlock("norm.cu", dt.kernel("group_norm"), grid, block, 0, x.Buf, y.Buf, bufOf(weight), bufOf(bias), c, hw, groups, eps, s)
 	}
-	return g.launch("norm.cu", dt.kernel("group_norm_ex"), grid, x.Buf, y.Buf, pre.Buf, bufOf(weight), bufOf(bias), c, hw, groups, eps, s)
+	return g.launchBlock("norm.cu", dt.kernel("group_norm_ex"), grid, block, 0, x.Buf, y.Buf, pre.Buf, bufOf(weight), bufOf(bias), c, hw, groups, eps, s)
+}
+
+// groupNormThreads is the block size for a group of n elements: one
+// thread per 8 elements (one 16-byte fp16 access), a multiple of 32 in
+// [32, 1024].
+func groupNormThreads(n int) int {
+	return min(max((n/8+31)&^31, 32), 1024)
 }
 
 // LayerNorm normalises x [..., D] over its last axis (weight, bias [D] or
@@ -377,36 +393,6 @@ func (g *GPU) GEGLUInto(y, x, bias *GPUTensor) error {
 		return g.launch("elementwise.cu", dt.kernel("geglu"), gridFor(rows*d), x.Buf, y.Buf, int64(rows), d)
 	}
 	return g.launch("elementwise.cu", dt.kernel("geglu_bias"), gridFor(rows*d), x.Buf, bias.Buf, y.Buf, int64(rows), d)
-}
-
-// LinearGEGLU is the feed-forward input of a transformer block,
-// GEGLU(x W^T + b) for x [..., in], w [2D, in], bias [2D] or nil: one GEMM
-// into a scratch [rows, 2D] and one kernel that adds the bias and gates;
-// returns [..., D].
-func (g *GPU) LinearGEGLU(x, w, bias *GPUTensor) (*GPUTensor, error) {
-	if len(w.Shape) != 2 || w.Shape[0]%2 != 0 {
-		return nil, fmt.Errorf("nn: cuda LinearGEGLU: weight %v", w.Shape)
-	}
-	in := x.Shape[len(x.Shape)-1]
-	rows := x.Numel() / in
-	h, err := g.EmptyOf(x.DType, rows, w.Shape[0]) // [rows, 2D]
-	if err != nil {
-		return nil, err
-	}
-	defer h.Free()
-	if err := g.LinearInto(h, x, w, nil); err != nil {
-		return nil, err
-	}
-	shape := append(append([]int{}, x.Shape[:len(x.Shape)-1]...), w.Shape[0]/2)
-	y, err := g.EmptyOf(x.DType, shape...) // [..., D]
-	if err != nil {
-		return nil, err
-	}
-	if err := g.GEGLUInto(y, h, bias); err != nil {
-		y.Free()
-		return nil, err
-	}
-	return y, nil
 }
 
 // SiLU applies x * sigmoid(x) in place.

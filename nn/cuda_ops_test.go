@@ -199,32 +199,44 @@ func checkConvCUDA(t *testing.T, g *GPU) {
 func checkNormsCUDA(t *testing.T, g *GPU) {
 	r := rand.New(rand.NewPCG(5, 6))
 	dt := g.DType
-	x := gpuRand(r, dt, 2, 2, 12, 5, 7) // [B, C, H, W]
-	gn := &GroupNorm{Groups: 4, Eps: 1e-5, Weight: gpuRand(r, dt, 1, 12), Bias: gpuRand(r, dt, 1, 12)}
-	gx, gw, gbias := up(t, g, x), up(t, g, gn.Weight), up(t, g, gn.Bias)
-	for _, silu := range []bool{false, true} {
-		want := gn.Forward(x)
-		if silu {
-			want = gn.ForwardSiLU(x)
-		}
-		y, err := g.GroupNorm(gx, gw, gbias, 4, 1e-5, silu)
-		expect(t, fmt.Sprintf("GroupNorm(silu=%v)", silu), y, err, want)
-		y.Free()
+	for _, tc := range []struct {
+		name           string
+		b, c, h, w, gr int
+	}{
+		{"odd-hw", 2, 12, 5, 7, 4},   // HW = 35: scalar accesses
+		{"vector", 2, 64, 8, 12, 8},  // HW = 96: 16-byte accesses, 96 threads
+		{"large", 1, 64, 32, 32, 32}, // 2048 per group: 256 threads, several chunks each
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := gpuRand(r, dt, 2, tc.b, tc.c, tc.h, tc.w) // [B, C, H, W]
+			gn := &GroupNorm{Groups: tc.gr, Eps: 1e-5, Weight: gpuRand(r, dt, 1, tc.c), Bias: gpuRand(r, dt, 1, tc.c)}
+			gx, gw, gbias := up(t, g, x), up(t, g, gn.Weight), up(t, g, gn.Bias)
+			for _, silu := range []bool{false, true} {
+				want := gn.Forward(x)
+				if silu {
+					want = gn.ForwardSiLU(x)
+				}
+				y, err := g.GroupNorm(gx, gw, gbias, tc.gr, 1e-5, silu)
+				expect(t, fmt.Sprintf("GroupNorm(silu=%v)", silu), y, err, want)
+				y.Free()
+			}
+			// GroupNormEx: norm of x + pre[b, c], in place, no affine.
+			pre := gpuRand(r, dt, 1, tc.b, tc.c) // [B, C]
+			xp := x.Clone()
+			AddBatchChannelBias(xp, pre)
+			want := (&GroupNorm{Groups: tc.gr, Eps: 1e-5}).ForwardSiLU(xp)
+			gx2 := up(t, g, x)
+			must(t, g.GroupNormEx(gx2, gx2, up(t, g, pre), nil, nil, tc.gr, 1e-5, true))
+			expect(t, "GroupNormEx(in place)", gx2, nil, want)
+		})
 	}
-	// GroupNormEx: norm of x + pre[b, c], in place.
-	pre := gpuRand(r, dt, 1, 2, 12) // [B, C]
-	xp := x.Clone()
-	AddBatchChannelBias(xp, pre)
-	want := gn.ForwardSiLU(xp)
-	gx2 := up(t, g, x)
-	must(t, g.GroupNormEx(gx2, gx2, up(t, g, pre), gw, gbias, 4, 1e-5, true))
-	expect(t, "GroupNormEx(in place)", gx2, nil, want)
 
 	lx := gpuRand(r, dt, 1.5, 3, 5, 37) // [B, L, D]
 	ln := &LayerNorm{Eps: 1e-5, Weight: gpuRand(r, dt, 1, 37), Bias: gpuRand(r, dt, 1, 37)}
 	y, err := g.LayerNorm(up(t, g, lx), up(t, g, ln.Weight), up(t, g, ln.Bias), 1e-5)
 	expect(t, "LayerNorm", y, err, ln.Forward(lx))
 	y.Free()
+	var want *Tensor
 
 	sx := gpuRand(r, dt, 2, 6, 45)
 	gs := up(t, g, sx)
@@ -249,6 +261,20 @@ func checkPointwiseCUDA(t *testing.T, g *GPU) {
 	y, err = g.LinearGEGLU(up(t, g, xin), up(t, g, l.Weight), up(t, g, l.Bias))
 	expect(t, "LinearGEGLU", y, err, GEGLU(l.Forward(xin)))
 	y.Free()
+
+	// proj_in / proj_out of a SpatialTransformer without the transposes.
+	xc := gpuRand(r, dt, 1, 2, 24, 5, 7) // [B, C, H, W]
+	pin := &Linear{Weight: gpuRand(r, dt, 0.3, 19, 24), Bias: gpuRand(r, dt, 0.5, 19)}
+	hin, err := g.LinearChannelsFirst(up(t, g, xc), up(t, g, pin.Weight), up(t, g, pin.Bias))
+	want0 := pin.Forward(ChannelsLast(xc))
+	expect(t, "LinearChannelsFirst", hin, err, want0)
+	pout := &Linear{Weight: gpuRand(r, dt, 0.3, 24, 19), Bias: gpuRand(r, dt, 0.5, 24)}
+	res := up(t, g, xc)
+	must(t, g.LinearToChannelsFirstAddInto(res, hin, up(t, g, pout.Weight), up(t, g, pout.Bias)))
+	want1 := xc.Clone()
+	AddInPlace(want1, ChannelsFirst(pout.Forward(want0), 5, 7))
+	expect(t, "LinearToChannelsFirstAddInto", res, nil, want1)
+	hin.Free()
 
 	s := gpuRand(r, dt, 3, 1001)
 	gs := up(t, g, s)
@@ -345,6 +371,7 @@ func checkAttentionCUDA(t *testing.T, g *GPU) {
 			})
 		}
 	}
+	t.Run("packed", func(t *testing.T) { checkPackedAttentionCUDA(t, g) })
 	t.Run("all-masked-row", func(t *testing.T) {
 		r := rand.New(rand.NewPCG(99, 1))
 		q, k, v := gpuRand(r, dt, 1, 2, 9, 16), gpuRand(r, dt, 1, 2, 5, 16), gpuRand(r, dt, 1, 2, 5, 16)
@@ -368,6 +395,27 @@ func checkAttentionCUDA(t *testing.T, g *GPU) {
 			}
 		}
 	})
+}
+
+// checkPackedAttentionCUDA reads q, k, v from fused projections in
+// place: [B, L, 3C] (self-attention) and [B, Lk, 2C] (cross-attention),
+// for an aligned head dim (16-byte tile loads) and an unaligned one.
+func checkPackedAttentionCUDA(t *testing.T, g *GPU) {
+	r := rand.New(rand.NewPCG(21, 22))
+	dt := g.DType
+	for _, tc := range []struct{ b, l, lk, h, d int }{{2, 37, 77, 2, 40}, {1, 20, 9, 3, 6}} {
+		c := tc.h * tc.d
+		qkv := gpuRand(r, dt, 1, tc.b, tc.l, 3*c)
+		p := Split(qkv, c, c, c)
+		o, err := g.AttentionQKV(up(t, g, qkv), tc.h, GPUAttentionOpts{})
+		expect(t, fmt.Sprintf("AttentionQKV d=%d", tc.d), o, err, ScaledDotProductAttention(p[0], p[1], p[2], tc.h, AttentionOpts{}))
+		o.Free()
+		kv := gpuRand(r, dt, 1, tc.b, tc.lk, 2*c)
+		kvs := Split(kv, c, c)
+		o, err = g.AttentionKV(up(t, g, p[0]), up(t, g, kv), tc.h, GPUAttentionOpts{})
+		expect(t, fmt.Sprintf("AttentionKV d=%d", tc.d), o, err, ScaledDotProductAttention(p[0], kvs[0], kvs[1], tc.h, AttentionOpts{}))
+		o.Free()
+	}
 }
 
 func checkAttentionCase(t *testing.T, g *GPU, tc attnCase, seed uint64) {

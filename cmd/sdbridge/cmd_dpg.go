@@ -228,9 +228,6 @@ func dpg(ctx context.Context, o *dpgOptions, stderr io.Writer) error {
 		return err
 	}
 	defer p.Close()
-	for _, n := range p.DeviceNotes {
-		fmt.Fprintf(stderr, "dpg: device: %s\n", n)
-	}
 	sup := o.sup
 	if o.ella.enabled() && sup == nil {
 		if sup, err = host.NewSupervisor(host.Options{LogOutput: stderr}); err != nil {

@@ -263,9 +263,6 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 	defer p.Close()
 	fmt.Fprintf(stderr, "loaded %s in %.1fs on %s; seed %d, %d steps of %s (%s), cfg %g, %dx%d, batch %d\n",
 		filepath.Base(o.model), time.Since(t0).Seconds(), dev, seed, o.steps, o.sampler, o.scheduler, o.cfg, o.width, o.height, o.batch)
-	for _, n := range p.DeviceNotes {
-		fmt.Fprintf(stderr, "device: %s\n", n)
-	}
 
 	req := host.Request{
 		Prompt: o.prompt, Negative: o.negative,

@@ -123,8 +123,11 @@ func buildLibs(cc string) (string, error) {
 	root := cacheRoot()
 	dir := filepath.Join(root, "libs-"+hex.EncodeToString(h.Sum(nil))[:24])
 	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
+		now := time.Now()
+		os.Chtimes(filepath.Join(dir, "done"), now, now) // in use: keep it from pruneLibs
 		return dir, nil
 	}
+	pruneLibs(root, 30*24*time.Hour)
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return "", err
 	}
@@ -158,6 +161,17 @@ func buildLibs(cc string) (string, error) {
 		}
 	}
 	return dir, nil
+}
+
+// pruneLibs removes library folders of other source versions not used
+// within age (their "done" file is touched at each use).
+func pruneLibs(root string, age time.Duration) {
+	dirs, _ := filepath.Glob(filepath.Join(root, "libs-*"))
+	for _, d := range dirs {
+		if info, err := os.Stat(filepath.Join(d, "done")); err == nil && time.Since(info.ModTime()) > age {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 // pruneOld removes cache entries not modified within age.

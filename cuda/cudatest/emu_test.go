@@ -1,19 +1,26 @@
 // emu_test.go: the CUDA C emulator (stand-in NVRTC + driver) checked through
 // package cuda's API with kernels written here: thread and block indices
 // of a 3-D block, a block reduction with shuffles and __syncthreads,
-// bit-exact shuffles of 4- and 8-byte values with widths, ballots,
-// dynamic shared memory, per-block static shared memory, atomics, early
-// exits before a barrier and before a shuffle, prelude's mma_m16n8k16
-// against a reference product, and the failures that must be reported
-// instead of hanging (divergent barrier, a shuffle waiting for lanes stuck
-// at a barrier, __trap, a wrong parameter count). It does not cover the
-// embedded kernels (their own tests do).
+// bit-exact shuffles of 4- and 8-byte values with widths, half-warp masks,
+// ballots and __syncthreads_count/and/or, dynamic shared memory, per-block
+// (and poisoned) static shared memory, atomics, early exits before a
+// barrier and before a shuffle, kernels compiled out with #ifndef SDB_EMU,
+// prelude's mma_m16n8k16 against an exact reference product, the failures
+// that must be reported instead of hanging (divergent barrier, a shuffle
+// waiting for lanes stuck at a barrier, lanes at different collectives,
+// __trap, wrong parameter counts), and the crashes that must name the
+// kernel (bad pointer, endless loop). The timing subtest logs the cost of
+// a switch. It does not cover the embedded kernels (their own tests do).
 package cudatest_test
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -91,10 +98,12 @@ extern "C" __global__ void reverse_dyn(const float* x, float* y) {
     y[(long long)blockIdx.x * n + threadIdx.x] = buf[n - 1 - threadIdx.x];
 }
 
-// Static shared memory is per block: each block's threads see only their block's value.
-extern "C" __global__ void shared_per_block(int* out) {
+// Static shared memory is per block: each block's threads see only their
+// block's value, and a block starts with it poisoned (0xff bytes), not
+// holding the previous block's values.
+extern "C" __global__ void shared_per_block(int* out, int* first) {
     __shared__ int tag;
-    if (threadIdx.x == 0) tag = blockIdx.x * 7 + 1;
+    if (threadIdx.x == 0) { first[blockIdx.x] = tag; tag = blockIdx.x * 7 + 1; }
     __syncthreads();
     out[blockIdx.x * blockDim.x + threadIdx.x] = tag;
 }
@@ -168,6 +177,14 @@ extern "C" __global__ void bench_sync(float* y, int iters) {
 extern "C" __global__ void bench_plain(float* y) {
     y[blockIdx.x * blockDim.x + threadIdx.x] = (float)threadIdx.x;
 }
+
+#ifndef SDB_EMU
+extern "C" __global__ void gpu_only(float* y) { asm volatile("trap;"); }
+#elif 0
+extern "C" __global__ void never(float* y) { y[0] = 0.0f; }
+#else
+extern "C" __global__ void emu_only(float* y) { y[0] = 42.0f; }
+#endif
 
 extern "C" __global__ void divergent(float* y) {
     if (threadIdx.x < 16) { y[threadIdx.x] = 1.0f; __syncthreads(); }
@@ -483,9 +500,14 @@ func TestEmulatorChild(t *testing.T) {
 
 	t.Run("static-shared-per-block", func(t *testing.T) {
 		e.t = t
-		out := e.buf(4 * 5 * 64)
-		if err := e.fn("shared_per_block").Launch(cuda.Dim3{X: 5}, cuda.Dim3{X: 64}, 0, out); err != nil {
+		out, first := e.buf(4*5*64), e.buf(4*5)
+		if err := e.fn("shared_per_block").Launch(cuda.Dim3{X: 5}, cuda.Dim3{X: 64}, 0, out, first); err != nil {
 			t.Fatal(err)
+		}
+		for b, v := range u32s(e.down(first, 4*5)) {
+			if v != 0xffffffff {
+				t.Fatalf("block %d found tag %#x before writing it, want the poison 0xffffffff", b, v)
+			}
 		}
 		got := u32s(e.down(out, 4*5*64))
 		for i, v := range got {
@@ -634,6 +656,22 @@ func TestEmulatorChild(t *testing.T) {
 		}
 	})
 
+	t.Run("conditional-kernels", func(t *testing.T) {
+		e.t = t
+		for _, name := range []string{"gpu_only", "never"} {
+			if _, err := e.m.Function(name); err == nil || !strings.Contains(err.Error(), "CUDA_ERROR_NOT_FOUND") {
+				t.Errorf("kernel %s compiled out for the emulator: lookup = %v, want CUDA_ERROR_NOT_FOUND", name, err)
+			}
+		}
+		y := e.buf(4)
+		if err := e.fn("emu_only").Launch(cuda.Dim3{X: 1}, cuda.Dim3{X: 1}, 0, y); err != nil {
+			t.Fatal(err)
+		}
+		if got := make([]float32, 1); y.DownloadFloat32(got) != nil || got[0] != 42 {
+			t.Fatalf("emu_only wrote %v, want 42", got)
+		}
+	})
+
 	t.Run("timing", func(t *testing.T) {
 		e.t = t
 		const blocks, threads, iters = 4, 256, 200
@@ -715,4 +753,75 @@ func halfOf(k int) uint16 {
 	e := int(math.Floor(math.Log2(f)))
 	mant := f/math.Ldexp(1, e) - 1 // [0, 1)
 	return sign | uint16(e+15)<<10 | uint16(math.Round(mant*1024))
+}
+
+// faultCases are kernels that cannot return an error: their process must
+// crash with the reason on stderr, not hang or die silently.
+var faultCases = []struct {
+	name, src, env, want string
+}{
+	{"bad-pointer", `extern "C" __global__ void bad_write(float* y) {
+    if (blockIdx.x == 1 && threadIdx.x == 5) y = (float*)16;
+    y[0] = 1.0f;
+}`, "", "sdb-emu: SIGSEGV in kernel bad_write, block (1,0,0), thread (5,0,0) at address 0x10"},
+	{"endless-spin", `extern "C" __global__ void bad_write(float* y) {
+    // waits for a flag that no thread ever sets
+    while (*(volatile float*)y != 12345.0f) {}
+}`, "SDBRIDGE_CUDA_EMU_TIMEOUT=1", "sdb-emu: kernel bad_write has run for"},
+}
+
+// TestEmulatorFault checks that a kernel writing through a bad pointer, or
+// never ending, crashes its process with the kernel named on stderr.
+func TestEmulatorFault(t *testing.T) {
+	if cudatest.InChild() {
+		t.Skip("in the child")
+	}
+	env := cudatest.Build(t)
+	for i, tc := range faultCases {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestEmulatorFaultChild$", "-test.count=1")
+			cmd.Env = append(append(os.Environ(), env...), "SDBRIDGE_CUDATEST_CHILD=1", fmt.Sprintf("SDB_TEST_FAULT=%d", i))
+			if tc.env != "" {
+				cmd.Env = append(cmd.Env, tc.env)
+			}
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("the faulting kernel's process exited cleanly:\n%s", out)
+			}
+			if !strings.Contains(string(out), tc.want) {
+				t.Fatalf("crash output lacks %q:\n%s", tc.want, out)
+			}
+		})
+	}
+}
+
+func TestEmulatorFaultChild(t *testing.T) {
+	if !cudatest.InChild() {
+		t.Skip("run by TestEmulatorFault")
+	}
+	i, err := strconv.Atoi(os.Getenv("SDB_TEST_FAULT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := cuda.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := d.CompileModule("fault.cu", faultCases[i].src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := m.Function("bad_write")
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := d.Alloc(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := y.Zero(); err != nil {
+		t.Fatal(err)
+	}
+	f.Launch(cuda.Dim3{X: 2}, cuda.Dim3{X: 32}, 0, y)
+	t.Fatal("the launch returned")
 }

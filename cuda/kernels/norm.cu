@@ -4,24 +4,29 @@
 // over the storage type T (float or half_t) with fp32 statistics,
 // instantiated as _f32 and _f16. Statistics are two-pass (mean, then
 // centred variance) like the CPU reference in nn/norm.go. Uses the
-// prelude's block_sum / block_max. Not tuned: every element is read from
-// global memory two or three times.
+// prelude's block_sum / block_max. Group norm moves 16 bytes per access
+// where aligned; every element is still read from global memory three
+// times (sum, centred squares, output).
 //
-// Launch (nn/cuda_ops.go): 256 threads per block; group norm grid = B*G
-// blocks (one per group of one batch item), layer norm and softmax grid
-// = rows. On an H100: SD1.5 at 64x64 latents has only 2*32 = 64 groups
-// for 132 SMs, each group 40960 elements: split a group over a thread
-// block cluster (distributed shared memory for the partial sums) or over
-// blocks with a second small kernel, keep the group in shared memory
-// (fp16: 80 KB, opt-in dynamic shared) so it is read from HBM once, and
-// load 8 halves per 16-byte access.
+// Launch (nn/cuda_ops.go): group norm grid = B*G blocks (one per group of
+// one batch item) of 32..1024 threads (one per 8 elements, so a large
+// group has 16 KB of loads in flight per SM); layer norm and softmax 256
+// threads, grid = rows. On an H100: SD1.5 at 64x64 latents has only
+// 2*32 = 64 groups for 132 SMs, each group 40960 elements: split a group
+// over a thread block cluster (distributed shared memory for the partial
+// sums) or over blocks with a second small kernel, and keep the group in
+// shared memory (fp16: 80 KB, opt-in dynamic shared) or registers so it
+// is read from HBM once; vectorise layer norm the same way.
 
 // x, y [B, C, HW] (y may be x); pre [B, C] or null, added to x before the
-// statistics; w, b [C] or null. grid = B*G blocks.
+// statistics; w, b [C] or null. grid = B*G blocks, any multiple of 32
+// threads. When HW is a multiple of 16 bytes' worth of T and x, y are
+// 16-byte aligned, every access moves 16 bytes (one channel per chunk).
 template <class T>
 __device__ void group_norm_ex(const T* x, T* y, const T* __restrict__ pre, const T* __restrict__ w, const T* __restrict__ b,
                               int C, int HW, int G, float eps, int silu) {
     __shared__ float sh[33];
+    const int V = VEC16<T>::N;
     int task = blockIdx.x;
     int n = task / G, g = task % G;
     int cg = C / G;
@@ -30,16 +35,42 @@ __device__ void group_norm_ex(const T* x, T* y, const T* __restrict__ pre, const
     const T* xs = x + base;
     T* ys = y + base;
     const T* ps = pre ? pre + (long long)n * C + (long long)g * cg : nullptr;
+    bool vec = HW % V == 0 && aligned16(xs) && aligned16(ys);
+    long long nv = vec ? len / V : 0; // 16-byte chunks; the scalar loops take the rest (all of it when !vec)
     float s = 0.0f;
-    for (long long i = threadIdx.x; i < len; i += blockDim.x) s += to_f(xs[i]) + (ps ? to_f(ps[i / HW]) : 0.0f);
+    for (long long iv = threadIdx.x; iv < nv; iv += blockDim.x) {
+        float f[V];
+        load16(xs + iv * V, f);
+        float p = ps ? to_f(ps[iv * V / HW]) : 0.0f;
+        for (int e = 0; e < V; e++) s += f[e] + p;
+    }
+    for (long long i = nv * V + threadIdx.x; i < len; i += blockDim.x) s += to_f(xs[i]) + (ps ? to_f(ps[i / HW]) : 0.0f);
     float mean = block_sum(s, sh) / (float)len;
     float v = 0.0f;
-    for (long long i = threadIdx.x; i < len; i += blockDim.x) {
+    for (long long iv = threadIdx.x; iv < nv; iv += blockDim.x) {
+        float f[V];
+        load16(xs + iv * V, f);
+        float p = (ps ? to_f(ps[iv * V / HW]) : 0.0f) - mean;
+        for (int e = 0; e < V; e++) v += (f[e] + p) * (f[e] + p);
+    }
+    for (long long i = nv * V + threadIdx.x; i < len; i += blockDim.x) {
         float d = to_f(xs[i]) + (ps ? to_f(ps[i / HW]) : 0.0f) - mean;
         v += d * d;
     }
     float inv = rsqrtf(block_sum(v, sh) / (float)len + eps);
-    for (long long i = threadIdx.x; i < len; i += blockDim.x) {
+    for (long long iv = threadIdx.x; iv < nv; iv += blockDim.x) {
+        int cl = (int)(iv * V / HW), ch = g * cg + cl;
+        float f[V];
+        load16(xs + iv * V, f);
+        float p = (ps ? to_f(ps[cl]) : 0.0f) - mean;
+        float sc = w ? inv * to_f(w[ch]) : inv, sh0 = b ? to_f(b[ch]) : 0.0f;
+        for (int e = 0; e < V; e++) {
+            float o = (f[e] + p) * sc + sh0;
+            f[e] = silu ? o / (1.0f + expf(-o)) : o;
+        }
+        store16(ys + iv * V, f);
+    }
+    for (long long i = nv * V + threadIdx.x; i < len; i += blockDim.x) {
         int cl = (int)(i / HW);
         int ch = g * cg + cl;
         float o = (to_f(xs[i]) + (ps ? to_f(ps[cl]) : 0.0f) - mean) * inv;

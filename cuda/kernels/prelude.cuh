@@ -2,8 +2,9 @@
 // kernel file, so the .cu files include no headers (NVRTC ships none we
 // can rely on). It provides the fp16 storage type half_t with IEEE
 // round-to-nearest-even conversions, to_f / from_f templates so one
-// kernel body serves float and half_t, warp and block reductions, and the
-// tensor-core MMA m16n8k16 (f16 x f16 -> f32). Everything written in
+// kernel body serves float and half_t, 16-byte vector loads and stores,
+// warp and block reductions, and the tensor-core MMA m16n8k16 (f16 x f16
+// -> f32). Everything written in
 // inline PTX has a plain C++ twin under SDB_EMU (the CPU emulator of
 // cuda/cudatest), written only with the emulated CUDA built-ins. It holds
 // no kernels, and no bf16 or fp8 types.
@@ -88,25 +89,64 @@ __device__ __forceinline__ unsigned pack_h2(half_t lo, half_t hi) {
     return (unsigned)lo | ((unsigned)hi << 16);
 }
 
-// ld_h2 loads two adjacent halves (4-byte aligned) as one .f16x2 word;
-// copy8h copies 8 halves (16-byte aligned at both ends) in one access;
-// zero8h clears 8 halves. The emulator spells them with memcpy (no
-// aliasing games under -O2).
+// ld16 / st16 move 16 bytes (16-byte aligned) as one access; ld_h2 loads
+// two adjacent halves (4-byte aligned) as one .f16x2 word. The emulator
+// spells them with memcpy (no aliasing games under -O2).
 #ifndef SDB_EMU
+__device__ __forceinline__ uint4 ld16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ void st16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
 __device__ __forceinline__ unsigned ld_h2(const half_t* p) { return *reinterpret_cast<const unsigned*>(p); }
-__device__ __forceinline__ void copy8h(half_t* dst, const half_t* src) {
-    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-}
-__device__ __forceinline__ void zero8h(half_t* dst) { *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0); }
 #else
+__device__ __forceinline__ uint4 ld16(const void* p) {
+    uint4 v;
+    __builtin_memcpy(&v, p, 16);
+    return v;
+}
+__device__ __forceinline__ void st16(void* p, uint4 v) { __builtin_memcpy(p, &v, 16); }
 __device__ __forceinline__ unsigned ld_h2(const half_t* p) {
     unsigned u;
     __builtin_memcpy(&u, p, 4);
     return u;
 }
-__device__ __forceinline__ void copy8h(half_t* dst, const half_t* src) { __builtin_memcpy(dst, src, 16); }
-__device__ __forceinline__ void zero8h(half_t* dst) { __builtin_memset(dst, 0, 16); }
 #endif
+
+// copy8h copies 8 halves, zero8h clears 8 (16-byte aligned).
+__device__ __forceinline__ void copy8h(half_t* dst, const half_t* src) { st16(dst, ld16(src)); }
+__device__ __forceinline__ void zero8h(half_t* dst) { st16(dst, make_uint4(0, 0, 0, 0)); }
+
+// load16 / store16 move 16 bytes of storage type T as VEC16<T>::N floats
+// (4 floats or 8 halves per access).
+template <class T> struct VEC16;
+template <> struct VEC16<float> { static const int N = 4; };
+template <> struct VEC16<half_t> { static const int N = 8; };
+
+template <class T> __device__ __forceinline__ void load16(const T* p, float* out);
+template <> __device__ __forceinline__ void load16<float>(const float* p, float* out) {
+    uint4 v = ld16(p);
+    out[0] = __uint_as_float(v.x);
+    out[1] = __uint_as_float(v.y);
+    out[2] = __uint_as_float(v.z);
+    out[3] = __uint_as_float(v.w);
+}
+template <> __device__ __forceinline__ void load16<half_t>(const half_t* p, float* out) {
+    uint4 v = ld16(p);
+    unsigned w[4] = {v.x, v.y, v.z, v.w};
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = h2f((half_t)(w[i] & 0xffffu));
+        out[2 * i + 1] = h2f((half_t)(w[i] >> 16));
+    }
+}
+template <class T> __device__ __forceinline__ void store16(T* p, const float* in);
+template <> __device__ __forceinline__ void store16<float>(float* p, const float* in) {
+    st16(p, make_uint4(__float_as_uint(in[0]), __float_as_uint(in[1]), __float_as_uint(in[2]), __float_as_uint(in[3])));
+}
+template <> __device__ __forceinline__ void store16<half_t>(half_t* p, const float* in) {
+    st16(p, make_uint4(pack_h2(f2h(in[0]), f2h(in[1])), pack_h2(f2h(in[2]), f2h(in[3])), pack_h2(f2h(in[4]), f2h(in[5])),
+                       pack_h2(f2h(in[6]), f2h(in[7]))));
+}
+
+// aligned16 reports whether p is 16-byte aligned.
+__device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
 
 // neg_inf is -infinity (the identity of max).
 __device__ __forceinline__ float neg_inf() { return __int_as_float((int)0xff800000u); }

@@ -22,6 +22,8 @@ static shim_dim3 blockDim = {32, 1, 1};
 #define __device__
 #define __forceinline__ inline
 
+struct uint4 { unsigned x, y, z, w; };
+static uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 static float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 static unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 static float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }

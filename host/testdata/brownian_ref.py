@@ -1,8 +1,9 @@
 """Writes brownian_ref.json, the reference values for host/brownian_test.go.
 
-Run with Debian's torch and numpy (python3-torch, python3-numpy), torchsde's
-and k-diffusion's sources on PYTHONPATH-like paths given by the environment,
-and a module named `trampoline` importable (torchsde imports it):
+Run with Debian's torch and numpy (python3-torch, python3-numpy) and
+torchsde's and k-diffusion's sources at paths given by the environment.
+torchsde imports the small `trampoline` package; when it is not installed,
+an equivalent stand-in defined below is used:
 
     TORCHSDE=/path/to/torchsde KDIFF=/path/to/k-diffusion \
         python3 host/testdata/brownian_ref.py > host/testdata/brownian_ref.json
@@ -28,6 +29,42 @@ import types
 import numpy as np
 import torch
 
+
+
+def install_trampoline_standin():
+    """Registers a minimal yield-based trampoline module: a generator yields a
+    sub-generator to call it and gets its return value back; raising
+    TailCall(gen) replaces the running generator with gen."""
+    try:
+        import trampoline  # noqa: F401
+        return
+    except ImportError:
+        pass
+    mod = types.ModuleType("trampoline")
+
+    class TailCall(BaseException):
+        def __init__(self, call):
+            self.call = call
+
+    def run(gen):
+        stack, ret = [gen], None
+        while stack:
+            try:
+                stack.append(stack[-1].send(ret))
+                ret = None
+            except StopIteration as e:
+                stack.pop()
+                ret = e.value
+            except TailCall as tc:
+                stack[-1] = tc.call
+                ret = None
+        return ret
+
+    mod.TailCall, mod.trampoline = TailCall, run
+    sys.modules["trampoline"] = mod
+
+
+install_trampoline_standin()
 sys.path.insert(0, os.environ["TORCHSDE"])
 import torchsde  # noqa: E402,F401
 

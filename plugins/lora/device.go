@@ -17,8 +17,9 @@
 // inputs) and any tensor that comes with its original as an input takes
 // the exact fallback: the whole tensor is computed on the CPU by Apply
 // (or applyFromOriginal) from the original values and uploaded in the
-// weight's dtype. Factors are uploaded per call and freed after it; the
-// SDK synchronises the device before the reply.
+// weight's dtype. The plugin keeps plain LoRA factors on the device
+// between calls (DeviceFactors, dropped with their file); other factors
+// are uploaded per call. The SDK synchronises the device before the reply.
 //
 // It does not restore weights, hold device memory between calls, or
 // support BF16 device weights.
@@ -26,6 +27,7 @@ package lora
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
@@ -51,6 +53,69 @@ func (p *Plugin) deviceBLAS(dev *cuda.Device) (*cuda.BLAS, error) {
 	}
 	p.blas[dev] = bl
 	return bl, nil
+}
+
+// DeviceFactors keeps adapter factors uploaded to devices between merges,
+// so swapping back and forth between LoRAs uploads each factor once. Safe
+// for concurrent use. The zero value is not usable; call NewDeviceFactors.
+type DeviceFactors struct {
+	mu    sync.Mutex
+	m     map[factorKey]*cuda.Buffer
+	bytes int64
+}
+
+// factorKey names one uploaded factor.
+type factorKey struct {
+	dev  *cuda.Device
+	file *File
+	mod  string
+	part Part
+	f16  bool
+}
+
+// NewDeviceFactors returns an empty cache.
+func NewDeviceFactors() *DeviceFactors {
+	return &DeviceFactors{m: map[factorKey]*cuda.Buffer{}}
+}
+
+// get returns the device copy of factor part of module mod of f (values x),
+// uploading it on first use.
+func (c *DeviceFactors) get(dev *cuda.Device, f *File, mod string, part Part, x []float32, f16 bool) (*cuda.Buffer, error) {
+	k := factorKey{dev, f, mod, part, f16}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b, ok := c.m[k]; ok {
+		return b, nil
+	}
+	sc := &deviceScratch{dev: dev}
+	up := sc.f32
+	if f16 {
+		up = sc.f16
+	}
+	b, err := up(x)
+	if err != nil {
+		sc.free()
+		return nil, err
+	}
+	c.m[k] = b
+	c.bytes += int64(b.Size)
+	return b, nil
+}
+
+// Bytes is the device memory the cache holds.
+func (c *DeviceFactors) Bytes() int64 { c.mu.Lock(); defer c.mu.Unlock(); return c.bytes }
+
+// DropFile frees the factors of f (an adapter file closed or reloaded).
+func (c *DeviceFactors) DropFile(f *File) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, b := range c.m {
+		if k.file == f {
+			c.bytes -= int64(b.Size)
+			b.Free()
+			delete(c.m, k)
+		}
+	}
 }
 
 // onDevice reports whether op o can run on the GPU path.
@@ -84,7 +149,7 @@ func (p *Plugin) patchDevice(plan *Plan, t, orig *sdk.Tensor) error {
 		if err != nil {
 			return err
 		}
-		return plan.ApplyDevice(bl, t.Name, buf, t.DType)
+		return plan.ApplyDevice(bl, t.Name, buf, t.DType, p.factors)
 	}
 	if t.DType != sdk.F32 && t.DType != sdk.F16 {
 		return fmt.Errorf("lora: device tensor %q is %s; the GPU merge takes F32 or F16 weights", t.Name, t.DType)
@@ -114,8 +179,10 @@ func (p *Plugin) patchDevice(plan *Plan, t, orig *sdk.Tensor) error {
 // (F32 or F16) holding the original values, as Apply does on the CPU: on
 // the GPU when every op has a GPU path, else exactly by Apply on a host
 // copy (downloaded, merged, uploaded in dt). Work is queued on w's device
-// stream; a following download or Synchronize waits for it.
-func (p *Plan) ApplyDevice(bl *cuda.BLAS, key string, w *cuda.Buffer, dt sdk.DType) error {
+// stream; a following download or Synchronize waits for it. With cache
+// the LoRA factors stay on the device for later merges; nil uploads them
+// for this call only.
+func (p *Plan) ApplyDevice(bl *cuda.BLAS, key string, w *cuda.Buffer, dt sdk.DType, cache *DeviceFactors) error {
 	tg, ok := p.targets[key]
 	if !ok {
 		return fmt.Errorf("lora: %q is not touched by this plan", key)
@@ -133,7 +200,7 @@ func (p *Plan) ApplyDevice(bl *cuda.BLAS, key string, w *cuda.Buffer, dt sdk.DTy
 	}
 	if gpu {
 		for i := range tg.Ops {
-			if err := tg.Ops[i].applyDevice(bl, tg.Shape, w, dt); err != nil {
+			if err := tg.Ops[i].applyDevice(bl, tg.Shape, w, dt, cache); err != nil {
 				return fmt.Errorf("lora: %s on the GPU: %w", key, err)
 			}
 		}
@@ -245,7 +312,7 @@ func launch(dev *cuda.Device, name string, dt sdk.DType, n int, args ...any) err
 
 // applyDevice runs op o (onDevice) on the device weight w of shape shape
 // and dtype dt, in place.
-func (o *Op) applyDevice(bl *cuda.BLAS, shape []int, w *cuda.Buffer, dt sdk.DType) error {
+func (o *Op) applyDevice(bl *cuda.BLAS, shape []int, w *cuda.Buffer, dt sdk.DType, cache *DeviceFactors) error {
 	fs, err := o.file.load(o.mod)
 	if err != nil {
 		return err
@@ -278,15 +345,24 @@ func (o *Op) applyDevice(bl *cuda.BLAS, shape []int, w *cuda.Buffer, dt sdk.DTyp
 		// W += m·s·(up @ down)      [out, r] @ [r, in*kh*kw], beta 1
 		up, down := fs[PartUp], fs[PartDown]
 		r := down.Shape[0]
-		upload, typ := sc.f32, cuda.R32F
-		if dt == sdk.F16 {
-			upload, typ = sc.f16, cuda.R16F
+		f16, typ := dt == sdk.F16, cuda.R32F
+		if f16 {
+			typ = cuda.R16F
 		}
-		ub, err := upload(up.Data)
+		factor := func(part Part, x []float32) (*cuda.Buffer, error) {
+			if cache != nil {
+				return cache.get(dev, o.file, o.mod.Name, part, x, f16)
+			}
+			if f16 {
+				return sc.f16(x)
+			}
+			return sc.f32(x)
+		}
+		ub, err := factor(PartUp, up.Data)
 		if err != nil {
 			return err
 		}
-		db, err := upload(down.Data)
+		db, err := factor(PartDown, down.Data)
 		if err != nil {
 			return err
 		}
@@ -305,7 +381,7 @@ func (o *Op) applyDevice(bl *cuda.BLAS, shape []int, w *cuda.Buffer, dt sdk.DTyp
 			if err != nil {
 				return err
 			}
-			if d[i], err = sc.alloc(4 * n); err != nil {
+			if d[i], err = sc.alloc(4 * n); err != nil { // [out, in*kh*kw] fp32
 				return err
 			}
 			if err := bl.GemmEx(false, false, out, in, r, 1, ab, r, bb, in, 0, d[i], in, cuda.R32F, cuda.R32F); err != nil {

@@ -45,11 +45,12 @@ const maxCachedFiles = 16
 
 // Plugin is the LoRA weight patcher.
 type Plugin struct {
-	mu    sync.Mutex
-	files map[string]*cachedFile
-	plans map[string]*Plan // by parameter string, from the last PlanPatch calls
-	order []string
-	blas  map[*cuda.Device]*cuda.BLAS // device.go
+	mu      sync.Mutex
+	files   map[string]*cachedFile
+	plans   map[string]*Plan // by parameter string, from the last PlanPatch calls
+	order   []string
+	blas    map[*cuda.Device]*cuda.BLAS // device.go
+	factors *DeviceFactors              // LoRA factors kept on devices (device.go)
 }
 
 type cachedFile struct {
@@ -60,7 +61,7 @@ type cachedFile struct {
 
 // NewPlugin returns a LoRA plugin with empty caches.
 func NewPlugin() *Plugin {
-	return &Plugin{files: map[string]*cachedFile{}, plans: map[string]*Plan{}}
+	return &Plugin{files: map[string]*cachedFile{}, plans: map[string]*Plan{}, factors: NewDeviceFactors()}
 }
 
 // Serve runs the LoRA plugin (main of `sdbridge plugin lora`).
@@ -158,10 +159,12 @@ func (p *Plugin) file(path string) (*File, error) {
 		return nil, err
 	}
 	if old, ok := p.files[path]; ok {
+		p.factors.DropFile(old.f)
 		old.f.Close()
 	}
 	if len(p.files) >= maxCachedFiles {
 		for k, c := range p.files { // evict any one; plans holding it are dropped
+			p.factors.DropFile(c.f)
 			c.f.Close()
 			delete(p.files, k)
 			p.plans, p.order = map[string]*Plan{}, nil

@@ -22,14 +22,28 @@ import (
 
 type mappedArena struct {
 	mem      []byte
-	dev      *cuda.IPCBuffer // device arena: the opened IPC mapping (mem is nil)
+	dev      *openIPC // device arena: the opened IPC mapping (mem is nil)
 	writable bool
 }
 
-// release drops the mapping.
-func (m *mappedArena) release() error {
+// openIPC is one opened CUDA IPC handle, shared by every arena naming the
+// same allocation (a process opens a handle once; the host may register
+// one allocation under several arena ids).
+type openIPC struct {
+	buf    *cuda.IPCBuffer
+	handle cuda.IPCHandle
+	refs   int
+}
+
+// release drops the mapping (t: the table, for shared IPC mappings).
+func (m *mappedArena) release(t *arenaTable) error {
 	if m.dev != nil {
-		return m.dev.Close()
+		m.dev.refs--
+		if m.dev.refs > 0 {
+			return nil
+		}
+		delete(t.ipc, m.dev.handle)
+		return m.dev.buf.Close()
 	}
 	return shm.Unmap(m.mem)
 }
@@ -39,10 +53,11 @@ type arenaTable struct {
 	mu     sync.RWMutex
 	side   int // side socket fd, -1 if none
 	arenas map[uint32]*mappedArena
+	ipc    map[cuda.IPCHandle]*openIPC // opened device allocations
 }
 
 func newArenaTable(side int) *arenaTable {
-	return &arenaTable{side: side, arenas: map[uint32]*mappedArena{}}
+	return &arenaTable{side: side, arenas: map[uint32]*mappedArena{}, ipc: map[cuda.IPCHandle]*openIPC{}}
 }
 
 // receive takes the next fd from the side socket, which must be arena id.
@@ -87,6 +102,14 @@ func (a *arenaTable) receiveDevice(id uint32, size uint64, writable bool, handle
 	if _, ok := a.arenas[id]; ok {
 		return fmt.Errorf("arena %d is already mapped", id)
 	}
+	if o, ok := a.ipc[h]; ok {
+		if o.buf.Size != int(size) {
+			return fmt.Errorf("arena %d: allocation already open with %d bytes, announced %d", id, o.buf.Size, size)
+		}
+		o.refs++
+		a.arenas[id] = &mappedArena{dev: o, writable: writable}
+		return nil
+	}
 	d, err := CUDADevice(ordinal)
 	if err != nil {
 		return fmt.Errorf("arena %d: %w", id, err)
@@ -95,7 +118,9 @@ func (a *arenaTable) receiveDevice(id uint32, size uint64, writable bool, handle
 	if err != nil {
 		return fmt.Errorf("arena %d: opening the CUDA IPC handle on device %d: %w", id, ordinal, err)
 	}
-	a.arenas[id] = &mappedArena{dev: b, writable: writable}
+	o := &openIPC{buf: b, handle: h, refs: 1}
+	a.ipc[h] = o
+	a.arenas[id] = &mappedArena{dev: o, writable: writable}
 	return nil
 }
 
@@ -107,14 +132,14 @@ func (a *arenaTable) unmap(id uint32) error {
 		return fmt.Errorf("arena %d is not mapped", id)
 	}
 	delete(a.arenas, id)
-	return m.release()
+	return m.release(a)
 }
 
 func (a *arenaTable) closeAll() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for id, m := range a.arenas {
-		m.release()
+		m.release(a)
 		delete(a.arenas, id)
 	}
 }
@@ -135,7 +160,7 @@ func (a *arenaTable) bind(ref TensorRef, mustWrite bool) (*Tensor, error) {
 		return nil, fmt.Errorf("tensor %q: writable grant in read-only arena %d", ref.Name, ref.Arena)
 	}
 	if m.dev != nil {
-		return BindDeviceTensor(ref, &m.dev.Buffer)
+		return BindDeviceTensor(ref, &m.dev.buf.Buffer)
 	}
 	return BindTensor(ref, m.mem)
 }

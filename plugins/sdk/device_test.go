@@ -1,7 +1,8 @@
 // device_test.go: device arenas end to end in one process, against the
 // stand-in CUDA driver (cuda/cudatest): the plugin opens the host's
-// allocation by IPC handle, binds refs at their offsets, refuses what the
-// grants forbid, writes in place and is synchronised before the reply.
+// allocation by IPC handle (once, shared by arenas naming the same
+// allocation), binds refs at their offsets, refuses what the grants
+// forbid, writes in place and is synchronised before the reply.
 package sdk_test
 
 import (
@@ -129,5 +130,14 @@ func TestDeviceArenas(t *testing.T) {
 	_, err = h.Remote.PatchWeights(ctx, &sdk.PatchWeightsRequest{Tensors: []*sdk.Tensor{w}})
 	if err == nil || !strings.Contains(err.Error(), "not mapped") {
 		t.Fatalf("PatchWeights after UnmapArena: %v", err)
+	}
+	// The read-only arena names the same allocation: its mapping is shared
+	// and outlives the other arena's unmap.
+	in := sdk.Ref(sdk.TensorRef{Name: "in", Arena: ro.ID, Offset: 256, DType: sdk.F32, Shape: []int{4}})
+	if _, err := h.Remote.PatchWeights(ctx, &sdk.PatchWeightsRequest{Inputs: []*sdk.Tensor{in}}); err != nil {
+		t.Fatalf("read-only arena of the same allocation after the other's unmap: %v", err)
+	}
+	if err := h.Remote.UnmapArena(ctx, ro.ID); err != nil {
+		t.Fatal(err)
 	}
 }

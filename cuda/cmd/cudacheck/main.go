@@ -11,7 +11,8 @@
 // always exits 0 so the whole log comes back; the last line is
 // `cudacheck: N passed, M failed`. It does not run the golden cases.
 // Build: CGO_ENABLED=0 go build -o out/cudacheck ./cuda/cmd/cudacheck (see ../../DEVCHECK.md).
-// Run: ./cudacheck [-timings=false] [-ipc=false] [-unet=false] [-controlnet=false] [-vae=false].
+// Run: ./cudacheck [-timings=false] [-ipc=false] [-unet=false] [-controlnet=false] [-vae=false]
+// [-dtypes=f32,f16].
 package main
 
 import (
@@ -52,7 +53,13 @@ func main() {
 	flag.BoolVar(&opt.unet, "unet", true, "check the whole SD1.5 U-Net (random weights) and time a CFG step")
 	flag.BoolVar(&opt.controlnet, "controlnet", true, "check an SD1.5 ControlNet (random weights) and time a CFG step")
 	flag.BoolVar(&opt.vae, "vae", true, "check the SD1.5 VAE decoder and encoder (random weights) and time a decode")
+	dtypes := flag.String("dtypes", "f32,f16", "activation dtypes of the image model checks and timings (f32, f16)")
 	flag.Parse()
+	var err error
+	if opt.dtypes, err = parseDTypes(*dtypes); err != nil {
+		fmt.Println(err)
+		os.Exit(2)
+	}
 	seed := uint64(time.Now().UnixNano())
 	rng = rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	logf("cudacheck: seed %d", seed)
@@ -63,7 +70,8 @@ func main() {
 // options selects the parts of the check.
 type options struct {
 	timings, ipc          bool
-	unet, controlnet, vae bool // image models: check, and time with timings
+	unet, controlnet, vae bool          // image models: check, and time with timings
+	dtypes                []nn.GPUDType // activation dtypes of the image models
 	sizes                 sizes
 }
 
@@ -127,16 +135,16 @@ func run(opt options) {
 		timeSide = opt.sizes.hw
 	}
 	if opt.unet || opt.controlnet || opt.vae {
-		logf("--- image models (SD1.5 layout, random weights): GPU vs CPU rel L2 <= %.0e, then timed", modelTol)
+		logf("--- image models (SD1.5 layout, random weights) in %v: GPU vs CPU rel L2 <= 1e-4 (f32), 1e-2 (f16), then timed", opt.dtypes)
 	}
 	if opt.unet {
-		checkAndTimeUNet(g, 16, timeSide)
+		checkAndTimeUNet(g, opt.dtypes, 16, timeSide)
 	}
 	if opt.controlnet {
-		checkAndTimeControlNet(g, 8, timeSide)
+		checkAndTimeControlNet(g, opt.dtypes, 8, timeSide)
 	}
 	if opt.vae {
-		checkAndTimeVAE(g, 8, timeSide)
+		checkAndTimeVAE(g, opt.dtypes, 8, timeSide)
 	}
 }
 

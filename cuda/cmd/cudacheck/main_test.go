@@ -1,16 +1,14 @@
 // main_test.go: cudacheck against the stand-in CUDA libraries of package
-// cudatest (no GPU): every case must pass except the fp16 GemmEx ones,
-// which the stand-in cuBLAS does not implement. This checks
-// the check itself (shapes, argument order, comparisons, poisoning) and
-// nn's GPU ops on the Go side; the kernels' CUDA C runs only on a GPU.
-// The timings run at tiny sizes (their numbers mean nothing here); the
-// SD1.5 stack and IPC are left out (slow or impossible on the stand-ins).
+// cudatest (no GPU; the kernels' CUDA C runs on its CPU emulator): every
+// case must pass. This checks the check itself (shapes, argument order,
+// comparisons, poisoning) and nn's GPU ops. The timings run at tiny sizes
+// (their numbers mean nothing here); the SD1.5 image models run only with
+// SDBRIDGE_CUDA_SLOW_TESTS=1, and IPC is left out.
 package main
 
 import (
 	"math/rand/v2"
 	"os"
-	"slices"
 	"testing"
 
 	"github.com/sdbridge/sdbridge/cuda"
@@ -31,12 +29,8 @@ func TestCudacheckChild(t *testing.T) {
 	}
 	rng = rand.New(rand.NewPCG(1, 2))
 	run(options{timings: true, sizes: smallSizes})
-	want := []string{ // the stand-in cuBLAS has no fp16
-		"gemmex fp16xfp16->fp32 256x320x768 (A [m,k], B^T [n,k])",
-		"time gemmex fp16 in/out, fp32 accumulate, 64^3",
-	}
-	if !slices.Equal(failures, want) {
-		t.Fatalf("failed cases %q, want only %q", failures, want)
+	if len(failures) != 0 {
+		t.Fatalf("failed cases %q, want none", failures)
 	}
 	if passed < 20 {
 		t.Fatalf("%d cases passed, want at least 20", passed)
@@ -75,14 +69,15 @@ func TestImageModelsChild(t *testing.T) {
 	defer bl.Close()
 	g := &nn.GPU{Dev: d, BLAS: bl}
 	p0 := passed
-	checkAndTimeUNet(g, 8, 0)
-	checkAndTimeControlNet(g, 8, 0)
-	checkAndTimeVAE(g, 4, 0)
+	dts := []nn.GPUDType{nn.GPUF32, nn.GPUF16}
+	checkAndTimeUNet(g, dts, 8, 0)
+	checkAndTimeControlNet(g, dts, 8, 0)
+	checkAndTimeVAE(g, dts, 4, 0)
 	if len(failures) != 0 {
 		t.Fatalf("image model checks failed: %q", failures)
 	}
-	if want := p0 + 1 + 13 + 2; passed != want {
-		t.Fatalf("%d checks passed, want %d (U-Net, 13 ControlNet residuals, VAE decode and encode)", passed-p0, want-p0)
+	if want := p0 + 2*(1+13+2); passed != want {
+		t.Fatalf("%d checks passed, want %d (per dtype: U-Net, 13 ControlNet residuals, VAE decode and encode)", passed-p0, want-p0)
 	}
 }
 

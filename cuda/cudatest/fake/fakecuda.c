@@ -18,12 +18,15 @@
  * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidate it, as on a GPU in
  * the global capture mode. A context must be current on the calling thread
  * (so a call off the device's locked thread fails as with the real
- * driver). Not a GPU simulator: no concurrency between streams, no
- * peer access, no unified memory. */
+ * driver). A kernel that faults gets its name, block and thread printed
+ * before the process crashes, and one that never ends is aborted by a
+ * watchdog (SDBRIDGE_CUDA_EMU_TIMEOUT). Not a GPU simulator: no
+ * concurrency between streams, no peer access, no unified memory. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -407,7 +410,7 @@ struct entry { /* sdb_emu::Entry */
     int (*run)(const struct launch *);
     int (*nparams)(void);
 };
-struct module { void *dl; int fd; const struct entry *entries; };
+struct module { void *dl; int fd; const struct entry *entries; int (*where)(const void *, char *, int); };
 struct function { struct module *m; const struct entry *e; int maxShared; };
 
 static char lastErr[1024];
@@ -460,6 +463,7 @@ int cuModuleLoadData(void **out, const void *img) {
     m->dl = dl;
     m->fd = fd; /* kept open while loaded: a reused path would make dlopen return this module */
     m->entries = e;
+    m->where = (int (*)(const void *, char *, int))dlsym(dl, "sdb_emu_where");
     *out = m;
     return 0;
 }
@@ -496,6 +500,117 @@ int cuFuncSetAttribute(void *f, int attr, int v) {
     return 0;
 }
 
+/* A fault inside a kernel (out-of-range pointer, fiber stack overflow)
+ * would only show the Go runtime's crash with a PC in an anonymous module:
+ * this handler first names the kernel, block and thread on stderr, then
+ * puts the previous handler back and returns, so the faulting instruction
+ * runs again and the previous (Go's) handler reports the crash as usual.
+ * It is installed around launches (again after it stood aside). */
+static __thread struct module *faultMod;
+static struct sigaction prevSegv, prevBus;
+static int faultInstalled;
+static void onFault(int sig, siginfo_t *si, void *uc) {
+    char msg[1200];
+    int n = 0;
+    if (faultMod && faultMod->where) {
+        char where[1000];
+        if (faultMod->where(si->si_addr, where, sizeof where) > 0)
+            n = snprintf(msg, sizeof msg, "sdb-emu: %s in %s at address %p\n", sig == SIGSEGV ? "SIGSEGV" : "SIGBUS",
+                         where, si->si_addr);
+    }
+    if (n > 0) {
+        ssize_t w = write(2, msg, n < (int)sizeof msg ? n : (int)sizeof msg - 1);
+        (void)w;
+    }
+    sigaction(SIGSEGV, &prevSegv, NULL);
+    sigaction(SIGBUS, &prevBus, NULL);
+    __atomic_store_n(&faultInstalled, 0, __ATOMIC_RELEASE);
+}
+static void installFault(void) {
+    if (__atomic_load_n(&faultInstalled, __ATOMIC_ACQUIRE)) return;
+    const char *off = getenv("SDBRIDGE_CUDA_EMU_FAULTS");
+    if (off && !strcmp(off, "0")) return;
+    pthread_mutex_lock(&mu);
+    if (!faultInstalled) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = onFault;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGSEGV, &sa, &prevSegv) == 0 && sigaction(SIGBUS, &sa, &prevBus) == 0) faultInstalled = 1;
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+/* A kernel that never ends (a spin-wait on another block or thread, which
+ * never runs meanwhile: there is no preemption) would hang the test: a
+ * watchdog thread aborts the process with the kernel's name once a launch
+ * has run for $SDBRIDGE_CUDA_EMU_TIMEOUT seconds (default 300; 0: off). */
+enum { maxRunning = 32 };
+static struct { const char *name; double start; int used; } running[maxRunning];
+static pthread_once_t watchOnce = PTHREAD_ONCE_INIT;
+static double watchLimit;
+
+static void *watchdog(void *arg) {
+    (void)arg;
+    for (;;) {
+        sleep(1);
+        double now = nowMS();
+        pthread_mutex_lock(&mu);
+        for (int i = 0; i < maxRunning; i++)
+            if (running[i].used && now - running[i].start > watchLimit * 1e3) {
+                fprintf(stderr,
+                        "sdb-emu: kernel %s has run for %.0f s: an endless loop? (a spin-wait on another block or "
+                        "thread never ends under the emulator, which does not preempt); aborting "
+                        "(SDBRIDGE_CUDA_EMU_TIMEOUT)\n",
+                        running[i].name, (now - running[i].start) / 1e3);
+                abort();
+            }
+        pthread_mutex_unlock(&mu);
+    }
+    return NULL;
+}
+
+static void startWatchdog(void) {
+    const char *v = getenv("SDBRIDGE_CUDA_EMU_TIMEOUT");
+    watchLimit = v && *v ? atof(v) : 300;
+    if (watchLimit <= 0) return;
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    sigset_t all, old;
+    sigfillset(&all); /* the watchdog takes no signals (the Go runtime's go to its threads) */
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_create(&t, &a, watchdog, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&a);
+}
+
+/* watchBegin registers a launch with the watchdog; it returns its slot or -1. */
+static int watchBegin(const char *name) {
+    pthread_once(&watchOnce, startWatchdog);
+    if (watchLimit <= 0) return -1;
+    pthread_mutex_lock(&mu);
+    int slot = -1;
+    for (int i = 0; i < maxRunning && slot < 0; i++)
+        if (!running[i].used) {
+            running[i].used = 1;
+            running[i].name = name;
+            running[i].start = nowMS();
+            slot = i;
+        }
+    pthread_mutex_unlock(&mu);
+    return slot;
+}
+
+static void watchEnd(int slot) {
+    if (slot < 0) return;
+    pthread_mutex_lock(&mu);
+    running[slot].used = 0;
+    pthread_mutex_unlock(&mu);
+}
+
 static int runLaunch(struct function *fn, const unsigned *d, void **params) {
     struct launch L = {{d[0], d[1], d[2]}, {d[3], d[4], d[5]}, d[6], params, fn->e->name, lastErr, sizeof lastErr};
     if (d[6] > 49152 && d[6] > (unsigned)fn->maxShared) {
@@ -506,7 +621,12 @@ static int runLaunch(struct function *fn, const unsigned *d, void **params) {
         return INVALID_VALUE;
     }
     lastErr[0] = 0;
+    installFault();
+    faultMod = fn->m;
+    int slot = watchBegin(fn->e->name);
     int rc = fn->e->run(&L);
+    watchEnd(slot);
+    faultMod = NULL;
     lastErrCode = rc;
     return rc;
 }

@@ -4,6 +4,7 @@
  * rounded once to the output type (fp16 round to nearest even), plus the
  * fp16 <-> fp32 conversions. Not a BLAS: one loop nest, no blocking. */
 #include <math.h>
+#include <stdlib.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -54,15 +55,37 @@ static void st(void *x, int t, size_t i, double v) {
 static size_t at(int ld_, int op, int i, int j) { return op ? (size_t)j + (size_t)i * ld_ : (size_t)i + (size_t)j * ld_; }
 
 /* gemmT: C[m,n] = alpha op(A)[m,k] op(B)[k,n] + beta C (beta 0 never reads C).
- * out receives the sums before rounding when not NULL (for epilogues). */
+ * out receives the sums before rounding when not NULL (for epilogues).
+ * op(A) rows and op(B) columns are first widened to contiguous doubles, so
+ * the inner loop is a unit-stride dot product (four partial sums). */
 static void gemmT(int ta, int tb, int m, int n, int k, float alpha, const void *A, int at_, int lda, const void *B, int bt,
                   int ldb, float beta, void *C, int ct, int ldc, double *out) {
+    size_t kk = k > 0 ? (size_t)k : 1;
+    double *ad = (double *)malloc(sizeof(double) * kk * (m > 0 ? m : 1));
+    double *bd = (double *)malloc(sizeof(double) * kk * (n > 0 ? n : 1));
+    for (int i = 0; i < m; i++)
+        for (int p = 0; p < k; p++) ad[(size_t)i * kk + p] = ld(A, at_, at(lda, ta, i, p));
     for (int j = 0; j < n; j++)
+        for (int p = 0; p < k; p++) bd[(size_t)j * kk + p] = ld(B, bt, at(ldb, tb, p, j));
+    for (int j = 0; j < n; j++) {
+        const double *b = bd + (size_t)j * kk;
         for (int i = 0; i < m; i++) {
-            double s = 0;
-            for (int p = 0; p < k; p++) s += ld(A, at_, at(lda, ta, i, p)) * ld(B, bt, at(ldb, tb, p, j));
+            const double *a = ad + (size_t)i * kk;
+            double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            int p = 0;
+            for (; p + 4 <= k; p += 4) {
+                s0 += a[p] * b[p];
+                s1 += a[p + 1] * b[p + 1];
+                s2 += a[p + 2] * b[p + 2];
+                s3 += a[p + 3] * b[p + 3];
+            }
+            for (; p < k; p++) s0 += a[p] * b[p];
+            double s = (s0 + s1) + (s2 + s3);
             double v = (double)alpha * s + (beta == 0 ? 0 : (double)beta * ld(C, ct, (size_t)i + (size_t)j * ldc));
             if (out) out[(size_t)i + (size_t)j * m] = v;
             else st(C, ct, (size_t)i + (size_t)j * ldc, v);
         }
+    }
+    free(ad);
+    free(bd);
 }

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -182,13 +183,90 @@ static size_t dynShared(const char *s, size_t i, struct buf *out) {
     return end + 1;
 }
 
+/* Conditional compilation is followed only as far as SDB_EMU decides it
+ * (#ifdef / #ifndef SDB_EMU, #if [!]defined(SDB_EMU), #if 0 / 1, #else,
+ * #elif, #endif; any other condition counts as true), so that a kernel
+ * kept from the emulator by #ifndef SDB_EMU gets no launch entry. */
+enum { maxDepth = 64 };
+struct cond { int active[maxDepth], taken[maxDepth], depth; };
+
+static int lineStart(const char *s, size_t i) { /* i is the first non-blank of its line */
+    while (i > 0 && (s[i - 1] == ' ' || s[i - 1] == '\t')) i--;
+    return i == 0 || s[i - 1] == '\n';
+}
+
+/* condValue evaluates the text after #if: 1 true, 0 false. */
+static int condValue(const char *t) {
+    while (*t == ' ' || *t == '\t') t++;
+    int neg = 0;
+    if (*t == '!') { neg = 1; t++; while (*t == ' ') t++; }
+    int v = 1;
+    if (!strncmp(t, "defined", 7)) {
+        const char *u = t + 7;
+        while (*u == ' ' || *u == '(') u++;
+        if (!strncmp(u, "SDB_EMU", 7) && !isid(u[7])) v = 1;
+        else return 1; /* some other macro: unknown, assume true */
+    } else if (*t == '0' && !isid(t[1])) v = 0;
+    else if (*t == '1' && !isid(t[1])) v = 1;
+    else return 1;
+    return neg ? !v : v;
+}
+
+static int condActive(const struct cond *c) {
+    for (int k = 0; k < c->depth; k++)
+        if (!c->active[k]) return 0;
+    return 1;
+}
+
+/* directive updates c for the preprocessor line at s (just after '#'). */
+static void directive(const char *s, struct cond *c) {
+    while (*s == ' ' || *s == '\t') s++;
+    int v = -1;
+    if (!strncmp(s, "ifdef", 5)) {
+        v = 1; /* SDB_EMU is defined; other macros are unknown: assume true */
+    } else if (!strncmp(s, "ifndef", 6)) {
+        const char *u = s + 6;
+        while (*u == ' ') u++;
+        v = (!strncmp(u, "SDB_EMU", 7) && !isid(u[7])) ? 0 : 1;
+    } else if (!strncmp(s, "if", 2) && !isid(s[2])) {
+        v = condValue(s + 2);
+    }
+    if (v >= 0) {
+        if (c->depth < maxDepth) {
+            c->active[c->depth] = v;
+            c->taken[c->depth] = v;
+            c->depth++;
+        }
+        return;
+    }
+    if (c->depth == 0) return;
+    int *a = &c->active[c->depth - 1], *tk = &c->taken[c->depth - 1];
+    if (!strncmp(s, "elif", 4)) {
+        int e = condValue(s + 4);
+        *a = !*tk && e;
+        *tk |= *a;
+    } else if (!strncmp(s, "else", 4)) {
+        *a = !*tk;
+        *tk = 1;
+    } else if (!strncmp(s, "endif", 5)) {
+        c->depth--;
+    }
+}
+
 /* rewrite produces the program the C++ compiler sees and lists its kernels. */
 static void rewrite(const char *s, struct buf *out, struct buf *entries) {
     size_t i = 0, n = strlen(s);
     int nk = 0;
+    struct cond cd = {{0}, {0}, 0};
     while (i < n) {
         char c = s[i];
-        if (c == '/' && s[i + 1] == '/') {
+        if (c == '#' && lineStart(s, i)) {
+            directive(s + i + 1, &cd);
+            size_t j = i;
+            while (j < n && s[j] != '\n') j += (s[j] == '\\' && s[j + 1] == '\n') ? 2 : 1;
+            put(out, s + i, j - i);
+            i = j;
+        } else if (c == '/' && s[i + 1] == '/') {
             size_t j = i;
             while (j < n && s[j] != '\n') j++;
             put(out, s + i, j - i);
@@ -210,7 +288,7 @@ static void rewrite(const char *s, struct buf *out, struct buf *entries) {
             if (j - i == 6 && !strncmp(s + i, "extern", 6)) {
                 size_t k = skipSpace(s, j);
                 char name[256];
-                if (!strncmp(s + k, "\"C\"", 3) && kernelAt(s, k + 3, name, sizeof name)) {
+                if (!strncmp(s + k, "\"C\"", 3) && condActive(&cd) && kernelAt(s, k + 3, name, sizeof name)) {
                     char e[1000];
                     snprintf(e, sizeof e, "    {\"%s\", [](const sdb_emu::Launch *L) { return sdb_emu::runKernel(%s, L); },\n"
                              "     []() { return sdb_emu::nparamsOf(%s); }},\n",
@@ -276,6 +354,110 @@ static int fail(struct prog *p, int code, const char *msg) {
     return code;
 }
 
+/* loadCached sets p's image from the cached shared object; 1 if found. */
+static int loadCached(struct prog *p, const char *cached) {
+    size_t len;
+    unsigned char *so = readAll(cached, &len);
+    if (!so || len == 0) {
+        free(so);
+        return 0;
+    }
+    utimensat(AT_FDCWD, cached, NULL, 0); /* in use: keep it from cudatest's pruning */
+    p->imageLen = 16 + len;
+    p->image = malloc(p->imageLen);
+    memcpy(p->image, "SDBEMU01", 8);
+    uint64_t l = len;
+    memcpy(p->image + 8, &l, 8);
+    memcpy(p->image + 16, so, len);
+    free(so);
+    return 1;
+}
+
+/* build compiles src with argv (na arguments so far) and sets p's image;
+ * with a cache, the shared object is also published there as cached. */
+static int build(struct prog *p, const char **argv, int na, struct buf *srcb, const char *cached, const char *cache) {
+    struct buf src = *srcb;
+    char tmpl[] = "/tmp/sdb-emu-nvrtc-XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    if (!dir) {
+        free(src.p);
+        return fail(p, 7, "stand-in NVRTC: cannot create a temporary folder");
+    }
+    char base[200];
+    snprintf(base, sizeof base, "%s", strrchr(p->name, '/') ? strrchr(p->name, '/') + 1 : p->name);
+    for (char *c = base; *c; c++)
+        if (!isid(*c) && *c != '.' && *c != '-') *c = '_';
+    char srcPath[4096], soPath[4096], logPath[4096];
+    snprintf(srcPath, sizeof srcPath, "%s/%s", dir, base);
+    snprintf(soPath, sizeof soPath, "%s/module.so", dir);
+    snprintf(logPath, sizeof logPath, "%s/log", dir);
+    const char *files[] = {base, "module.so", "log", NULL};
+    if (writeAll(srcPath, src.p, src.n)) {
+        free(src.p);
+        rmTree(dir, files);
+        return fail(p, 7, "stand-in NVRTC: cannot write the program to a temporary file");
+    }
+    free(src.p);
+    argv[na++] = "-x";
+    argv[na++] = "c++";
+    argv[na++] = srcPath;
+    argv[na++] = "-o";
+    argv[na++] = soPath;
+    argv[na] = NULL;
+
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    pid_t pid;
+    const char *cxx = argv[0];
+    int rc = posix_spawnp(&pid, cxx, &fa, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+        char m[600];
+        snprintf(m, sizeof m, "stand-in NVRTC: cannot run the C++ compiler %s for the CUDA emulator: %s", cxx, strerror(rc));
+        rmTree(dir, files);
+        return fail(p, 7, m);
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    size_t ll;
+    unsigned char *logText = readAll(logPath, &ll);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        if (logText) put(&p->log, (char *)logText, ll);
+        else puts_(&p->log, "stand-in NVRTC: the C++ compiler failed without output");
+        free(logText);
+        rmTree(dir, files);
+        return 6; /* COMPILATION */
+    }
+    free(logText);
+    size_t len;
+    unsigned char *so = readAll(soPath, &len);
+    if (!so || len == 0) {
+        free(so);
+        rmTree(dir, files);
+        return fail(p, 7, "stand-in NVRTC: the C++ compiler wrote no shared object");
+    }
+    if (cached[0]) { /* publish atomically: write next to the cache entry, rename */
+        mkdir(cache, 0755);
+        char tmp[4200];
+        snprintf(tmp, sizeof tmp, "%s.tmp%d", cached, (int)getpid());
+        if (writeAll(tmp, so, len) == 0) rename(tmp, cached);
+        else unlink(tmp);
+    }
+    rmTree(dir, files);
+    p->imageLen = 16 + len;
+    p->image = malloc(p->imageLen);
+    memcpy(p->image, "SDBEMU01", 8);
+    uint64_t l = len;
+    memcpy(p->image + 8, &l, 8);
+    memcpy(p->image + 16, so, len);
+    free(so);
+    return 0;
+}
+
 int nvrtcCompileProgram(struct prog *p, int n, const char *const *opts) {
     if (n < 1 || strncmp(opts[0], "--gpu-architecture=", 19)) return 5; /* INVALID_OPTION */
     p->log.n = 0;
@@ -336,103 +518,35 @@ int nvrtcCompileProgram(struct prog *p, int n, const char *const *opts) {
     char key[64];
     snprintf(key, sizeof key, "%016llx%016llx", (unsigned long long)h1, (unsigned long long)h2);
 
-    char cached[4096] = "";
+    char cached[4096] = "", lockPath[4200] = "";
+    int lockfd = -1;
     if (cache && *cache) {
         snprintf(cached, sizeof cached, "%s/%s.so", cache, key);
-        size_t len;
-        unsigned char *so = readAll(cached, &len);
-        if (so && len > 0) {
-            p->imageLen = 16 + len;
-            p->image = malloc(p->imageLen);
-            memcpy(p->image, "SDBEMU01", 8);
-            uint64_t l = len;
-            memcpy(p->image + 8, &l, 8);
-            memcpy(p->image + 16, so, len);
-            free(so);
+        if (loadCached(p, cached)) {
             free(src.p);
             return 0;
         }
-        free(so);
-    }
-
-    char tmpl[] = "/tmp/sdb-emu-nvrtc-XXXXXX";
-    char *dir = mkdtemp(tmpl);
-    if (!dir) {
-        free(src.p);
-        return fail(p, 7, "stand-in NVRTC: cannot create a temporary folder");
-    }
-    char base[200];
-    snprintf(base, sizeof base, "%s", strrchr(p->name, '/') ? strrchr(p->name, '/') + 1 : p->name);
-    for (char *c = base; *c; c++)
-        if (!isid(*c) && *c != '.' && *c != '-') *c = '_';
-    char srcPath[4096], soPath[4096], logPath[4096];
-    snprintf(srcPath, sizeof srcPath, "%s/%s", dir, base);
-    snprintf(soPath, sizeof soPath, "%s/module.so", dir);
-    snprintf(logPath, sizeof logPath, "%s/log", dir);
-    const char *files[] = {base, "module.so", "log", NULL};
-    if (writeAll(srcPath, src.p, src.n)) {
-        free(src.p);
-        rmTree(dir, files);
-        return fail(p, 7, "stand-in NVRTC: cannot write the program to a temporary file");
-    }
-    free(src.p);
-    argv[na++] = "-x";
-    argv[na++] = "c++";
-    argv[na++] = srcPath;
-    argv[na++] = "-o";
-    argv[na++] = soPath;
-    argv[na] = NULL;
-
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    pid_t pid;
-    int rc = posix_spawnp(&pid, cxx, &fa, NULL, (char *const *)argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) {
-        char m[600];
-        snprintf(m, sizeof m, "stand-in NVRTC: cannot run the C++ compiler %s for the CUDA emulator: %s", cxx, strerror(rc));
-        rmTree(dir, files);
-        return fail(p, 7, m);
-    }
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    size_t ll;
-    unsigned char *logText = readAll(logPath, &ll);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        if (logText) put(&p->log, (char *)logText, ll);
-        else puts_(&p->log, "stand-in NVRTC: the C++ compiler failed without output");
-        free(logText);
-        rmTree(dir, files);
-        return 6; /* COMPILATION */
-    }
-    free(logText);
-    size_t len;
-    unsigned char *so = readAll(soPath, &len);
-    if (!so || len == 0) {
-        free(so);
-        rmTree(dir, files);
-        return fail(p, 7, "stand-in NVRTC: the C++ compiler wrote no shared object");
-    }
-    if (cached[0]) { /* publish atomically: write next to the cache entry, rename */
+        /* One process compiles a given program; the others wait for it
+         * (test packages run in parallel and share the cache). */
         mkdir(cache, 0755);
-        char tmp[4200];
-        snprintf(tmp, sizeof tmp, "%s.tmp%d", cached, (int)getpid());
-        if (writeAll(tmp, so, len) == 0) rename(tmp, cached);
-        else unlink(tmp);
+        snprintf(lockPath, sizeof lockPath, "%s/%s.lock", cache, key);
+        lockfd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (lockfd >= 0) {
+            while (flock(lockfd, LOCK_EX) < 0 && errno == EINTR) {
+            }
+            if (loadCached(p, cached)) {
+                close(lockfd);
+                free(src.p);
+                return 0;
+            }
+        }
     }
-    rmTree(dir, files);
-    p->imageLen = 16 + len;
-    p->image = malloc(p->imageLen);
-    memcpy(p->image, "SDBEMU01", 8);
-    uint64_t l = len;
-    memcpy(p->image + 8, &l, 8);
-    memcpy(p->image + 16, so, len);
-    free(so);
-    return 0;
+    int rc = build(p, argv, na, &src, cached, cache);
+    if (lockfd >= 0) {
+        if (rc == 0) unlink(lockPath);
+        close(lockfd); /* releases the lock */
+    }
+    return rc;
 }
 
 int nvrtcGetPTXSize(struct prog *p, size_t *n) {

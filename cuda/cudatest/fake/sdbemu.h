@@ -21,8 +21,10 @@
  *    caller's own value, a ballot counts it as 0. Values are moved as raw
  *    bytes (exact for 4- and 8-byte types).
  *  - Blocks run serially, so atomics are exact and static __shared__ is per
- *    block (plain statics); dynamic shared memory is filled with 0xff bytes
- *    (NaN for floats) at each block's start to expose reads before writes.
+ *    block (function statics); all shared memory, static and dynamic, is
+ *    filled with 0xff bytes (NaN for floats, -1 for ints) at each block's
+ *    start, so a read before a write shows instead of seeing the previous
+ *    block's values.
  *  - No memory model beyond that: no races are detected, __threadfence is a
  *    compiler barrier, out-of-range pointers crash the process.
  * Not emulated: cooperative groups, tensor-core PTX (kernels keep asm
@@ -56,7 +58,9 @@
 #define __device__
 #define __host__
 #define __constant__
-#define __shared__ static
+/* Static __shared__ variables are function statics gathered in one section,
+ * which is 0xff-filled at each block's start (see runGrid). */
+#define __shared__ static __attribute__((section("sdb_shared")))
 #define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
@@ -264,6 +268,8 @@ static const Launch *g_launch;
 static uint3 g_blockIdx, g_blockDim, g_gridDim;
 static unsigned char *g_dynSmem;
 static size_t g_dynCap;
+extern "C" char __start_sdb_shared[], __stop_sdb_shared[]; /* provided by the linker */
+static char g_sharedAnchor __attribute__((section("sdb_shared"), used)); /* the section always exists */
 
 } /* namespace sdb_emu */
 
@@ -579,6 +585,22 @@ static bool reserve(int n) {
     return true;
 }
 
+/* release gives the fibers' memory back when the module is unloaded. */
+__attribute__((destructor)) static void release() {
+    if (g_stacks) munmap(g_stacks, (kStack + kGuard) * g_cap);
+    free(g_fibers);
+    free(g_runq);
+    free(g_warps);
+    free(g_dynSmem);
+    g_stacks = nullptr;
+    g_fibers = nullptr;
+    g_runq = nullptr;
+    g_warps = nullptr;
+    g_dynSmem = nullptr;
+    g_cap = 0;
+    g_dynCap = 0;
+}
+
 static void describeDeadlock() {
     int bar = 0, warp = 0, barLine = -1;
     const Fiber *w = nullptr;
@@ -663,6 +685,7 @@ static int runGrid(const Launch *L, void (*thunk)(void *), void *arg) {
             for (unsigned x = 0; x < L->grid[0] && !rc; x++) {
                 g_blockIdx = make_uint3(x, y, z);
                 if (L->shmem) memset(g_dynSmem, 0xff, L->shmem);
+                memset(__start_sdb_shared, 0xff, __stop_sdb_shared - __start_sdb_shared);
                 rc = runBlock();
             }
     if (rc) {
@@ -704,6 +727,26 @@ template <class... A> static int runKernel(void (*f)(A...), const Launch *L) {
 }
 
 template <class... A> static int nparamsOf(void (*)(A...)) { return (int)sizeof...(A); }
+
+} /* namespace sdb_emu */
+
+/* sdb_emu_where describes, for the stand-in driver's fault handler, where
+ * this module's running launch is (kernel, block, thread) and whether addr
+ * lies in a fiber stack's guard page. Not async-signal-safe (snprintf); it
+ * only runs on the way to a crash. */
+extern "C" __attribute__((visibility("default"))) int sdb_emu_where(const void *addr, char *buf, int len) {
+    using namespace sdb_emu;
+    if (!g_launch || !g_cur) return 0;
+    const char *why = "";
+    size_t per = kStack + kGuard;
+    if (g_stacks && (const char *)addr >= g_stacks && (const char *)addr < g_stacks + per * g_cap &&
+        (size_t)((const char *)addr - g_stacks) % per < kGuard)
+        why = " (a fiber stack overflow: each emulated thread has 256 KiB)";
+    return snprintf(buf, len, "kernel %s, block (%u,%u,%u), thread (%u,%u,%u)%s", g_launch->name, g_blockIdx.x,
+                    g_blockIdx.y, g_blockIdx.z, g_cur->tid.x, g_cur->tid.y, g_cur->tid.z, why);
+}
+
+namespace sdb_emu {
 
 } /* namespace sdb_emu */
 
