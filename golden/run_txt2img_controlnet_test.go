@@ -34,9 +34,10 @@ func txt2imgControlNet(c *Case, p *host.Loaded, req *host.Request) (cleanup func
 	if err != nil {
 		return nil, fmt.Errorf("controlnet plugin: %w", err)
 	}
+	plugin.SetDevice(p.Device().ID())
 	src, err := host.NewControlNetSource(context.Background(), plugin, host.ControlNetOptions{
 		UNet: p.UNetConfig, Schedule: p.Schedule, ScheduleName: req.Schedule, Steps: req.Steps,
-		Batch: max(req.Batch, 1), CFG: req.CFG, Width: req.Width, Height: req.Height,
+		Batch: max(req.Batch, 1), CFG: req.CFG, Width: req.Width, Height: req.Height, GPU: p.GPU(),
 	}, []host.ControlNetUnit{{Path: file, Hint: hint, Strength: strength, Start: 0, End: 1}})
 	if err != nil {
 		return nil, err

@@ -37,9 +37,10 @@ func txt2imgELLA(c *Case, p *host.Loaded, req *host.Request) (cleanup func(), er
 	if err != nil {
 		return nil, fmt.Errorf("ella plugin: %w", err)
 	}
+	plug.SetDevice(p.Device().ID())
 	cond, err := host.NewELLAConditioner(context.Background(), plug, host.ELLAOptions{
 		ELLA: files["ella"], T5: files["t5"], T5Tokenizer: files["t5_spiece"],
-		Mode: host.ELLAFlexible, Heads: ec.Heads, ContextDim: p.UNetConfig.ContextDim,
+		Mode: host.ELLAFlexible, Heads: ec.Heads, ContextDim: p.UNetConfig.ContextDim, GPU: p.GPU(),
 	}, req.Prompt, req.Negative)
 	if err != nil {
 		return nil, err

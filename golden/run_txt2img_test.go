@@ -9,9 +9,9 @@
 // residuals (txt2imgControlNet), "ella" replaces CLIP's context
 // (txt2imgELLA); any combination runs in one generation. On a GPU the
 // pipeline is loaded onto the device (host.LoadOptions.Device) and a LoRA
-// patch is re-uploaded (Loaded.UseLoRAs); the plugins' own compute stays
-// where their process puts it, and the golden line names what ran on the
-// CPU.
+// patch is re-uploaded (Loaded.UseLoRAs); the ControlNet and ELLA
+// plugins are given the pipeline's GPU and write their outputs into its
+// device memory (the LoRA plugin still patches the host copies).
 package golden
 
 import (
@@ -38,12 +38,6 @@ type txt2imgConfig struct {
 // txt2imgHook installs one plugin's part on a generation on p (a patch of
 // the weights, a request hook); the cleanup runs after Generate.
 type txt2imgHook func(c *Case, p *host.Loaded, req *host.Request) (cleanup func(), err error)
-
-// txt2imgPluginNotes say where each plugin computes during a GPU run.
-var txt2imgPluginNotes = map[string]string{
-	"controlnet": "controlnet plugin on the CPU",
-	"ella":       "ella plugin on the CPU",
-}
 
 // txt2imgHooks are the plugin parts, by the case file that asks for them,
 // in the order they are installed.
@@ -93,12 +87,8 @@ func txt2imgCase(c *Case, d *host.Device) (Result, []string, error) {
 	}
 	defer p.Close()
 	var notes []string
-	if d.OnGPU() {
-		for _, h := range txt2imgHooks {
-			if _, ok := c.FilesRel[h.role]; ok && txt2imgPluginNotes[h.role] != "" {
-				notes = append(notes, txt2imgPluginNotes[h.role])
-			}
-		}
+	if withLoRA && d.OnGPU() {
+		notes = append(notes, "lora patched on the CPU, then re-uploaded")
 	}
 
 	noise, err := caseTensor(c, "in.noise")

@@ -59,6 +59,14 @@ func (d *Device) String() string {
 	return d.GPU.Dev.String() + " " + d.DType
 }
 
+// ID names the device for plugins (Plugin.SetDevice): "cpu" or "cuda:N".
+func (d *Device) ID() string {
+	if !d.OnGPU() {
+		return DeviceCPU
+	}
+	return fmt.Sprintf("cuda:%d", d.GPU.Dev.Ordinal)
+}
+
 // Close releases the GPU (after every model on it is closed); the CPU
 // device has nothing to release.
 func (d *Device) Close() error {

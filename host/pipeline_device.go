@@ -82,8 +82,27 @@ func (l *Loaded) closeDevice() error {
 	return errors.Join(errs...)
 }
 
-// OnGPU reports whether any part of the pipeline computes on a GPU.
+// OnGPU reports whether the pipeline computes on a GPU.
 func (l *Loaded) OnGPU() bool { return l.device != nil && len(l.device.copies) > 0 }
+
+// Device is the device the pipeline computes on (the CPU device when it
+// was loaded without one).
+func (l *Loaded) Device() *Device {
+	if l.device == nil {
+		return CPUDevice()
+	}
+	return l.device.dev
+}
+
+// GPU is the pipeline's GPU, nil on the CPU. Plugin hooks given it
+// (ControlNetOptions.GPU, ELLAOptions.GPU) compute there and hand their
+// outputs over in its memory.
+func (l *Loaded) GPU() *nn.GPU {
+	if !l.OnGPU() {
+		return nil
+	}
+	return l.device.dev.GPU
+}
 
 // SyncDevice re-uploads the weights of the patchable device copies (U-Net,
 // CLIP) from their CPU models (after ApplyLoRAs patched the CPU tensors).

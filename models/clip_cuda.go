@@ -26,7 +26,7 @@ type CLIPCUDA struct {
 func NewCLIPCUDA(g *nn.GPU, m *CLIPTextModel) (*CLIPCUDA, error) {
 	c := &CLIPCUDA{m: m, dw: newDeviceWeights(g)}
 	for i, l := range m.Layers {
-		act, err := textActOf(l.MLP.Act)
+		act, err := textActOf(l.MLP.ActName)
 		if err != nil {
 			return nil, fmt.Errorf("clip cuda: layer %d mlp: %w", i, err)
 		}

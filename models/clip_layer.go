@@ -35,9 +35,10 @@ func (a *CLIPAttention) Forward(x, causal *nn.Tensor) *nn.Tensor {
 
 // CLIPMLP is fc1, the activation (hidden_act), fc2.
 type CLIPMLP struct {
-	FC1 *nn.Linear       // mlp.fc1 [I, C] + [I]
-	Act func(*nn.Tensor) // in place: quick_gelu for OpenAI CLIP
-	FC2 *nn.Linear       // mlp.fc2 [C, I] + [C]
+	FC1     *nn.Linear       // mlp.fc1 [I, C] + [I]
+	Act     func(*nn.Tensor) // in place: quick_gelu for OpenAI CLIP
+	ActName string           // the config's hidden_act naming Act (the GPU path picks its kernel by it)
+	FC2     *nn.Linear       // mlp.fc2 [C, I] + [C]
 }
 
 // Forward maps x [B, L, C] to [B, L, C].
@@ -76,9 +77,10 @@ func loadCLIPEncoderLayer(w *Weights, cfg *CLIPTextConfig) *CLIPEncoderLayer {
 		},
 		LayerNorm2: w.LayerNorm("layer_norm2", c, cfg.LayerNormEps),
 		MLP: &CLIPMLP{
-			FC1: w.Linear("mlp.fc1", c, i, true),
-			Act: clipActivations[cfg.HiddenAct],
-			FC2: w.Linear("mlp.fc2", i, c, true),
+			FC1:     w.Linear("mlp.fc1", c, i, true),
+			Act:     clipActivations[cfg.HiddenAct],
+			ActName: cfg.HiddenAct,
+			FC2:     w.Linear("mlp.fc2", i, c, true),
 		},
 	}
 }

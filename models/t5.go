@@ -158,7 +158,7 @@ func NewT5Encoder(w *Weights, cfg T5Config, opt T5Options) (*T5Encoder, error) {
 	e.Blocks = make([]T5Block, cfg.NumLayers)
 	for i := range e.Blocks {
 		b := enc.Sub("block." + strconv.Itoa(i) + ".layer.")
-		ff := T5FeedForward{Act: t5Activations[act], FP16: fp16}
+		ff := T5FeedForward{Act: t5Activations[act], ActName: act, FP16: fp16}
 		if gated {
 			ff.Wi0 = b.Linear("1.DenseReluDense.wi_0", d, cfg.DFF, false)
 			ff.Wi1 = b.Linear("1.DenseReluDense.wi_1", d, cfg.DFF, false)

@@ -37,7 +37,7 @@ type T5CUDA struct {
 func NewT5CUDA(g *nn.GPU, e *T5Encoder) (*T5CUDA, error) {
 	c := &T5CUDA{e: e, g: g, dw: newDeviceWeights(gpuWithDType(g, nn.GPUF32))}
 	for i := range e.Blocks {
-		act, err := textActOf(e.Blocks[i].FF.Act)
+		act, err := textActOf(e.Blocks[i].FF.ActName)
 		if err != nil {
 			return nil, fmt.Errorf("t5 cuda: block %d feed-forward: %w", i, err)
 		}

@@ -91,11 +91,12 @@ func (a *T5Attention) fp16(t *nn.Tensor) *nn.Tensor {
 // T5FeedForward is T5DenseGatedActDense (Wi1 set: act(wi_0 x) * (wi_1 x))
 // or T5DenseActDense (Wi1 nil: act(wi x)), followed by wo.
 type T5FeedForward struct {
-	Wi0  *nn.Linear // Weight [F, D] "...DenseReluDense.wi_0.weight" (or ".wi.weight")
-	Wi1  *nn.Linear // Weight [F, D] "...DenseReluDense.wi_1.weight"; nil when not gated
-	Wo   *nn.Linear // Weight [D, F] "...DenseReluDense.wo.weight"
-	Act  func(*nn.Tensor)
-	FP16 bool // round after every Linear, the activation and the gate product
+	Wi0     *nn.Linear // Weight [F, D] "...DenseReluDense.wi_0.weight" (or ".wi.weight")
+	Wi1     *nn.Linear // Weight [F, D] "...DenseReluDense.wi_1.weight"; nil when not gated
+	Wo      *nn.Linear // Weight [D, F] "...DenseReluDense.wo.weight"
+	Act     func(*nn.Tensor)
+	ActName string // the config's activation naming Act (the GPU path picks its kernel by it)
+	FP16    bool   // round after every Linear, the activation and the gate product
 }
 
 // Forward maps x [B, L, D] to [B, L, D].

@@ -166,8 +166,9 @@ func (o *controlNetOpts) residualSource(ctx context.Context, sup *host.Superviso
 	if err != nil {
 		return nil, err
 	}
+	plugin.SetDevice(p.Device().ID()) // on a GPU the net runs there, residuals in device memory
 	return host.NewControlNetSource(ctx, plugin, host.ControlNetOptions{
 		UNet: p.UNetConfig, Schedule: p.Schedule, ScheduleName: req.Schedule, Steps: req.Steps,
-		Batch: max(req.Batch, 1), CFG: req.CFG, Width: req.Width, Height: req.Height,
+		Batch: max(req.Batch, 1), CFG: req.CFG, Width: req.Width, Height: req.Height, GPU: p.GPU(),
 	}, units)
 }

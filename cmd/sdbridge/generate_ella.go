@@ -100,11 +100,13 @@ func newELLAConditioner(ctx context.Context, o *ellaOpts, sup *host.Supervisor, 
 	if err != nil {
 		return nil, err
 	}
+	plug.SetDevice(p.Device().ID()) // on a GPU T5 and the connector run there
 	return host.NewELLAConditioner(ctx, plug, host.ELLAOptions{
 		ELLA: o.ella, T5: o.t5, T5Tokenizer: o.t5Tokenizer, Mode: o.mode, Heads: o.heads,
 		T5FP16: o.t5FP16, IntTimesteps: o.intTimesteps, ContextDim: p.UNetConfig.ContextDim,
 		StripWeights: !o.keepSyntax,
 		CLIP:         p.Prompts,
+		GPU:          p.GPU(),
 	}, prompt, negative)
 }
 

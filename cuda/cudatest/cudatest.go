@@ -33,13 +33,18 @@ import (
 //go:embed fake/*.c fake/*.h
 var sources embed.FS
 
-// cacheRoot is where built stand-ins and compiled kernel modules are kept.
+// cacheRoot is where built stand-ins and compiled kernel modules are kept:
+// $SDBRIDGE_CUDATEST_CACHE, else the user cache folder, else (none, or not
+// writable) a folder in the temp dir.
 func cacheRoot() string {
 	if v := os.Getenv("SDBRIDGE_CUDATEST_CACHE"); v != "" {
 		return v
 	}
 	if d, err := os.UserCacheDir(); err == nil {
-		return filepath.Join(d, "sdbridge", "cudatest")
+		root := filepath.Join(d, "sdbridge", "cudatest")
+		if os.MkdirAll(root, 0o755) == nil {
+			return root
+		}
 	}
 	return filepath.Join(os.TempDir(), fmt.Sprintf("sdbridge-cudatest-%d", os.Getuid()))
 }
@@ -84,11 +89,12 @@ func Build(t testing.TB) []string {
 	if err != nil {
 		t.Skip("no C++ compiler (c++, g++ or clang++) for the CUDA C emulator of the stand-in NVRTC")
 	}
-	libs, err := buildLibs(cc)
+	root := cacheRoot()
+	libs, err := buildLibs(cc, root)
 	if err != nil {
-		t.Skipf("cannot build the stand-in CUDA libraries: %v", err)
+		t.Fatalf("cannot build the stand-in CUDA libraries: %v", err)
 	}
-	emu := filepath.Join(cacheRoot(), "emu")
+	emu := filepath.Join(root, "emu")
 	pruneOld(emu, 30*24*time.Hour)
 	return []string{
 		"SDBRIDGE_CUDA_DRIVER=" + filepath.Join(libs, "libcuda-fake.so"),
@@ -110,7 +116,7 @@ var libs = []struct{ src, out string }{
 
 // buildLibs returns a folder with the stand-in libraries and the emulator
 // header, building it when the cache has none for these sources.
-func buildLibs(cc string) (string, error) {
+func buildLibs(cc, root string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "cudatest-v2\x00%s\x00", compilerID(cc))
 	names, _ := fs.Glob(sources, "fake/*")
@@ -120,7 +126,6 @@ func buildLibs(cc string) (string, error) {
 		fmt.Fprintf(h, "%s\x00%d\x00", n, len(b))
 		h.Write(b)
 	}
-	root := cacheRoot()
 	dir := filepath.Join(root, "libs-"+hex.EncodeToString(h.Sum(nil))[:24])
 	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
 		now := time.Now()

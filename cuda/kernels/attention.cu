@@ -30,8 +30,11 @@
 // cp.async or TMA, so loads overlap the MMAs (now load, sync, compute);
 // ldmatrix / ldmatrix.trans for the fragments instead of the transposing
 // scalar stores into Vt; 128 query rows per block with 8 warps (K/V
-// reuse) or wgmma (sm_90a) for the full Hopper rate; fewer registers at
-// DP=160 (~170 live: qa 40 + o 80 + s 32) to fit 2 blocks per SM; and,
+// reuse) or wgmma (sm_90a) for the full Hopper rate; fewer registers
+// (NVRTC 11.8 ptxas -v for sm_90: d160 210 registers, d128 173, d96 168
+// with 72 bytes spilled, d80/d64 128 (d64 4 bytes spilled), d48 120,
+// d32 96, d16 80; SIMT 48; no other spills), so that more than 2 blocks
+// (8 warps) fit an SM at the SD1.5 head dims; and,
 // for D = 40, 48-wide tiles waste 17% of the q k^T MMAs on padding.
 // Cross-attention (Lk = 77) has two key tiles; ceil(4096/64)*8*2 = 1024
 // blocks still fill 132 SMs.
