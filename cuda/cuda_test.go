@@ -258,7 +258,7 @@ func TestCacheKeyAndWrite(t *testing.T) {
 // kernelNames are the kernels the nn CUDA path launches, by file.
 var kernelNames = map[string][]string{
 	"norm.cu":        {"group_norm_f32", "layer_norm_f32", "softmax_rows_f32"},
-	"elementwise.cu": {"silu_f32", "add_f32", "geglu_f32", "add_channel_bias_f32", "add_row_bias_f32", "add_batch_channel_bias_f32", "transpose_f32", "upsample_nearest_f32", "concat2_f32"},
+	"elementwise.cu": {"silu_f32", "add_f32", "geglu_f32", "add_channel_bias_f32", "add_row_bias_f32", "add_batch_channel_bias_f32", "transpose_tiled_f32", "transpose_tiled_f16", "upsample_nearest_f32", "concat2_f32"},
 	"conv.cu":        {"im2col_f32"},
 }
 

@@ -4,7 +4,8 @@
 // log-sigma interpolation, denoised = x - sigma*eps) and one batched U-Net
 // call on [uncond, cond] (batch 2B) combined as u + cfg*(c - u). The per-step
 // plugin hooks (a Conditioner that replaces the context, a ResidualSource
-// that adds named residuals) are consumed here. It does not encode prompts or
+// that adds named residuals) are consumed here; on a GPU the residuals may
+// stay in device memory (cfg_device.go). It does not encode prompts or
 // draw noise.
 package host
 
@@ -141,6 +142,15 @@ func (c *CFGDenoiser) eps(ctx context.Context, x *nn.Tensor, t float32, context 
 	ts := make([]float32, n) // [N]
 	for i := range ts {
 		ts[i] = t
+	}
+	if eps, ok, err := c.epsGPU(ctx, x, ts, context); ok {
+		if err != nil {
+			return nil, err
+		}
+		if len(eps.Data) != len(x.Data) {
+			return nil, fmt.Errorf("cfg: model returned %v for input %v", eps.Shape, x.Shape)
+		}
+		return eps, nil
 	}
 	var res models.Residuals
 	if c.Residuals != nil {

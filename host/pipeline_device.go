@@ -193,7 +193,7 @@ func (l *Loaded) moveParts(d *Device, unet *models.UNet, vae *models.VAE, clip *
 		return fmt.Errorf("u-net: %w", err)
 	}
 	o.track(u, unet)
-	o.eps = u
+	o.eps = deviceUNet{UNetCUDA: u, g: d.GPU}
 	v, err := models.NewVAEDecoderCUDA(d.GPU, vae)
 	if err != nil {
 		return fmt.Errorf("vae decoder: %w", err)

@@ -2,9 +2,10 @@
 // ControlNet share (time embedding MLP, ResBlock, SpatialTransformer and its
 // BasicTransformerBlocks, CrossAttention, FeedForward, Downsample, Upsample,
 // the TimestepBlock walk), composed from nn's GPU ops on the same weight
-// structs as the CPU Forward methods, line for line, plus the per-block
-// freeing of temporaries (imageRun.collect) that keeps a forward's peak
-// memory near one block's activations.
+// structs as the CPU Forward methods, line for line, with nn's fused ops
+// where one replaces a chain (each call names the CPU lines it stands
+// for), plus the per-block freeing of temporaries (imageRun.collect) that
+// keeps a forward's peak memory near one block's activations.
 //
 // It owns no device memory of its own (gpuRun and deviceWeights in
 // cuda_run.go do) and has no CPU fallback: a layer type without a GPU path
@@ -97,22 +98,36 @@ func (r *imageRun) timeEmbedFrom(t *TimeEmbed, s *nn.GPUTensor) *nn.GPUTensor {
 	return emb
 }
 
-// resBlock follows ResBlock.Forward; embAct is silu(emb) [B, E].
+// resBlock follows ResBlock.Forward; embAct is silu(emb) [B, E]. Fused as
+// nn's GPU ops allow: in_layers.2's bias rides with the time embedding
+// into norm2 (GroupNormEx: h + conv_bias + emb_out, normalised, SiLU, in
+// one pass), and a 1x1 skip conv accumulates into the output's GEMM.
 func (r *imageRun) resBlock(rb *ResBlock, x, embAct *nn.GPUTensor) *nn.GPUTensor {
 	h := r.groupNorm(x, rb.InNorm, true) // [B, in, H, W]: silu(in_layers.0(x))
-	h = r.conv(h, rb.InConv)             // [B, out, H, W]
-
-	e := r.linear(embAct, rb.EmbProj) // [B, out]
 	if r.err != nil {
 		return nil
 	}
-	r.do(r.g.AddBatchChannelBias(h, e)) // [B, out, H, W]: h + emb_out[..., None, None]
+	h = r.keep(r.g.Conv2d(h, r.w(rb.InConv.Weight), nil, rb.InConv.Stride, rb.InConv.Padding)) // [B, out, H, W], bias below
 
-	h = r.groupNorm(h, rb.OutNorm, true) // [B, out, H, W]
-	h = r.conv(h, rb.OutConv)            // [B, out, H, W]
-
+	e := r.linear(embAct, rb.EmbProj) // [B, out]: emb_out
+	if r.err != nil {
+		return nil
+	}
+	if rb.InConv.Bias != nil {
+		r.do(r.g.AddRowBias(e, r.w(rb.InConv.Bias))) // [B, out]: emb_out + in_layers.2 bias
+	}
+	if r.err != nil {
+		return nil
+	}
+	// h = h + emb_out[..., None, None]; h = silu(out_layers.0(h)), in place
+	r.do(r.g.GroupNormEx(h, h, e, r.w(rb.OutNorm.Weight), r.w(rb.OutNorm.Bias), rb.OutNorm.Groups, rb.OutNorm.Eps, true))
+	h = r.conv(h, rb.OutConv) // [B, out, H, W]
+	if r.err != nil {
+		return nil
+	}
 	if rb.Skip != nil {
-		r.addInPlace(h, r.conv(x, rb.Skip)) // [B, out, H, W]: skip_connection(x) + h
+		// skip_connection(x) + h: the 1x1 conv's GEMM adds onto h
+		r.do(r.g.Conv2dAddInto(h, nil, x, r.w(rb.Skip.Weight), r.w(rb.Skip.Bias), rb.Skip.Stride, rb.Skip.Padding))
 	} else {
 		r.addInPlace(h, x) // [B, out, H, W]: x + h
 	}
@@ -120,61 +135,66 @@ func (r *imageRun) resBlock(rb *ResBlock, x, embAct *nn.GPUTensor) *nn.GPUTensor
 }
 
 // spatialTransformer follows SpatialTransformer.Forward: x [B, C, H, W],
-// ctx [B, L, D].
+// ctx [B, L, D]. proj_in reads the normalised NCHW tensor directly and
+// proj_out writes NCHW onto x (the residual): x is updated in place and
+// returned (the U-Net's x here is its ResBlock's fresh output).
 func (r *imageRun) spatialTransformer(s *SpatialTransformer, x, ctx *nn.GPUTensor) *nn.GPUTensor {
-	if r.err != nil {
-		return nil
-	}
-	h, w := x.Shape[2], x.Shape[3]
 	t := r.groupNorm(x, s.Norm, false) // [B, C, H, W]
 	if r.err != nil {
 		return nil
 	}
-	t = r.keep(r.g.ChannelsLast(t)) // [B, HW, C]
-	t = r.linear(t, s.ProjIn)       // [B, HW, C]
+	// ldm (conv proj): x = proj_in(x); x = rearrange(x, 'b c h w -> b (h w) c')
+	t = r.keep(r.g.LinearChannelsFirst(t, r.w(s.ProjIn.Weight), r.w(s.ProjIn.Bias))) // [B, HW, C]
 	for _, b := range s.Blocks {
 		t = r.transformerBlock(b, t, ctx) // [B, HW, C]
 	}
-	t = r.linear(t, s.ProjOut) // [B, HW, C]
 	if r.err != nil {
 		return nil
 	}
-	out := r.keep(r.g.ChannelsFirst(t, h, w)) // [B, C, H, W]
-	r.addInPlace(out, x)                      // [B, C, H, W]: x + x_in
-	return out
-}
-
-// transformerBlock follows BasicTransformerBlock.Forward: x [B, N, C].
-func (r *imageRun) transformerBlock(b *BasicTransformerBlock, x, ctx *nn.GPUTensor) *nn.GPUTensor {
-	n := r.layerNorm(x, b.Norm1)                       // [B, N, C]
-	x = r.add(x, r.crossAttention(b.Attn1, n, n))      // [B, N, C]: x = attn1(norm1(x)) + x
-	n = r.layerNorm(x, b.Norm2)                        // [B, N, C]
-	r.addInPlace(x, r.crossAttention(b.Attn2, n, ctx)) // [B, N, C]: x = attn2(norm2(x), context) + x
-	n = r.layerNorm(x, b.Norm3)                        // [B, N, C]
-	r.addInPlace(x, r.feedForward(b.FF, n))            // [B, N, C]: x = ff(norm3(x)) + x
+	// x = rearrange(x, 'b (h w) c -> b c h w'); x = proj_out(x); x + x_in
+	r.do(r.g.LinearToChannelsFirstAddInto(x, t, r.w(s.ProjOut.Weight), r.w(s.ProjOut.Bias))) // [B, C, H, W]
 	return x
 }
 
-// crossAttention follows CrossAttention.Forward: x [B, N, C], ctx [B, L, D].
-func (r *imageRun) crossAttention(a *CrossAttention, x, ctx *nn.GPUTensor) *nn.GPUTensor {
+// transformerBlock follows BasicTransformerBlock.Forward: x [B, N, C], a
+// temporary updated in place (each sublayer's output projection adds onto
+// it in its GEMM) and returned.
+func (r *imageRun) transformerBlock(b *BasicTransformerBlock, x, ctx *nn.GPUTensor) *nn.GPUTensor {
+	n := r.layerNorm(x, b.Norm1)            // [B, N, C]
+	r.crossAttentionAdd(b.Attn1, n, n, x)   // [B, N, C]: x = attn1(norm1(x)) + x
+	n = r.layerNorm(x, b.Norm2)             // [B, N, C]
+	r.crossAttentionAdd(b.Attn2, n, ctx, x) // [B, N, C]: x = attn2(norm2(x), context) + x
+	n = r.layerNorm(x, b.Norm3)             // [B, N, C]
+	r.feedForwardAdd(b.FF, n, x)            // [B, N, C]: x = ff(norm3(x)) + x
+	return x
+}
+
+// crossAttentionAdd adds CrossAttention.Forward(x, ctx) onto y [B, N, C].
+func (r *imageRun) crossAttentionAdd(a *CrossAttention, x, ctx, y *nn.GPUTensor) {
 	q := r.linear(x, a.ToQ)   // [B, N, C]
 	k := r.linear(ctx, a.ToK) // [B, L, C]
 	v := r.linear(ctx, a.ToV) // [B, L, C]
 	if r.err != nil {
-		return nil
+		return
 	}
 	o := r.keep(r.g.Attention(q, k, v, a.Heads, 0)) // [B, N, C]: scale dim_head^-0.5
-	return r.linear(o, a.ToOut)                     // [B, N, C]
+	if r.err != nil {
+		return
+	}
+	r.do(r.g.LinearAddInto(y, o, r.w(a.ToOut.Weight), r.w(a.ToOut.Bias))) // [B, N, C]: y + to_out(o)
 }
 
-// feedForward follows FeedForward.Forward: x [B, N, C].
-func (r *imageRun) feedForward(f *FeedForward, x *nn.GPUTensor) *nn.GPUTensor {
-	h := r.linear(x, f.Proj) // [B, N, 8C]
+// feedForwardAdd adds FeedForward.Forward(x) onto y [B, N, C]: the GEGLU
+// gate takes the projection's bias in its own pass.
+func (r *imageRun) feedForwardAdd(f *FeedForward, x, y *nn.GPUTensor) {
 	if r.err != nil {
-		return nil
+		return
 	}
-	h = r.keep(r.g.GEGLU(h)) // [B, N, 4C]
-	return r.linear(h, f.Out)
+	h := r.keep(r.g.LinearGEGLU(x, r.w(f.Proj.Weight), r.w(f.Proj.Bias))) // [B, N, 4C]: x, gate = proj(x).chunk(2); x * gelu(gate)
+	if r.err != nil {
+		return
+	}
+	r.do(r.g.LinearAddInto(y, h, r.w(f.Out.Weight), r.w(f.Out.Bias))) // [B, N, C]: y + net.2(h)
 }
 
 // upsample follows Upsample.ForwardTo (h, w > 0) or Upsample.Forward (2x).

@@ -4,7 +4,10 @@
 // Forward methods with nn's GPU ops, freeing each block's temporaries as it
 // goes (the decoder's full-resolution activations are large).
 //
-// Differences from the CPU code, both exact up to rounding: ldm's
+// Differences from the CPU code, all exact up to rounding: the attention
+// blocks' single head (512 wide in SD) runs as two GEMMs per batch item
+// around a row softmax with the [HW, HW] scores materialised, the scale
+// folded into q's projection; ldm's
 // Downsample (pad one zero row and column at the bottom and right, then a
 // 3x3 stride-2 conv) runs as one 4x4 stride-2 conv with padding 1 whose
 // weight is the 3x3 one placed in the bottom-right corner (nn's GPU ops
@@ -17,15 +20,17 @@ package models
 import (
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/sdbridge/sdbridge/nn"
 )
 
 // VAEDecoderCUDA runs a VAE's decoder (post_quant_conv + Decoder) on a GPU.
 type VAEDecoderCUDA struct {
-	V  *VAE
-	g  *nn.GPU
-	dw *deviceWeights
+	V    *VAE
+	g    *nn.GPU
+	dw   *deviceWeights
+	attn map[*VAEAttnBlock]*vaeAttnGPU
 }
 
 // NewVAEDecoderCUDA prepares v's decoder for g and uploads its weights.
@@ -33,9 +38,13 @@ func NewVAEDecoderCUDA(g *nn.GPU, v *VAE) (*VAEDecoderCUDA, error) {
 	if g == nil || v == nil || v.Decoder == nil {
 		return nil, errors.New("vae decoder (cuda): nil GPU or VAE")
 	}
-	d := &VAEDecoderCUDA{V: v, g: g, dw: newDeviceWeights(g)}
+	var levels [][]*VAEAttnBlock
+	for _, u := range v.Decoder.Up {
+		levels = append(levels, u.Attns)
+	}
+	d := &VAEDecoderCUDA{V: v, g: g, dw: newDeviceWeights(g), attn: vaeAttnForms(v.Decoder.Mid, levels...)}
 	ts := convWeights(v.PostQuantConv)
-	ts = append(ts, vaeDecoderWeights(v.Decoder)...)
+	ts = append(ts, vaeDecoderWeights(v.Decoder, d.attn)...)
 	if err := uploadAll(d.dw, ts); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("vae decoder (cuda): uploading weights: %w", err)
@@ -54,9 +63,9 @@ func (d *VAEDecoderCUDA) Decode(latent *nn.Tensor) (*nn.Tensor, error) {
 	nn.Scale(z, 1/d.V.Config.ScaleFactor) // [B, embed, h, w]
 	r := newImageRun(d.dw)
 	defer r.release()
-	h := r.upload(z)                    // [B, embed, h, w]
-	h = r.conv(h, d.V.PostQuantConv)    // [B, z, h, w]
-	img := r.vaeDecoder(d.V.Decoder, h) // [B, out, 8h, 8w]
+	h := r.upload(z)                            // [B, embed, h, w]
+	h = r.conv(h, d.V.PostQuantConv)            // [B, z, h, w]
+	img := r.vaeDecoder(d.V.Decoder, d.attn, h) // [B, out, 8h, 8w]
 	if r.err != nil {
 		return nil, fmt.Errorf("vae decoder (cuda): %w", r.err)
 	}
@@ -83,6 +92,7 @@ type VAEEncoderCUDA struct {
 	// down4 holds each Downsample's conv as the equivalent 4x4, pad-1
 	// conv (see the file comment).
 	down4 map[*VAEDownsample]*nn.Conv2d
+	attn  map[*VAEAttnBlock]*vaeAttnGPU
 }
 
 // NewVAEEncoderCUDA prepares v's encoder for g and uploads its weights; v
@@ -95,11 +105,14 @@ func NewVAEEncoderCUDA(g *nn.GPU, v *VAE) (*VAEEncoderCUDA, error) {
 		return nil, errors.New("vae encoder (cuda): the VAE was loaded without its encoder (LoadVAEDecoder)")
 	}
 	e := &VAEEncoderCUDA{V: v, g: g, dw: newDeviceWeights(g), down4: map[*VAEDownsample]*nn.Conv2d{}}
+	var levels [][]*VAEAttnBlock
 	for _, l := range v.Encoder.Down {
 		if l.Downsample != nil {
 			e.down4[l.Downsample] = padRightBottomConv(l.Downsample.Conv)
 		}
+		levels = append(levels, l.Attns)
 	}
+	e.attn = vaeAttnForms(v.Encoder.Mid, levels...)
 	if err := uploadAll(e.dw, e.weights()); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("vae encoder (cuda): uploading weights: %w", err)
@@ -143,7 +156,7 @@ func (e *VAEEncoderCUDA) encoder(r *imageRun, x *nn.GPUTensor) *nn.GPUTensor {
 		for j, b := range d.Blocks {
 			h = r.vaeResnet(b, h) // [B, C_lvl, H_lvl, W_lvl]
 			if d.Attns != nil {
-				h = r.vaeAttn(d.Attns[j], h) // [B, C_lvl, H_lvl, W_lvl]
+				h = r.vaeAttn(d.Attns[j], e.attn[d.Attns[j]], h) // [B, C_lvl, H_lvl, W_lvl]
 			}
 		}
 		if d.Downsample != nil {
@@ -152,7 +165,7 @@ func (e *VAEEncoderCUDA) encoder(r *imageRun, x *nn.GPUTensor) *nn.GPUTensor {
 			r.drop(prev)
 		}
 	}
-	h = r.vaeMid(enc.Mid, h)           // [B, C_last, H/f, W/f]
+	h = r.vaeMid(enc.Mid, e.attn, h)   // [B, C_last, H/f, W/f]
 	r.groupNormInPlace(h, enc.NormOut) // [B, C_last, H/f, W/f]: silu(norm_out(h))
 	return r.conv(h, enc.ConvOut)      // [B, 2z, H/f, W/f]
 }
@@ -164,14 +177,14 @@ func (e *VAEEncoderCUDA) weights() []*nn.Tensor {
 		for j, b := range d.Blocks {
 			ts = append(ts, vaeResnetWeights(b)...)
 			if d.Attns != nil {
-				ts = append(ts, vaeAttnWeights(d.Attns[j])...)
+				ts = append(ts, vaeAttnWeights(d.Attns[j], e.attn)...)
 			}
 		}
 		if d.Downsample != nil {
 			ts = append(ts, convWeights(e.down4[d.Downsample])...)
 		}
 	}
-	ts = append(ts, vaeMidWeights(enc.Mid)...)
+	ts = append(ts, vaeMidWeights(enc.Mid, e.attn)...)
 	ts = append(ts, groupNormWeights(enc.NormOut)...)
 	ts = append(ts, convWeights(enc.ConvOut)...)
 	return append(ts, convWeights(e.V.QuantConv)...)
@@ -186,15 +199,15 @@ func (e *VAEEncoderCUDA) Close() error {
 }
 
 // vaeDecoder follows VAEDecoder.Forward: z [B, z, h, w] -> [B, out, f*h, f*w].
-func (r *imageRun) vaeDecoder(d *VAEDecoder, z *nn.GPUTensor) *nn.GPUTensor {
-	h := r.conv(z, d.ConvIn) // [B, C_last, h, w]
-	h = r.vaeMid(d.Mid, h)   // [B, C_last, h, w]
+func (r *imageRun) vaeDecoder(d *VAEDecoder, attn map[*VAEAttnBlock]*vaeAttnGPU, z *nn.GPUTensor) *nn.GPUTensor {
+	h := r.conv(z, d.ConvIn)     // [B, C_last, h, w]
+	h = r.vaeMid(d.Mid, attn, h) // [B, C_last, h, w]
 	for lvl := len(d.Up) - 1; lvl >= 0; lvl-- {
 		u := &d.Up[lvl]
 		for j, b := range u.Blocks {
 			h = r.vaeResnet(b, h) // [B, C_lvl, h_lvl, w_lvl]
 			if u.Attns != nil {
-				h = r.vaeAttn(u.Attns[j], h) // [B, C_lvl, h_lvl, w_lvl]
+				h = r.vaeAttn(u.Attns[j], attn[u.Attns[j]], h) // [B, C_lvl, h_lvl, w_lvl]
 			}
 		}
 		if u.Upsample != nil && r.err == nil {
@@ -211,9 +224,9 @@ func (r *imageRun) vaeDecoder(d *VAEDecoder, z *nn.GPUTensor) *nn.GPUTensor {
 }
 
 // vaeMid follows VAEMid.Forward.
-func (r *imageRun) vaeMid(m *VAEMid, x *nn.GPUTensor) *nn.GPUTensor {
-	h := r.vaeResnet(m.Block1, x) // [B, C, h, w]
-	h = r.vaeAttn(m.Attn1, h)     // [B, C, h, w]
+func (r *imageRun) vaeMid(m *VAEMid, attn map[*VAEAttnBlock]*vaeAttnGPU, x *nn.GPUTensor) *nn.GPUTensor {
+	h := r.vaeResnet(m.Block1, x)            // [B, C, h, w]
+	h = r.vaeAttn(m.Attn1, attn[m.Attn1], h) // [B, C, h, w]
 	return r.vaeResnet(m.Block2, h)
 }
 
@@ -235,35 +248,96 @@ func (r *imageRun) vaeResnet(b *VAEResnetBlock, x *nn.GPUTensor) *nn.GPUTensor {
 	return h
 }
 
+// vaeAttnGPU holds an AttnBlock's projections in the forms the GPU path
+// uses: q with the softmax scale C^-0.5 folded into its weight and bias
+// (the scores then fit fp16 storage), v as a 1x1 conv (it yields v^T per
+// batch item, the operand P v needs).
+type vaeAttnGPU struct {
+	q *nn.Linear // [C, C], scaled
+	v *nn.Conv2d // [C, C, 1, 1]
+}
+
+func newVAEAttnGPU(a *VAEAttnBlock) *vaeAttnGPU {
+	c := a.Q.Weight.Shape[0]
+	s := float32(1 / math.Sqrt(float64(c)))
+	q := &nn.Linear{Weight: a.Q.Weight.Clone()} // [C, C]
+	nn.Scale(q.Weight, s)
+	if a.Q.Bias != nil {
+		q.Bias = a.Q.Bias.Clone() // [C]
+		nn.Scale(q.Bias, s)
+	}
+	return &vaeAttnGPU{q: q, v: &nn.Conv2d{Weight: a.V.Weight.Reshape(c, c, 1, 1), Bias: a.V.Bias, Stride: 1}}
+}
+
+// vaeAttnForms builds the GPU forms of every AttnBlock of the mid block and
+// the levels.
+func vaeAttnForms(mid *VAEMid, levels ...[]*VAEAttnBlock) map[*VAEAttnBlock]*vaeAttnGPU {
+	out := map[*VAEAttnBlock]*vaeAttnGPU{mid.Attn1: newVAEAttnGPU(mid.Attn1)}
+	for _, l := range levels {
+		for _, a := range l {
+			out[a] = newVAEAttnGPU(a)
+		}
+	}
+	return out
+}
+
+func (f *vaeAttnGPU) weights() []*nn.Tensor {
+	return append(linearWeights(f.q), convWeights(f.v)...)
+}
+
 // vaeAttn follows VAEAttnBlock.Forward: one head of width C over the H*W
-// positions.
-func (r *imageRun) vaeAttn(a *VAEAttnBlock, x *nn.GPUTensor) *nn.GPUTensor {
+// positions, x + proj_out(softmax(q k^T C^-0.5) v). The head is wider than
+// the flash kernels take (512 in SD), so per batch item the scores
+// [HW, HW] are materialised: q k^T and P v are plain GEMMs (Linear with k,
+// then v^T, as the weight). Adds into x and returns it.
+func (r *imageRun) vaeAttn(a *VAEAttnBlock, f *vaeAttnGPU, x *nn.GPUTensor) *nn.GPUTensor {
 	if r.err != nil {
 		return nil
 	}
 	m := r.mark()
-	hgt, wid := x.Shape[2], x.Shape[3]
+	b, c, hgt, wid := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
+	hw := hgt * wid
 	h := r.groupNorm(x, a.Norm, false) // [B, C, H, W]
 	if r.err != nil {
 		return nil
 	}
-	t := r.keep(r.g.ChannelsLast(h)) // [B, HW, C]
-	q := r.linear(t, a.Q)            // [B, HW, C]
-	k := r.linear(t, a.K)            // [B, HW, C]
-	v := r.linear(t, a.V)            // [B, HW, C]
+	q := r.keep(r.g.LinearChannelsFirst(h, r.w(f.q.Weight), r.w(f.q.Bias))) // [B, HW, C]: q * C^-0.5
+	k := r.keep(r.g.LinearChannelsFirst(h, r.w(a.K.Weight), r.w(a.K.Bias))) // [B, HW, C]
+	vt := r.conv(h, f.v)                                                    // [B, C, H, W]: v^T per batch item
+	o := r.keep(r.g.Empty(b, hw, c))                                        // [B, HW, C]
+	p := r.keep(r.g.Empty(hw, hw))                                          // [HW, HW] scores of one batch item
+	for n := 0; n < b && r.err == nil; n++ {
+		qn := r.view(q, n*hw*c, hw, c)  // [HW, C]
+		kn := r.view(k, n*hw*c, hw, c)  // [HW, C]
+		vn := r.view(vt, n*c*hw, c, hw) // [C, HW]
+		on := r.view(o, n*hw*c, hw, c)  // [HW, C]
+		if r.err != nil {
+			break
+		}
+		r.do(r.g.LinearInto(p, qn, kn, nil)) // [HW, HW]: q k^T C^-0.5
+		if r.err == nil {
+			r.do(r.g.SoftmaxRows(p, hw, 1)) // w_ = softmax(w_, dim=2)
+		}
+		if r.err == nil {
+			r.do(r.g.LinearInto(on, p, vn, nil)) // [HW, C]: P v
+		}
+	}
 	if r.err != nil {
 		return nil
 	}
-	o := r.keep(r.g.Attention(q, k, v, 1, 0)) // [B, HW, C]: softmax(q k^T C^-0.5) v
-	o = r.linear(o, a.ProjOut)                // [B, HW, C]
+	r.do(r.g.LinearToChannelsFirstAddInto(x, o, r.w(a.ProjOut.Weight), r.w(a.ProjOut.Bias))) // [B, C, H, W]: x + proj_out(h_)
+	r.collect(m)
+	return x
+}
+
+// view returns elements [off, off+numel(shape)) of t as a tensor of shape.
+func (r *imageRun) view(t *nn.GPUTensor, off int, shape ...int) *nn.GPUTensor {
 	if r.err != nil {
 		return nil
 	}
-	out := r.keep(r.g.ChannelsFirst(o, hgt, wid)) // [B, C, H, W]
-	r.addInPlace(out, x)                          // [B, C, H, W]
-	r.collect(m, out)
-	r.drop(x)
-	return out
+	v, err := t.View(off, shape...)
+	r.do(err)
+	return v
 }
 
 // groupNormInPlace is silu(norm(x)) written over x.
@@ -301,29 +375,30 @@ func vaeResnetWeights(b *VAEResnetBlock) []*nn.Tensor {
 	return ts
 }
 
-func vaeAttnWeights(a *VAEAttnBlock) []*nn.Tensor {
+// vaeAttnWeights lists the weights the GPU path uploads for a (its own
+// forms of q and v, the stored k and proj_out).
+func vaeAttnWeights(a *VAEAttnBlock, forms map[*VAEAttnBlock]*vaeAttnGPU) []*nn.Tensor {
 	ts := groupNormWeights(a.Norm)
-	for _, l := range []*nn.Linear{a.Q, a.K, a.V, a.ProjOut} {
-		ts = append(ts, linearWeights(l)...)
-	}
-	return ts
+	ts = append(ts, forms[a].weights()...)
+	ts = append(ts, linearWeights(a.K)...)
+	return append(ts, linearWeights(a.ProjOut)...)
 }
 
-func vaeMidWeights(m *VAEMid) []*nn.Tensor {
+func vaeMidWeights(m *VAEMid, forms map[*VAEAttnBlock]*vaeAttnGPU) []*nn.Tensor {
 	ts := vaeResnetWeights(m.Block1)
-	ts = append(ts, vaeAttnWeights(m.Attn1)...)
+	ts = append(ts, vaeAttnWeights(m.Attn1, forms)...)
 	return append(ts, vaeResnetWeights(m.Block2)...)
 }
 
-func vaeDecoderWeights(d *VAEDecoder) []*nn.Tensor {
+func vaeDecoderWeights(d *VAEDecoder, forms map[*VAEAttnBlock]*vaeAttnGPU) []*nn.Tensor {
 	ts := convWeights(d.ConvIn)
-	ts = append(ts, vaeMidWeights(d.Mid)...)
+	ts = append(ts, vaeMidWeights(d.Mid, forms)...)
 	for lvl := len(d.Up) - 1; lvl >= 0; lvl-- {
 		u := &d.Up[lvl]
 		for j, b := range u.Blocks {
 			ts = append(ts, vaeResnetWeights(b)...)
 			if u.Attns != nil {
-				ts = append(ts, vaeAttnWeights(u.Attns[j])...)
+				ts = append(ts, vaeAttnWeights(u.Attns[j], forms)...)
 			}
 		}
 		if u.Upsample != nil {

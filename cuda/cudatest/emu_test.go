@@ -88,6 +88,16 @@ extern "C" __global__ void votes(const int* pred, unsigned* out) {
     }
 }
 
+// Integer warp reductions (sm_80+ built-ins), signed and unsigned.
+extern "C" __global__ void reduces(const int* x, int* out) {
+    int v = x[threadIdx.x];
+    int r[7] = {__reduce_add_sync(0xffffffffu, v), __reduce_min_sync(0xffffffffu, v), __reduce_max_sync(0xffffffffu, v),
+                (int)__reduce_min_sync(0xffffffffu, (unsigned)v), (int)__reduce_and_sync(0xffffffffu, (unsigned)v),
+                (int)__reduce_or_sync(0xffffffffu, (unsigned)v), (int)__reduce_xor_sync(0xffffffffu, (unsigned)v)};
+    if ((threadIdx.x & 31) == 0)
+        for (int i = 0; i < 7; i++) out[(threadIdx.x >> 5) * 7 + i] = r[i];
+}
+
 // Each block reverses its chunk of x through dynamic shared memory.
 extern "C" __global__ void reverse_dyn(const float* x, float* y) {
     extern __shared__ __align__(16) float buf[];
@@ -472,6 +482,34 @@ func TestEmulatorChild(t *testing.T) {
 		for i := range want {
 			if got[i] != want[i] {
 				t.Fatalf("ballot/any/all/count = %v, want %v", got, want)
+			}
+		}
+	})
+
+	t.Run("integer-reductions", func(t *testing.T) {
+		e.t = t
+		x := make([]uint32, 64)
+		var want []uint32
+		for w := 0; w < 2; w++ {
+			add, and, or, xor := int32(0), ^uint32(0), uint32(0), uint32(0)
+			mn, mx, umn := int32(math.MaxInt32), int32(math.MinInt32), ^uint32(0)
+			for l := 0; l < 32; l++ {
+				v := int32(rng.IntN(2001) - 1000)
+				x[32*w+l] = uint32(v)
+				add += v
+				mn, mx, umn = min(mn, v), max(mx, v), min(umn, uint32(v))
+				and, or, xor = and&uint32(v), or|uint32(v), xor^uint32(v)
+			}
+			want = append(want, uint32(add), uint32(mn), uint32(mx), umn, and, or, xor)
+		}
+		out := e.buf(4 * 14)
+		if err := e.fn("reduces").Launch(cuda.Dim3{X: 1}, cuda.Dim3{X: 64}, 0, e.bytes(le32(x)), out); err != nil {
+			t.Fatal(err)
+		}
+		got := u32s(e.down(out, 4*14))
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("warp %d: add/min/max/umin/and/or/xor = %v, want %v", i/7, got[i/7*7:i/7*7+7], want[i/7*7:i/7*7+7])
 			}
 		}
 	})

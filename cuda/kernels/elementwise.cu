@@ -2,7 +2,7 @@
 // over the storage type T (float or half_t, fp32 arithmetic) instantiated
 // as <name>_f32 and <name>_f16: SiLU, add, GEGLU (optionally with the
 // projection's bias folded in), bias adds (per channel, per row, per
-// batch item and channel), a batched transpose (naive and 32x32-tiled),
+// batch item and channel), a batched transpose through 32x32 shared tiles,
 // nearest upsampling and a two-way concat (dtype casts are in text.cu).
 // Grid-stride loops with 64-bit indices. Not vectorised (one element per thread per step).
 //
@@ -99,24 +99,6 @@ extern "C" __global__ void add_batch_channel_bias_f32(float* __restrict__ x, con
 }
 extern "C" __global__ void add_batch_channel_bias_f16(half_t* __restrict__ x, const half_t* __restrict__ bias, long long HW, long long n) {
     add_batch_channel_bias(x, bias, HW, n);
-}
-
-// x [B, R, K] -> y [B, K, R] (ChannelsLast / ChannelsFirst), naive: one
-// thread per output element (coalesced writes, strided reads).
-template <class T> __device__ void transpose(const T* __restrict__ x, T* __restrict__ y, int R, int K, long long n) {
-    GRID_STRIDE(i, n) {
-        long long rk = (long long)R * K;
-        long long b = i / rk;
-        long long rem = i - b * rk;
-        int k = (int)(rem / R), r = (int)(rem % R); /* i indexes y [b, k, r] */
-        y[i] = x[b * rk + (long long)r * K + k];
-    }
-}
-extern "C" __global__ void transpose_f32(const float* __restrict__ x, float* __restrict__ y, int R, int K, long long n) {
-    transpose(x, y, R, K, n);
-}
-extern "C" __global__ void transpose_f16(const half_t* __restrict__ x, half_t* __restrict__ y, int R, int K, long long n) {
-    transpose(x, y, R, K, n);
 }
 
 // x [B, R, K] -> y [B, K, R] through a 32x33 shared tile: reads and

@@ -210,15 +210,25 @@ int cuMemAlloc_v2(CUdeviceptr *p, size_t n) {
     if (n == 0) return INVALID_VALUE;
     size_t mapped = (n + 4095) & ~(size_t)4095;
     int fd = memfd_create("sdb-fake-device-memory", MFD_CLOEXEC);
-    if (fd < 0) return OUT_OF_MEMORY;
-    if (ftruncate(fd, mapped) != 0) {
-        close(fd);
-        return OUT_OF_MEMORY;
-    }
-    void *m = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) {
-        close(fd);
-        return OUT_OF_MEMORY;
+    void *m;
+    if (fd < 0) {
+        /* Out of file descriptors (a low RLIMIT_NOFILE and many live
+         * allocations): plain memory, which cuIpcGetMemHandle refuses. */
+        static int told;
+        if (!__atomic_exchange_n(&told, 1, __ATOMIC_RELAXED))
+            fprintf(stderr, "stand-in driver: memfd_create failed (%m); further allocations cannot be exported by IPC\n");
+        m = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) return OUT_OF_MEMORY;
+    } else {
+        if (ftruncate(fd, mapped) != 0) {
+            close(fd);
+            return OUT_OF_MEMORY;
+        }
+        m = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (m == MAP_FAILED) {
+            close(fd);
+            return OUT_OF_MEMORY;
+        }
     }
     struct alloc a = {(CUdeviceptr)m, n, mapped, fd, 0, 0};
     pthread_mutex_lock(&mu);
@@ -239,7 +249,7 @@ int cuMemFree_v2(CUdeviceptr p) {
     delAlloc(i);
     pthread_mutex_unlock(&mu);
     munmap((void *)a.base, a.mapped);
-    close(a.fd);
+    if (a.fd >= 0) close(a.fd);
     return 0;
 }
 int cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr p) {
@@ -798,7 +808,7 @@ int cuIpcGetMemHandle(CUipcMemHandle *h, CUdeviceptr p) {
     NEEDCTX;
     pthread_mutex_lock(&mu);
     int i = findAlloc(p);
-    int rc = (i < 0 || allocs[i].base != p || allocs[i].imported) ? INVALID_VALUE : 0;
+    int rc = (i < 0 || allocs[i].base != p || allocs[i].imported || allocs[i].fd < 0) ? INVALID_VALUE : 0;
     struct ipcHandle x = {"sdbIPC01", (int32_t)getpid(), 0, 0};
     if (!rc) {
         x.fd = allocs[i].fd;
@@ -819,7 +829,7 @@ int cuIpcOpenMemHandle_v2(CUdeviceptr *p, CUipcMemHandle h, unsigned flags) {
         pthread_mutex_lock(&mu);
         int i = -1;
         for (int k = 0; k < nallocs; k++)
-            if (allocs[k].fd == x.fd && !allocs[k].imported) i = k;
+            if (allocs[k].fd == x.fd && x.fd >= 0 && !allocs[k].imported) i = k;
         if (i >= 0) {
             allocs[i].ipcRefs++;
             *p = allocs[i].base;

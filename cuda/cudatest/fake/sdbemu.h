@@ -15,7 +15,7 @@
  *    message on stderr, as is any state where no thread can go on
  *    (deadlock). A launch never hangs.
  *  - Warp collectives (__shfl*_sync, __ballot_sync, __any/__all_sync,
- *    __syncwarp) complete when every lane named in the mask that has not
+ *    __reduce_*_sync, __syncwarp) complete when every lane named in the mask that has not
  *    exited has arrived at a collective of the same kind with the same
  *    mask. Exited lanes do not take part: a shuffle from one returns the
  *    caller's own value, a ballot counts it as 0. Values are moved as raw
@@ -201,9 +201,13 @@ static inline unsigned atomicDec(unsigned *p, unsigned lim) { unsigned o = *p; *
 namespace sdb_emu {
 
 enum { kReady, kRunning, kWaitBar, kWaitWarp, kDone };
-enum { opSync, opShflIdx, opShflUp, opShflDown, opShflXor, opBallot, opAny, opAll };
-static const char *const opNames[] = {"__syncwarp", "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
-                                      "__shfl_xor_sync", "__ballot_sync", "__any_sync", "__all_sync"};
+enum { opSync, opShflIdx, opShflUp, opShflDown, opShflXor, opBallot, opAny, opAll, opRedAdd, opRedMin, opRedMax,
+       opRedAnd, opRedOr, opRedXor };
+static const char *const opNames[] = {"__syncwarp",        "__shfl_sync",       "__shfl_up_sync",
+                                      "__shfl_down_sync",  "__shfl_xor_sync",   "__ballot_sync",
+                                      "__any_sync",        "__all_sync",        "__reduce_add_sync",
+                                      "__reduce_min_sync", "__reduce_max_sync", "__reduce_and_sync",
+                                      "__reduce_or_sync",  "__reduce_xor_sync"};
 
 /* Ctx is a saved execution context. */
 struct Ctx {
@@ -478,6 +482,28 @@ static bool tryComplete(int wi, int l, Fiber *self) {
             if (w.val[x]) ballot |= 1ull << x;
         }
         uint64_t r = op == opBallot ? ballot : op == opAny ? ballot != 0 : ballot == need;
+        for (unsigned m = need; m; m &= m - 1) w.res[__builtin_ctz(m)] = r;
+        break;
+    }
+    case opRedAdd:
+    case opRedMin:
+    case opRedMax:
+    case opRedAnd:
+    case opRedOr:
+    case opRedXor: { /* 32-bit values; param 1: signed (min/max) */
+        int first = __builtin_ctz(need);
+        uint32_t r = (uint32_t)w.val[first];
+        for (unsigned m = need & (need - 1); m; m &= m - 1) {
+            uint32_t v = (uint32_t)w.val[__builtin_ctz(m)];
+            switch (op) {
+            case opRedAdd: r += v; break;
+            case opRedMin: r = w.param[l] ? ((int32_t)v < (int32_t)r ? v : r) : (v < r ? v : r); break;
+            case opRedMax: r = w.param[l] ? ((int32_t)v > (int32_t)r ? v : r) : (v > r ? v : r); break;
+            case opRedAnd: r &= v; break;
+            case opRedOr: r |= v; break;
+            default: r ^= v;
+            }
+        }
         for (unsigned m = need; m; m &= m - 1) w.res[__builtin_ctz(m)] = r;
         break;
     }
@@ -777,6 +803,28 @@ static inline void trap_(int line) {
 
 static inline void __syncwarp(unsigned mask = 0xffffffffu, int line = __builtin_LINE()) {
     sdb_emu::collective(sdb_emu::opSync, mask, 0, 0, 32, line);
+}
+
+/* __reduce_*_sync (sm_80+): 32-bit integer reductions over the group. */
+#define SDB_REDUCE(NAME, OP)                                                                                       \
+    static inline unsigned NAME(unsigned mask, unsigned v, int line = __builtin_LINE()) {                      \
+        return (unsigned)sdb_emu::collective(sdb_emu::OP, mask, v, 0, 32, line);                                 \
+    }                                                                                                              \
+    static inline int NAME(unsigned mask, int v, int line = __builtin_LINE()) {                                \
+        return (int)(unsigned)sdb_emu::collective(sdb_emu::OP, mask, (uint32_t)v, 1, 32, line);                  \
+    }
+SDB_REDUCE(__reduce_add_sync, opRedAdd)
+SDB_REDUCE(__reduce_min_sync, opRedMin)
+SDB_REDUCE(__reduce_max_sync, opRedMax)
+#undef SDB_REDUCE
+static inline unsigned __reduce_and_sync(unsigned mask, unsigned v, int line = __builtin_LINE()) {
+    return (unsigned)sdb_emu::collective(sdb_emu::opRedAnd, mask, v, 0, 32, line);
+}
+static inline unsigned __reduce_or_sync(unsigned mask, unsigned v, int line = __builtin_LINE()) {
+    return (unsigned)sdb_emu::collective(sdb_emu::opRedOr, mask, v, 0, 32, line);
+}
+static inline unsigned __reduce_xor_sync(unsigned mask, unsigned v, int line = __builtin_LINE()) {
+    return (unsigned)sdb_emu::collective(sdb_emu::opRedXor, mask, v, 0, 32, line);
 }
 
 #endif /* SDB_EMU_RUNTIME_H */

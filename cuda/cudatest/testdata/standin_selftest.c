@@ -4,7 +4,8 @@
  * device memory and cuMemGetAddressRange_v2, events, async copies and
  * memsets, pinned and registered host memory, stream capture into a graph
  * replayed by cuGraphLaunch (and the capture rules), fp16/fp32 GemmEx and
- * GemmStridedBatchedEx, and cublasLtMatmul with its epilogues. Run by
+ * GemmStridedBatchedEx, cublasLtMatmul with its epilogues, and device
+ * memory when file descriptors run out. Run by
  * standin_test.go with the libraries' folder as argv[1]; prints one line
  * per failed check and exits 1 if any failed. */
 #include <dlfcn.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include "../fake/fakegemm.h"
 
 typedef unsigned long long dptr;
@@ -252,6 +254,26 @@ int main(int argc, char **argv) {
                 }
         }
     }
+    /* out of file descriptors: allocations still work, only IPC export refuses them */
+    SYM(cu, int (*)(void *, dptr), cuIpcGetMemHandle);
+    struct rlimit lim, saved;
+    getrlimit(RLIMIT_NOFILE, &saved);
+    lim = saved;
+    lim.rlim_cur = 48;
+    RC(setrlimit(RLIMIT_NOFILE, &lim), 0);
+    dptr many[64];
+    int exportable = 0, refused = 0;
+    char handle[64];
+    for (int i = 0; i < 64; i++) {
+        RC(cuMemAlloc_v2(&many[i], 100), 0);
+        int r = cuIpcGetMemHandle(handle, many[i]);
+        exportable += r == 0;
+        refused += r == 1;
+    }
+    CHECK(exportable > 0 && refused > 0 && exportable + refused == 64, "with 48 fds: %d exportable, %d refused", exportable, refused);
+    for (int i = 0; i < 64; i++) RC(cuMemFree_v2(many[i]), 0);
+    setrlimit(RLIMIT_NOFILE, &saved);
+
     RC(cuMemFree_v2(a), 0);
     RC(cuMemFree_v2(a), 1);
     RC(cuMemFree_v2(b), 0);
