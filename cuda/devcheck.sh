@@ -1,17 +1,91 @@
 #!/usr/bin/env bash
-# devcheck.sh: the one prepared device check of the CUDA backend, run on a
-# lent H100/H200 from the repository root, with out/cudacheck built here
-# beforehand (CGO_ENABLED=0 go build -o out/cudacheck ./cuda/cmd/cudacheck)
-# and carried. It prints what the machine has (GPU, driver, where cuBLAS
-# and NVRTC live), then runs cudacheck with a fresh kernel cache, keeping
-# the full log in $OUT. It installs and changes nothing on the machine.
+# devcheck.sh: the one prepared device run of the CUDA backend (see
+# cuda/DEVCHECK.md). Two modes:
+#
+#   bash cuda/devcheck.sh build        here, without a GPU: builds out/ (git-ignored,
+#                                      about 45 MB): the sdbridge, cudacheck and golden
+#                                      test binaries (xz) and the golden set minus the
+#                                      CPU-only lora_merge cases (tar.xz)
+#   bash cuda/devcheck.sh [STEP...]    there, on the lent GPU, with out/ carried: runs
+#                                      the steps (default: all, in this order)
+#
+# Steps: info golden bench cudacheck demo golden32. Each prints its output,
+# keeps it in $OUT/<step>.log and has its own time limit; a step that fails
+# or times out does not stop the next. The kernel cache is shared by the
+# steps, so NVRTC compiles each kernel once. It installs and changes nothing
+# outside a temporary folder.
 set -o pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+if [ "${1:-}" = build ]; then
+  set -e
+  export PATH="$PATH:/usr/local/go/bin"
+  golden=${SDBRIDGE_GOLDEN_DIR:-../shared/golden}
+  rm -rf out && mkdir -p out
+  flags=(-trimpath -ldflags=-s\ -w)
+  CGO_ENABLED=0 go build "${flags[@]}" -o out/sdbridge ./cmd/sdbridge
+  CGO_ENABLED=0 go build "${flags[@]}" -o out/cudacheck ./cuda/cmd/cudacheck
+  CGO_ENABLED=0 go test -c "${flags[@]}" -o out/golden.test ./golden
+  xz -T2 -f out/sdbridge out/cudacheck out/golden.test
+  tar --exclude='golden/cases/lora_merge_*' -cJf out/golden.tar.xz -C "$(dirname "$golden")" "$(basename "$golden")"
+  du -ch out/* | tail -1
+  exit 0
+fi
+
 OUT=${OUT:-/tmp}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -2
-# Where the CUDA libraries are, in case the loader's path misses them.
-find /usr/local/cuda*/lib64/ /usr/local/cuda*/targets/*/lib/ /opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib/ \
-  -maxdepth 1 \( -name 'libnvrtc.so.1*' -o -name 'libcublas.so.1*' -o -name 'libcublasLt.so.1*' \) 2>/dev/null | head -12
-export XDG_CACHE_HOME=$(mktemp -d)
-if [ ! -x out/cudacheck ]; then echo "out/cudacheck missing: build and carry it (see cuda/DEVCHECK.md)"; exit 1; fi
-timeout 240 ./out/cudacheck "$@" 2>&1 | tee "$OUT/cudacheck.log"
-echo "devcheck exit: $?"
+work=$(mktemp -d)
+export XDG_CACHE_HOME=$work/cache # a fresh kernel cache, shared by the steps
+if [ ! -f out/sdbridge.xz ] || [ ! -f out/golden.tar.xz ]; then
+  echo "out/ is missing: run 'bash cuda/devcheck.sh build' here and carry out/ (see cuda/DEVCHECK.md)"
+  exit 1
+fi
+for b in sdbridge cudacheck golden.test; do
+  xz -dc "out/$b.xz" >"$work/$b" && chmod +x "$work/$b"
+done
+tar -xJf out/golden.tar.xz -C "$work"
+export SDBRIDGE_GOLDEN_DIR=$work/golden
+# Every golden case except the CPU-only lora_merge ones (not carried), or
+# the comma-separated $SDBRIDGE_GOLDEN_CASES (a rerun of a few).
+cases=${SDBRIDGE_GOLDEN_CASES:-}
+[ -n "$cases" ] || cases=$(sed -n 's/^ *"\([a-z0-9_]*\)",\{0,1\}$/\1/p' "$work/golden/cases/index.json" | grep -v '^lora_merge_' | paste -sd, -)
+
+# run STEP LIMIT CMD...: one step with its log and time limit.
+run() {
+  local step=$1 limit=$2
+  shift 2
+  echo "=== $step (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$step.log"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $step: exit $rc after $((SECONDS - t0))s"
+}
+
+info() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -2
+  find /usr/local/cuda*/lib64/ /usr/local/cuda*/targets/*/lib/ /opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib/ \
+    -maxdepth 1 \( -name 'libnvrtc.so.1*' -o -name 'libcublas.so.1*' -o -name 'libcublasLt.so.1*' \) 2>/dev/null | head -12
+}
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(info golden bench cudacheck demo golden32)
+for s in "${steps[@]}"; do
+  case $s in
+  info) info 2>&1 | tee "$OUT/info.log" ;;
+  golden) # the issue's check: every GPU kind within max(tolerance, 1e-2) in f16
+    run golden 150 env SDBRIDGE_DEVICE=cuda SDBRIDGE_CUDA_DTYPE=f16 SDBRIDGE_GOLDEN_CASES="$cases" \
+      "$work/golden.test" -test.run '^TestGolden$' -test.v -test.count=1 ;;
+  bench) # per-part figures with the card, driver and dtype (JSON)
+    run bench 180 "$work/sdbridge" bench --device cuda --cuda-dtype f16 --parts unet,vae,clip,controlnet,t5,ella --repeat 5 --json ;;
+  cudacheck) # op-by-op GPU vs CPU, timings, IPC
+    run cudacheck 150 "$work/cudacheck" ;;
+  demo) # a whole generation with LoRA + ControlNet + ELLA plugins on the GPU
+    run demo 90 "$work/sdbridge" demo --device cuda -o "$OUT/demo.png" ;;
+  golden32) # the same cases in f32: each within its own tolerance
+    run golden32 120 env SDBRIDGE_DEVICE=cuda SDBRIDGE_CUDA_DTYPE=f32 SDBRIDGE_GOLDEN_CASES="$cases" \
+      "$work/golden.test" -test.run '^TestGolden$' -test.v -test.count=1 ;;
+  *) echo "unknown step $s (info golden bench cudacheck demo golden32)" ;;
+  esac
+done
+grep -h '^golden: [0-9]* passed\|^cudacheck: ' "$OUT"/golden*.log "$OUT"/cudacheck.log 2>/dev/null
+rm -rf "$work"
+echo "devcheck done"

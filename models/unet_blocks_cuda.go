@@ -66,13 +66,6 @@ func (r *imageRun) addInPlace(a, b *nn.GPUTensor) {
 	}
 }
 
-func (r *imageRun) add(a, b *nn.GPUTensor) *nn.GPUTensor {
-	if r.err != nil {
-		return nil
-	}
-	return r.keep(r.g.Add(a, b))
-}
-
 // timeEmbed follows TimeEmbed.Forward and returns silu(emb) [B, 4mc]: every
 // consumer of the embedding (each ResBlock's emb_layers) starts with SiLU,
 // so it is applied once here instead of once per block (same values).

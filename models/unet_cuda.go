@@ -132,7 +132,7 @@ func (c *UNetCUDA) ForwardGPU(x *nn.GPUTensor, timesteps []float32, ctx *nn.GPUT
 		if err != nil {
 			return nil, fmt.Errorf("unet (cuda): %w", err)
 		}
-		if err := out.Buf.CopyFrom(y.Buf, y.Bytes()); err != nil {
+		if err := out.Buf.CopyFromAsync(y.Buf, y.Bytes()); err != nil {
 			out.Free()
 			return nil, fmt.Errorf("unet (cuda): copying the graph's output: %w", err)
 		}
@@ -244,6 +244,11 @@ func (c *UNetCUDA) Sync(ts []*nn.Tensor) error {
 	}
 	return nil
 }
+
+// DeviceWeight returns the device copy of t, one of the U-Net's weight
+// tensors (nil for any other tensor): what a patcher updates in place on
+// the GPU (a LoRA applied on the device) instead of calling Sync.
+func (c *UNetCUDA) DeviceWeight(t *nn.Tensor) *nn.GPUTensor { return c.dw.m[t] }
 
 // Close frees the graphs and the device copies of the weights.
 func (c *UNetCUDA) Close() error {

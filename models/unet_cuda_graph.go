@@ -84,19 +84,20 @@ func (c *UNetCUDA) runGraph(x *nn.GPUTensor, timesteps []float32, ctx *nn.GPUTen
 	return gr.out, nil
 }
 
-// setInputs copies the inputs into the graph's buffers.
+// setInputs queues copies of the inputs into the graph's buffers (the
+// sinusoid is uploaded from the host).
 func (gr *unetGraph) setInputs(te *TimeEmbed, x *nn.GPUTensor, timesteps []float32, ctx *nn.GPUTensor, res GPUResiduals) error {
-	if err := gr.x.Buf.CopyFrom(x.Buf, x.Bytes()); err != nil {
+	if err := gr.x.Buf.CopyFromAsync(x.Buf, x.Bytes()); err != nil {
 		return fmt.Errorf("x: %w", err)
 	}
-	if err := gr.ctx.Buf.CopyFrom(ctx.Buf, ctx.Bytes()); err != nil {
+	if err := gr.ctx.Buf.CopyFromAsync(ctx.Buf, ctx.Bytes()); err != nil {
 		return fmt.Errorf("context: %w", err)
 	}
 	for name, t := range res {
 		if t == nil {
 			continue
 		}
-		if err := gr.res[name].Buf.CopyFrom(t.Buf, t.Bytes()); err != nil {
+		if err := gr.res[name].Buf.CopyFromAsync(t.Buf, t.Bytes()); err != nil {
 			return fmt.Errorf("residual %q: %w", name, err)
 		}
 	}

@@ -238,8 +238,9 @@ func (r *imageRun) vaeResnet(b *VAEResnetBlock, x *nn.GPUTensor) *nn.GPUTensor {
 	h = r.conv(h, b.Conv1)             // [B, out, H, W]
 	r.groupNormInPlace(h, b.Norm2)     // [B, out, H, W]: silu(norm2(h)); dropout is identity
 	h = r.conv(h, b.Conv2)             // [B, out, H, W]
-	if b.NinShortcut != nil {
-		r.addInPlace(h, r.conv(x, b.NinShortcut)) // [B, out, H, W]: nin_shortcut(x) + h
+	if b.NinShortcut != nil && r.err == nil {
+		// nin_shortcut(x) + h: the 1x1 conv's GEMM adds onto h
+		r.do(r.g.Conv2dAddInto(h, nil, x, r.w(b.NinShortcut.Weight), r.w(b.NinShortcut.Bias), b.NinShortcut.Stride, b.NinShortcut.Padding))
 	} else {
 		r.addInPlace(h, x) // [B, out, H, W]: x + h
 	}

@@ -1,7 +1,8 @@
 // cmd_merge.go: 'sdbridge merge --model CKPT --lora FILE:0.8[:te=0.5][:blocks=V]
 // ... -o OUT.safetensors [--dtype keep|fp16|bf16|fp32]' writes a checkpoint
 // with LoRAs merged in (host/merge.go does the work), with a progress bar on
-// stderr. It only parses flags and draws the bar; it does not merge itself.
+// stderr; --device cuda computes the merges on the GPU (host/merge_gpu.go).
+// It only parses flags and draws the bar; it does not merge itself.
 package main
 
 import (
@@ -28,6 +29,7 @@ func runMerge(args []string) error {
 	dtype := fs.String("dtype", "keep", "dtype of floating-point tensors in the output: keep, fp16, bf16 or fp32")
 	force := fs.Bool("force", false, "replace an existing output file (never the input)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	devFlags := addDeviceFlags(fs)
 	var loras []host.MergeLoRA
 	fs.Func("lora", "LoRA to merge, repeatable: FILE[:STRENGTH][:te=X][:unet=X][:blocks=17-or-26-values|PRESET]", func(s string) error {
 		l, err := host.ParseMergeLoRA(s)
@@ -57,10 +59,15 @@ func runMerge(args []string) error {
 	case !strings.HasSuffix(strings.ToLower(out), ".safetensors"):
 		return fmt.Errorf("output %s: the name must end in .safetensors", out)
 	}
+	dev, err := devFlags.open(os.Stderr)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	bar := &progressBar{w: os.Stderr}
-	opts := host.MergeOptions{Model: *model, LoRAs: loras, Out: out, DType: *dtype, Force: *force}
+	opts := host.MergeOptions{Model: *model, LoRAs: loras, Out: out, DType: *dtype, Force: *force, GPU: dev.GPU}
 	if !*quiet {
 		opts.Progress = bar.update
 	}
@@ -70,8 +77,8 @@ func runMerge(args []string) error {
 		return err
 	}
 	mbs := float64(st.Bytes) / 1e6 / st.Elapsed.Seconds()
-	fmt.Fprintf(os.Stderr, "wrote %s: %d tensors (%d merged), %.1f MB in %.2fs (%.0f MB/s)\n",
-		out, st.Tensors, st.Touched, float64(st.Bytes)/1e6, st.Elapsed.Seconds(), mbs)
+	fmt.Fprintf(os.Stderr, "wrote %s: %d tensors (%d merged on %s), %.1f MB in %.2fs (%.0f MB/s)\n",
+		out, st.Tensors, st.Touched, dev, float64(st.Bytes)/1e6, st.Elapsed.Seconds(), mbs)
 	for _, l := range st.LoRAs {
 		fmt.Fprintf(os.Stderr, "  merged %s [%s] unet=%g te=%g\n", l.File, l.AutoV2, l.UNet, l.TE)
 	}

@@ -88,6 +88,22 @@ extern "C" __global__ void votes(const int* pred, unsigned* out) {
     }
 }
 
+// Thread 0 spin-waits (with __nanosleep, which lets the block's other
+// threads run) for a flag thread 63 sets.
+extern "C" __global__ void spin_flag(int* out) {
+    __shared__ volatile int flag;
+    if (threadIdx.x == 0) flag = 0;
+    __syncthreads();
+    long long t0 = clock64();
+    if (threadIdx.x == 0) {
+        while (flag == 0) __nanosleep(100);
+        out[0] = flag;
+        out[1] = clock64() >= t0;
+    } else if (threadIdx.x == 63) {
+        flag = 7;
+    }
+}
+
 // Integer warp reductions (sm_80+ built-ins), signed and unsigned.
 extern "C" __global__ void reduces(const int* x, int* out) {
     int v = x[threadIdx.x];
@@ -483,6 +499,17 @@ func TestEmulatorChild(t *testing.T) {
 			if got[i] != want[i] {
 				t.Fatalf("ballot/any/all/count = %v, want %v", got, want)
 			}
+		}
+	})
+
+	t.Run("spin-wait-with-nanosleep", func(t *testing.T) {
+		e.t = t
+		out := e.buf(8)
+		if err := e.fn("spin_flag").Launch(cuda.Dim3{X: 1}, cuda.Dim3{X: 64}, 0, out); err != nil {
+			t.Fatal(err)
+		}
+		if got := u32s(e.down(out, 8)); got[0] != 7 || got[1] != 1 {
+			t.Fatalf("flag, clock64 monotonic = %v, want [7 1]", got)
 		}
 	})
 

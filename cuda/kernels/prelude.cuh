@@ -219,29 +219,30 @@ __device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], co
 }
 #else
 // The emulation gathers, by shuffles, the two rows of A and two columns of
-// B each lane's four outputs need, forms the 16 products exactly (f16 x
-// f16 fits a float) and sums them with C in double, rounding once: the
-// exact result, which the tensor core matches to within its fp32
-// accumulation rounding.
+// B each lane's four outputs need (register pairs packed into one 8-byte
+// shuffle: 16 shuffles a call), forms the 16 products exactly (f16 x f16
+// fits a float) and sums them with C in double, rounding once: the exact
+// result, which the tensor core matches to within its fp32 accumulation
+// rounding.
 __device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
     int lane = threadIdx.x & 31;
     int g = lane >> 2, t = lane & 3;
+    unsigned long long a02 = (unsigned long long)a[2] << 32 | a[0]; // A[g][2t..], A[g][2t+8..]
+    unsigned long long a13 = (unsigned long long)a[3] << 32 | a[1]; // A[g+8][2t..], A[g+8][2t+8..]
+    unsigned long long b01 = (unsigned long long)b[1] << 32 | b[0]; // B[2t..][g], B[2t+8..][g]
     double acc[4] = {c[0], c[1], c[2], c[3]};
     for (int j = 0; j < 4; j++) { // source lanes 4*row+j hold k = 2j, 2j+1, 2j+8, 2j+9
-        unsigned r0lo = __shfl_sync(SDB_FULL_MASK, a[0], 4 * g + j); // A[g][2j..]
-        unsigned r0hi = __shfl_sync(SDB_FULL_MASK, a[2], 4 * g + j); // A[g][2j+8..]
-        unsigned r1lo = __shfl_sync(SDB_FULL_MASK, a[1], 4 * g + j); // A[g+8][2j..]
-        unsigned r1hi = __shfl_sync(SDB_FULL_MASK, a[3], 4 * g + j); // A[g+8][2j+8..]
+        unsigned long long r0 = __shfl_sync(SDB_FULL_MASK, a02, 4 * g + j); // A[g][2j..], A[g][2j+8..]
+        unsigned long long r1 = __shfl_sync(SDB_FULL_MASK, a13, 4 * g + j); // A[g+8][2j..], A[g+8][2j+8..]
+        float a0[4] = {h2f((half_t)(r0 & 0xffffu)), h2f((half_t)(r0 >> 16 & 0xffffu)),
+                       h2f((half_t)(r0 >> 32 & 0xffffu)), h2f((half_t)(r0 >> 48))};
+        float a1[4] = {h2f((half_t)(r1 & 0xffffu)), h2f((half_t)(r1 >> 16 & 0xffffu)),
+                       h2f((half_t)(r1 >> 32 & 0xffffu)), h2f((half_t)(r1 >> 48))};
         for (int cn = 0; cn < 2; cn++) {
             int n = 2 * t + cn;
-            unsigned blo = __shfl_sync(SDB_FULL_MASK, b[0], 4 * n + j); // B[2j..][n]
-            unsigned bhi = __shfl_sync(SDB_FULL_MASK, b[1], 4 * n + j); // B[2j+8..][n]
-            float bk[4] = {h2f((half_t)(blo & 0xffffu)), h2f((half_t)(blo >> 16)),
-                           h2f((half_t)(bhi & 0xffffu)), h2f((half_t)(bhi >> 16))};
-            float a0[4] = {h2f((half_t)(r0lo & 0xffffu)), h2f((half_t)(r0lo >> 16)),
-                           h2f((half_t)(r0hi & 0xffffu)), h2f((half_t)(r0hi >> 16))};
-            float a1[4] = {h2f((half_t)(r1lo & 0xffffu)), h2f((half_t)(r1lo >> 16)),
-                           h2f((half_t)(r1hi & 0xffffu)), h2f((half_t)(r1hi >> 16))};
+            unsigned long long bb = __shfl_sync(SDB_FULL_MASK, b01, 4 * n + j); // B[2j..][n], B[2j+8..][n]
+            float bk[4] = {h2f((half_t)(bb & 0xffffu)), h2f((half_t)(bb >> 16 & 0xffffu)),
+                           h2f((half_t)(bb >> 32 & 0xffffu)), h2f((half_t)(bb >> 48))};
             for (int e = 0; e < 4; e++) {
                 acc[cn] += (double)(a0[e] * bk[e]);
                 acc[2 + cn] += (double)(a1[e] * bk[e]);

@@ -54,8 +54,10 @@ func eachDType(g *nn.GPU, dts []nn.GPUDType, fn func(d nn.GPUDType)) {
 
 // checkAndTimeUNet binds the SD1.5 U-Net, compares GPU with CPU at a
 // side x side latent (batch 2, with ControlNet-style residuals), and times
-// a CFG step at timeSide (0 skips the timing).
-func checkAndTimeUNet(g *nn.GPU, dts []nn.GPUDType, side, timeSide int) {
+// a CFG step at timeSide (0 skips the timing). With graphs it also checks
+// UNetCUDA.Graphs (build, a replay with other inputs, a replay with the
+// first inputs again against the CPU) and times the replayed step.
+func checkAndTimeUNet(g *nn.GPU, dts []nn.GPUDType, side, timeSide int, graphs bool) {
 	t0 := time.Now()
 	src := models.NewRandomSource(models.SD15().Specs(safetensors.F16), sd15Seed)
 	u, err := models.LoadUNet(models.NewWeights(src).Sub("model.diffusion_model."))
@@ -93,6 +95,9 @@ func checkAndTimeUNet(g *nn.GPU, dts []nn.GPUDType, side, timeSide int) {
 			}
 			logf("sd15 unet %s: weights uploaded in %.2f s, first call %.2f s", d, t3.Sub(t2).Seconds(), time.Since(t3).Seconds())
 			compareT(fmt.Sprintf("sd15 unet %s x [2,4,%d,%d] t=500 ctx [2,77,768] + 13 residuals", d, side, side), got, want, modelTol(d))
+			if graphs {
+				checkUNetGraph(g, c, d, x, ts, ctx, res, want)
+			}
 			if timeSide <= 0 {
 				return nil
 			}
@@ -100,15 +105,57 @@ func checkAndTimeUNet(g *nn.GPU, dts []nn.GPUDType, side, timeSide int) {
 			dx, dctx := up(g, randT(1, 2, 4, timeSide, timeSide)), up(g, ctx)
 			defer dx.Free()
 			defer dctx.Free()
-			bench(g, fmt.Sprintf("sd15 unet %s CFG step [2,4,%d,%d] (models.UNetCUDA.ForwardGPU)", d, timeSide, timeSide), 1.606e12*float64(timeSide*timeSide)/4096, 0, func() error {
+			flops := 1.606e12 * float64(timeSide*timeSide) / 4096
+			bench(g, fmt.Sprintf("sd15 unet %s CFG step [2,4,%d,%d] (models.UNetCUDA.ForwardGPU)", d, timeSide, timeSide), flops, 0, func() error {
 				y, err := c.ForwardGPU(dx, ts, dctx, nil)
 				if err != nil {
 					return err
 				}
 				return y.Free()
 			})
+			if graphs {
+				c.Graphs = true
+				bench(g, fmt.Sprintf("sd15 unet %s CFG step [2,4,%d,%d] (CUDA graph replay)", d, timeSide, timeSide), flops, 0, func() error {
+					y, err := c.ForwardGPU(dx, ts, dctx, nil)
+					if err != nil {
+						return err
+					}
+					return y.Free()
+				})
+				c.Graphs = false
+			}
 			return nil
 		})
+	})
+}
+
+// checkUNetGraph runs c with Graphs on: a build with the inputs of want, a
+// replay with other inputs (its result must differ), a replay with the
+// first inputs again (compared with the CPU's want).
+func checkUNetGraph(g *nn.GPU, c *models.UNetCUDA, d nn.GPUDType, x *nn.Tensor, ts []float32, ctx *nn.Tensor, res models.Residuals, want *nn.Tensor) {
+	name := fmt.Sprintf("sd15 unet %s CUDA graph: build, replay other inputs, replay the first again", d)
+	guard(name, func() error {
+		c.Graphs = true
+		defer func() { c.Graphs = false }()
+		g.Poison = false
+		first, err := c.Forward(x, ts, ctx, res)
+		if err != nil {
+			return err
+		}
+		compareT(name+" (build)", first, want, modelTol(d))
+		other, err := c.Forward(randT(1, x.Shape...), []float32{900, 100}, ctx, res) // same shapes: the same graph
+		if err != nil {
+			return err
+		}
+		if slices.Equal(other.Data, first.Data) {
+			return fmt.Errorf("a replay with other inputs returned the first result")
+		}
+		again, err := c.Forward(x, ts, ctx, res)
+		if err != nil {
+			return err
+		}
+		compareT(name, again, want, modelTol(d))
+		return nil
 	})
 }
 

@@ -12,7 +12,7 @@
 // `cudacheck: N passed, M failed`. It does not run the golden cases.
 // Build: CGO_ENABLED=0 go build -o out/cudacheck ./cuda/cmd/cudacheck (see ../../DEVCHECK.md).
 // Run: ./cudacheck [-timings=false] [-ipc=false] [-unet=false] [-controlnet=false] [-vae=false]
-// [-dtypes=f32,f16].
+// [-graphs=false] [-dtypes=f32,f16].
 package main
 
 import (
@@ -53,6 +53,7 @@ func main() {
 	flag.BoolVar(&opt.unet, "unet", true, "check the whole SD1.5 U-Net (random weights) and time a CFG step")
 	flag.BoolVar(&opt.controlnet, "controlnet", true, "check an SD1.5 ControlNet (random weights) and time a CFG step")
 	flag.BoolVar(&opt.vae, "vae", true, "check the SD1.5 VAE decoder and encoder (random weights) and time a decode")
+	flag.BoolVar(&opt.graphs, "graphs", true, "check and time the U-Net as a replayed CUDA graph (UNetCUDA.Graphs)")
 	dtypes := flag.String("dtypes", "f32,f16", "activation dtypes of the image model checks and timings (f32, f16)")
 	flag.Parse()
 	var err error
@@ -71,6 +72,7 @@ func main() {
 type options struct {
 	timings, ipc          bool
 	unet, controlnet, vae bool          // image models: check, and time with timings
+	graphs                bool          // the U-Net through CUDA graphs too
 	dtypes                []nn.GPUDType // activation dtypes of the image models
 	sizes                 sizes
 }
@@ -138,7 +140,7 @@ func run(opt options) {
 		logf("--- image models (SD1.5 layout, random weights) in %v: GPU vs CPU rel L2 <= 1e-4 (f32), 1e-2 (f16), then timed", opt.dtypes)
 	}
 	if opt.unet {
-		checkAndTimeUNet(g, opt.dtypes, 16, timeSide)
+		checkAndTimeUNet(g, opt.dtypes, 16, timeSide, opt.graphs)
 	}
 	if opt.controlnet {
 		checkAndTimeControlNet(g, opt.dtypes, 8, timeSide)

@@ -790,16 +790,36 @@ namespace sdb_emu {
 #define __all_sync(m, p) ((int)sdb_emu::collective(sdb_emu::opAll, m, (p) != 0, 0, 32, __LINE__))
 #define __activemask() (sdb_emu::g_warps[sdb_emu::g_cur->warp].live)
 #define __trap() sdb_emu::trap_(__LINE__)
+#define __nanosleep(ns) ((void)(ns), sdb_emu::yield_())
 
 namespace sdb_emu {
 template <class T> static inline T shfl_(int op, int line, unsigned mask, T v, int s, int width = 32) {
     return fromBits<T>(collective(op, mask, bitsOf(v), s, width, line));
+}
+/* yield_ lets the other threads of the block run (for spin-waits). */
+static inline void yield_() {
+    Fiber *f = g_cur;
+    if (g_qhead == g_qtail && g_nextStart >= g_nthreads) return;
+    ready((int)(f - g_fibers));
+    Fiber *n = pickNext();
+    if (n != f) jump(&f->ctx, &n->ctx);
 }
 static inline void trap_(int line) {
     fail("__trap() at line %d", line);
     block(g_cur);
 }
 } /* namespace sdb_emu */
+
+/* clock64 counts CPU cycles (x86-64) or nanoseconds: only differences mean anything. */
+static inline long long clock64() {
+#if defined(__x86_64__)
+    return (long long)__builtin_ia32_rdtsc();
+#else
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+#endif
+}
 
 static inline void __syncwarp(unsigned mask = 0xffffffffu, int line = __builtin_LINE()) {
     sdb_emu::collective(sdb_emu::opSync, mask, 0, 0, 32, line);
