@@ -8,10 +8,11 @@
 // in shared arenas through the LoRA plugin (txt2imgLoRA), "controlnet" adds
 // residuals (txt2imgControlNet), "ella" replaces CLIP's context
 // (txt2imgELLA); any combination runs in one generation. On a GPU the
-// pipeline is loaded onto the device (host.LoadOptions.Device) and a LoRA
-// patch is re-uploaded (Loaded.UseLoRAs); the ControlNet and ELLA
-// plugins are given the pipeline's GPU and write their outputs into its
-// device memory (the LoRA plugin still patches the host copies).
+// pipeline is loaded onto the device (host.LoadOptions.Device), the LoRA
+// plugin patches the U-Net's device weights in place and the text
+// encoder's host copy, re-uploaded (Loaded.UseLoRAs); the ControlNet and
+// ELLA plugins are given the pipeline's GPU and write their outputs into
+// its device memory.
 package golden
 
 import (
@@ -87,8 +88,8 @@ func txt2imgCase(c *Case, d *host.Device) (Result, []string, error) {
 	}
 	defer p.Close()
 	var notes []string
-	if withLoRA && d.OnGPU() {
-		notes = append(notes, "lora patched on the CPU, then re-uploaded")
+	if dev, host := p.LoRATargets(); withLoRA && d.OnGPU() {
+		notes = append(notes, fmt.Sprintf("lora: %d weights patched on the device, %d on the host then re-uploaded", dev, host))
 	}
 
 	noise, err := caseTensor(c, "in.noise")

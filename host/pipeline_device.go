@@ -46,6 +46,11 @@ type onDevice struct {
 	eps EpsModel
 	dec ImageDecoder
 	enc TextEncoder
+	// patchSet registers the device weights that are LoRA targets, and
+	// onDevicePatch marks (by index in copies) the models patched on the
+	// device, whose host copies stay unpatched (pipeline_lora.go).
+	patchSet      *DeviceArenaSet
+	onDevicePatch map[int]bool
 }
 
 // toDevice wraps the CPU models with their CUDA types on d. On error what
@@ -54,7 +59,7 @@ func (l *Loaded) toDevice(d *Device, unet *models.UNet, vae *models.VAE, clip *m
 	if !d.OnGPU() {
 		return nil
 	}
-	l.device = &onDevice{dev: d}
+	l.device = &onDevice{dev: d, onDevicePatch: map[int]bool{}}
 	if err := l.moveParts(d, unet, vae, clip); err != nil {
 		l.closeDevice()
 		return fmt.Errorf("moving the models to %s: %w", d, err)
@@ -74,7 +79,7 @@ func (l *Loaded) closeDevice() error {
 	if l.device == nil {
 		return nil
 	}
-	var errs []error
+	errs := []error{l.closePatchSet()}
 	for i := len(l.device.copies) - 1; i >= 0; i-- {
 		errs = append(errs, l.device.copies[i].Close())
 	}
@@ -104,17 +109,19 @@ func (l *Loaded) GPU() *nn.GPU {
 	return l.device.dev.GPU
 }
 
-// SyncDevice re-uploads the weights of the patchable device copies (U-Net,
-// CLIP) from their CPU models (after ApplyLoRAs patched the CPU tensors).
-// Tensors the device never uploaded are skipped. It is a no-op on the CPU.
+// SyncDevice re-uploads the weights of the patchable device copies that
+// LoRAs patch on the host (the CLIP text encoder; not the U-Net, patched
+// on the device, pipeline_lora.go) from their CPU models (after ApplyLoRAs patched the
+// CPU tensors). Tensors the device never uploaded are skipped. It is a
+// no-op on the CPU.
 func (l *Loaded) SyncDevice() error {
 	if l.device == nil {
 		return nil
 	}
 	for i, m := range l.device.copies {
 		s, ok := m.(syncer)
-		if !ok {
-			continue // not patchable (the VAE)
+		if !ok || l.device.onDevicePatch[i] {
+			continue // not patchable (the VAE), or patched on the device
 		}
 		if err := s.Sync(weightTensors(l.device.weights[i])); err != nil {
 			return fmt.Errorf("re-uploading patched weights to %s: %w", l.device.dev, err)

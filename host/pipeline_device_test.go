@@ -137,6 +137,38 @@ func TestPipelineOnDeviceChild(t *testing.T) {
 	if rel := relL2(generate(gpu).Image, want.Image); rel > tol {
 		t.Fatalf("after SyncDevice: GPU image vs patched CPU: rel L2 %.3g > %g", rel, tol)
 	}
+
+	// Patchable on the device: every U-Net weight is a device patch target,
+	// every text-encoder weight a host one.
+	dir := golden.Dir()
+	pp, err := LoadPipeline(filepath.Join(dir, "models", "sd15-tiny.safetensors"), LoadOptions{Device: dev, Patchable: true,
+		CLIPVocab: filepath.Join(dir, "data", "clip", "vocab.json"), CLIPMerges: filepath.Join(dir, "data", "clip", "merges.txt")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	onDev, onHost := pp.LoRATargets()
+	wantDev, wantHost := 0, 0
+	for i, m := range pp.device.weights {
+		switch m.(type) {
+		case *models.UNet:
+			if !pp.device.onDevicePatch[i] {
+				t.Fatal("the U-Net is not patched on the device")
+			}
+			wantDev += len(weightTensors(m))
+		case *models.CLIPTextModel: // on the device once its CUDA type exposes its weights
+			if pp.device.onDevicePatch[i] {
+				wantDev += len(weightTensors(m))
+			} else {
+				wantHost += len(weightTensors(m))
+			}
+		}
+	}
+	if onDev != wantDev || onHost != wantHost {
+		t.Errorf("patch targets: %d on the device, %d on the host; want the %d U-Net weights and the %d CLIP ones", onDev, onHost, wantDev, wantHost)
+	}
+	if err := pp.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // relL2 is ||a-b|| / ||b||.

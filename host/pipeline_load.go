@@ -179,6 +179,9 @@ func (l *Loaded) load(checkpoint string, f *safetensors.File, opt LoadOptions) e
 	}
 	if l.device != nil {
 		l.UNet, l.VAE, prompts.Model = l.device.eps, l.device.dec, l.device.enc
+		if err := l.patchOnDevice(); err != nil {
+			return fmt.Errorf("checkpoint %s: %w", checkpoint, err)
+		}
 	}
 	return nil
 }

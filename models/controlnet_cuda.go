@@ -21,6 +21,7 @@ type ControlNetCUDA struct {
 	C  *ControlNet
 	g  *nn.GPU
 	dw *deviceWeights
+	fa *fusedAttn // fused attention projections
 }
 
 // NewControlNetCUDA prepares c for g and uploads its weights. Close frees
@@ -30,6 +31,11 @@ func NewControlNetCUDA(g *nn.GPU, c *ControlNet) (*ControlNetCUDA, error) {
 		return nil, fmt.Errorf("controlnet (cuda): nil GPU or ControlNet")
 	}
 	n := &ControlNetCUDA{C: c, g: g, dw: newDeviceWeights(g)}
+	var err error
+	if n.fa, err = fuseAttention(n.dw, append(slices.Clone(c.InputBlocks), c.MiddleBlock)...); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("controlnet (cuda): %w", err)
+	}
 	if err := uploadAll(n.dw, controlNetWeights(c)); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("controlnet (cuda): uploading weights: %w", err)
@@ -43,7 +49,7 @@ func (n *ControlNetCUDA) HintEncode(hint *nn.Tensor) (*nn.Tensor, error) {
 	if err := n.checkHint(shapeOf(hint)); err != nil {
 		return nil, err
 	}
-	r := newImageRun(n.dw)
+	r := n.newRun()
 	defer r.release()
 	g := n.hint(r, r.upload(hint)) // [B, mc, h, w]
 	if r.err != nil {
@@ -66,7 +72,7 @@ func (n *ControlNetCUDA) HintEncodeGPU(hint *nn.GPUTensor) (*nn.GPUTensor, error
 	if err := n.checkHint(s); err != nil {
 		return nil, err
 	}
-	r := newImageRun(n.dw)
+	r := n.newRun()
 	defer r.release()
 	g := n.hint(r, hint) // [B, mc, h, w]
 	if r.err != nil {
@@ -119,7 +125,7 @@ func (n *ControlNetCUDA) ForwardEncoded(x, guided *nn.Tensor, timesteps []float3
 	if err := n.checkInputs(shapeOf(x), shapeOf(guided), timesteps, shapeOf(ctx)); err != nil {
 		return nil, err
 	}
-	r := newImageRun(n.dw)
+	r := n.newRun()
 	defer r.release()
 	res := n.forward(r, r.upload(x), r.upload(guided), timesteps, r.upload(ctx), nil)
 	if r.err != nil {
@@ -147,7 +153,7 @@ func (n *ControlNetCUDA) ForwardEncodedGPU(x, guided *nn.GPUTensor, timesteps []
 	if err := dst.names().checkNames(n.C.Config); err != nil {
 		return nil, fmt.Errorf("controlnet: destination %w", err)
 	}
-	r := newImageRun(n.dw)
+	r := n.newRun()
 	defer r.release()
 	res := n.forward(r, x, guided, timesteps, ctx, dst)
 	if r.err != nil {
@@ -268,10 +274,10 @@ func controlNetWeights(c *ControlNet) []*nn.Tensor {
 	return append(ts, convWeights(c.MiddleOut)...)
 }
 
-// Sync re-uploads the device copies of ts (ControlNet weights patched on
-// the CPU); other tensors are ignored.
+// Sync rewrites the device copies of ts (ControlNet weights patched on
+// the CPU) in place; other tensors are ignored.
 func (n *ControlNetCUDA) Sync(ts []*nn.Tensor) error {
-	if err := n.dw.Sync(ts); err != nil {
+	if err := syncInPlace(n.dw, ts); err != nil {
 		return fmt.Errorf("controlnet (cuda): sync: %w", err)
 	}
 	return nil
@@ -282,5 +288,16 @@ func (n *ControlNetCUDA) Close() error {
 	if n == nil || n.dw == nil {
 		return nil
 	}
-	return n.dw.Close()
+	err := n.dw.Close()
+	if cerr := n.fa.close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// newRun starts a forward's op composer with the fused attention weights.
+func (n *ControlNetCUDA) newRun() *imageRun {
+	r := newImageRun(n.dw)
+	r.fa = n.fa
+	return r
 }

@@ -21,7 +21,10 @@ import (
 
 // imageRun is gpuRun with the image models' layer compositions. Its
 // methods return nil once an op failed (the sticky error is r.err).
-type imageRun struct{ *gpuRun }
+type imageRun struct {
+	*gpuRun
+	fa *fusedAttn // fused attention projections, or nil (unet_attn_cuda.go)
+}
 
 func newImageRun(dw *deviceWeights) *imageRun { return &imageRun{gpuRun: newGPURun(dw)} }
 
@@ -153,12 +156,20 @@ func (r *imageRun) spatialTransformer(s *SpatialTransformer, x, ctx *nn.GPUTenso
 // temporary updated in place (each sublayer's output projection adds onto
 // it in its GEMM) and returned.
 func (r *imageRun) transformerBlock(b *BasicTransformerBlock, x, ctx *nn.GPUTensor) *nn.GPUTensor {
-	n := r.layerNorm(x, b.Norm1)            // [B, N, C]
-	r.crossAttentionAdd(b.Attn1, n, n, x)   // [B, N, C]: x = attn1(norm1(x)) + x
-	n = r.layerNorm(x, b.Norm2)             // [B, N, C]
-	r.crossAttentionAdd(b.Attn2, n, ctx, x) // [B, N, C]: x = attn2(norm2(x), context) + x
-	n = r.layerNorm(x, b.Norm3)             // [B, N, C]
-	r.feedForwardAdd(b.FF, n, x)            // [B, N, C]: x = ff(norm3(x)) + x
+	n := r.layerNorm(x, b.Norm1) // [B, N, C]
+	if qkv := r.fa.of(b.Attn1); qkv != nil {
+		r.selfAttentionAdd(b.Attn1, qkv, n, x) // [B, N, C]: x = attn1(norm1(x)) + x
+	} else {
+		r.crossAttentionAdd(b.Attn1, n, n, x)
+	}
+	n = r.layerNorm(x, b.Norm2) // [B, N, C]
+	if kv := r.fa.of(b.Attn2); kv != nil {
+		r.contextAttentionAdd(b.Attn2, kv, n, ctx, x) // [B, N, C]: x = attn2(norm2(x), context) + x
+	} else {
+		r.crossAttentionAdd(b.Attn2, n, ctx, x)
+	}
+	n = r.layerNorm(x, b.Norm3)  // [B, N, C]
+	r.feedForwardAdd(b.FF, n, x) // [B, N, C]: x = ff(norm3(x)) + x
 	return x
 }
 

@@ -5,9 +5,10 @@
 // on device tensors (plugins sharing device arenas, graph capture), with
 // ControlNet residuals named as in Residuals.
 //
-// It does not change the CPU U-Net, does not patch weights itself (Sync
-// re-uploads tensors patched on the CPU, a LoRA for example); CUDA graph
-// replay is an option (unet_cuda_graph.go).
+// Attention projections are uploaded fused (unet_attn_cuda.go); CUDA graph
+// replay is an option (unet_cuda_graph.go). It does not change the CPU
+// U-Net and does not patch weights itself (Sync rewrites tensors patched
+// on the CPU, a LoRA for example, in place).
 package models
 
 import (
@@ -42,6 +43,7 @@ type UNetCUDA struct {
 
 	g      *nn.GPU
 	dw     *deviceWeights
+	fa     *fusedAttn            // fused attention projections
 	graphs map[string]*unetGraph // by graphKey
 }
 
@@ -52,6 +54,12 @@ func NewUNetCUDA(g *nn.GPU, u *UNet) (*UNetCUDA, error) {
 		return nil, fmt.Errorf("unet (cuda): nil GPU or U-Net")
 	}
 	c := &UNetCUDA{U: u, g: g, dw: newDeviceWeights(g)}
+	blocks := append(append(slices.Clone(u.InputBlocks), u.MiddleBlock), u.OutputBlocks...)
+	var err error
+	if c.fa, err = fuseAttention(c.dw, blocks...); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("unet (cuda): %w", err)
+	}
 	if err := uploadAll(c.dw, unetWeights(u)); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("unet (cuda): uploading weights: %w", err)
@@ -77,7 +85,7 @@ func (c *UNetCUDA) Forward(x *nn.Tensor, timesteps []float32, ctx *nn.Tensor, re
 	if err := checkResidualShapes(c.U.Config, x.Shape, shapes); err != nil {
 		return nil, fmt.Errorf("unet: %w", err)
 	}
-	r := newImageRun(c.dw)
+	r := c.newRun()
 	defer r.release()
 	dx := r.upload(x)     // [B, in, H, W]
 	dctx := r.upload(ctx) // [B, L, D]
@@ -138,7 +146,7 @@ func (c *UNetCUDA) ForwardGPU(x *nn.GPUTensor, timesteps []float32, ctx *nn.GPUT
 		}
 		return out, nil
 	}
-	r := newImageRun(c.dw)
+	r := c.newRun()
 	defer r.release()
 	y := c.forward(r, x, timesteps, ctx, res) // [B, out, H, W]
 	if r.err != nil {
@@ -207,6 +215,13 @@ func (r *imageRun) addResidual(res GPUResiduals, name string, base *nn.GPUTensor
 	r.addInPlace(base, t) // [B, C, H, W]
 }
 
+// newRun starts a forward's op composer with the fused attention weights.
+func (c *UNetCUDA) newRun() *imageRun {
+	r := newImageRun(c.dw)
+	r.fa = c.fa
+	return r
+}
+
 // checkResidualShapes refuses, before any work, a residual (by name; nil
 // shapes are absent residuals) that does not have the shape of the
 // activation it is added to for the input x [B, in, H, W].
@@ -232,15 +247,25 @@ func (r *imageRun) drop(t *nn.GPUTensor) {
 	}
 }
 
-// Sync re-uploads the device copies of ts (U-Net weights patched on the
-// CPU); tensors that are not this U-Net's weights are ignored. Captured
-// graphs are dropped (they hold the old weights' addresses).
+// Sync rewrites the device copies of ts (U-Net weights patched on the
+// CPU, a LoRA for example) in place; tensors that are not this U-Net's
+// weights are ignored. Addresses stay, so captured graphs (and device
+// views handed out by DeviceWeight) remain valid.
 func (c *UNetCUDA) Sync(ts []*nn.Tensor) error {
-	if err := c.closeGraphs(); err != nil {
+	if err := syncInPlace(c.dw, ts); err != nil {
 		return fmt.Errorf("unet (cuda): sync: %w", err)
 	}
-	if err := c.dw.Sync(ts); err != nil {
-		return fmt.Errorf("unet (cuda): sync: %w", err)
+	return nil
+}
+
+// syncInPlace overwrites the device copy of each of ts that dw holds.
+func syncInPlace(dw *deviceWeights, ts []*nn.Tensor) error {
+	for _, t := range ts {
+		if d, ok := dw.m[t]; ok {
+			if err := d.Set(t); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -257,6 +282,9 @@ func (c *UNetCUDA) Close() error {
 	}
 	err := c.closeGraphs()
 	if cerr := c.dw.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := c.fa.close(); err == nil {
 		err = cerr
 	}
 	return err

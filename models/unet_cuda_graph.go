@@ -9,9 +9,10 @@
 // replay the whole forward with one launch.
 //
 // The private arena is what keeps replays safe: scratch freed during the
-// capture returns to it, and nothing else allocates there. Sync (new weight
-// buffers) drops every graph. It does not update graphs in place, share
-// scratch between shapes, or capture the ControlNet.
+// capture returns to it, and nothing else allocates there. Weights are
+// read at their device addresses, so patching them in place (Sync, or on
+// the device) is seen by later replays. It does not update graphs in place,
+// share scratch between shapes, or capture the ControlNet.
 package models
 
 import (
@@ -140,13 +141,13 @@ func (c *UNetCUDA) buildGraph(x *nn.GPUTensor, timesteps []float32, ctx *nn.GPUT
 	if err := gr.setInputs(c.U.TimeEmbed, x, timesteps, ctx, res); err != nil {
 		return fail(err)
 	}
-	warm := newImageRun(c.dw)
+	warm := c.newRun()
 	c.forwardFrom(warm, gr.x, gr.s, gr.ctx, gr.res)
 	warm.release()
 	if warm.err != nil {
 		return fail(fmt.Errorf("warm-up forward: %w", warm.err))
 	}
-	r := newImageRun(c.dw)
+	r := c.newRun()
 	gr.graph, err = g.Dev.Capture(func() error {
 		gr.out = c.forwardFrom(r, gr.x, gr.s, gr.ctx, gr.res) // [B, out, H, W]
 		return r.err

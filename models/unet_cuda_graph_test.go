@@ -113,10 +113,34 @@ func checkUNetCUDAGraphs(t *testing.T, g *nn.GPU, m cudaMode) {
 	if n, want := len(c.graphs), 2; n != want {
 		t.Fatalf("%d graphs built, want %d (one per shape)", n, want)
 	}
-	if err := c.Sync(nil); err != nil {
-		t.Fatal(err)
-	}
-	if n := len(c.graphs); n != 0 {
-		t.Fatalf("%d graphs left after Sync", n)
-	}
+	t.Run("sync in place", func(t *testing.T) {
+		// A patched weight (a LoRA's W += delta) rewritten by Sync keeps its
+		// device address: graphs stay, and the result follows the patch.
+		w := u.OutputBlocks[3].Layers[0].(*ResBlock).InConv.Weight
+		before := c.DeviceWeight(w)
+		for i := range w.Data {
+			w.Data[i] *= 1.5
+		}
+		if err := c.Sync([]*nn.Tensor{w}); err != nil {
+			t.Fatal(err)
+		}
+		if c.DeviceWeight(w) != before || before == nil {
+			t.Fatal("Sync moved the weight's device copy")
+		}
+		if n := len(c.graphs); n != 2 {
+			t.Fatalf("%d graphs after Sync, want 2", n)
+		}
+		x, ctx, ts := ramp(2, 4, 10, 6), ramp(2, 77, 128), []float32{500, 20} // [2, 4, 10, 6], [2, 77, 128]
+		want, err := u.Forward(x, ts, ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Graphs = false
+		defer func() { c.Graphs = true }()
+		got, err := c.Forward(x, ts, ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkClose(t, "eps after Sync", got, want, m.tol)
+	})
 }

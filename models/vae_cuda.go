@@ -7,14 +7,13 @@
 // Differences from the CPU code, all exact up to rounding: the attention
 // blocks' single head (512 wide in SD) runs as two GEMMs per batch item
 // around a row softmax with the [HW, HW] scores materialised, the scale
-// folded into q's projection; ldm's
-// Downsample (pad one zero row and column at the bottom and right, then a
-// 3x3 stride-2 conv) runs as one 4x4 stride-2 conv with padding 1 whose
-// weight is the 3x3 one placed in the bottom-right corner (nn's GPU ops
-// have no asymmetric pad); the tiny edge work (latent / scale before
-// post_quant_conv, taking the mean half of the moments and scaling it) is
-// done on the CPU, as the latents live there. It does not tile large
-// images or sample the latent distribution.
+// folded into q's projection; ldm's Downsample (pad one zero row and column
+// at the bottom and right, then a 3x3 stride-2 conv) runs as one 4x4
+// stride-2 conv with padding 1 whose weight is the 3x3 one placed in the
+// bottom-right corner (nn's GPU ops have no asymmetric pad); the tiny edge
+// work (latent / scale before post_quant_conv, taking the mean half of the
+// moments and scaling it) is done on the CPU, as the latents live there.
+// It does not tile large images or sample the latent distribution.
 package models
 
 import (
@@ -61,7 +60,7 @@ func (d *VAEDecoderCUDA) Decode(latent *nn.Tensor) (*nn.Tensor, error) {
 	}
 	z := latent.Clone()                   // [B, embed, h, w]
 	nn.Scale(z, 1/d.V.Config.ScaleFactor) // [B, embed, h, w]
-	r := newImageRun(d.dw)
+	r := d.newRun()
 	defer r.release()
 	h := r.upload(z)                            // [B, embed, h, w]
 	h = r.conv(h, d.V.PostQuantConv)            // [B, z, h, w]
@@ -75,6 +74,9 @@ func (d *VAEDecoderCUDA) Decode(latent *nn.Tensor) (*nn.Tensor, error) {
 	}
 	return out, nil
 }
+
+// newRun starts a forward's op composer.
+func (d *VAEDecoderCUDA) newRun() *imageRun { return newImageRun(d.dw) }
 
 // Close frees the device copies of the weights.
 func (d *VAEDecoderCUDA) Close() error {
@@ -289,8 +291,9 @@ func (f *vaeAttnGPU) weights() []*nn.Tensor {
 // vaeAttn follows VAEAttnBlock.Forward: one head of width C over the H*W
 // positions, x + proj_out(softmax(q k^T C^-0.5) v). The head is wider than
 // the flash kernels take (512 in SD), so per batch item the scores
-// [HW, HW] are materialised: q k^T and P v are plain GEMMs (Linear with k,
-// then v^T, as the weight). Adds into x and returns it.
+// [HW, HW] are materialised, in fp32 whatever the storage dtype: q k^T and
+// P v are plain GEMMs (Linear with k, then v^T, as the weight). Adds into
+// x and returns it.
 func (r *imageRun) vaeAttn(a *VAEAttnBlock, f *vaeAttnGPU, x *nn.GPUTensor) *nn.GPUTensor {
 	if r.err != nil {
 		return nil
@@ -305,8 +308,18 @@ func (r *imageRun) vaeAttn(a *VAEAttnBlock, f *vaeAttnGPU, x *nn.GPUTensor) *nn.
 	q := r.keep(r.g.LinearChannelsFirst(h, r.w(f.q.Weight), r.w(f.q.Bias))) // [B, HW, C]: q * C^-0.5
 	k := r.keep(r.g.LinearChannelsFirst(h, r.w(a.K.Weight), r.w(a.K.Bias))) // [B, HW, C]
 	vt := r.conv(h, f.v)                                                    // [B, C, H, W]: v^T per batch item
-	o := r.keep(r.g.Empty(b, hw, c))                                        // [B, HW, C]
-	p := r.keep(r.g.Empty(hw, hw))                                          // [HW, HW] scores of one batch item
+	if r.err != nil {
+		return nil
+	}
+	if q.DType != nn.GPUF32 {
+		// fp16 storage: scores and probabilities in fp32 (fp16 logits of
+		// a few tens lose ~1e-2 absolute, which the softmax keeps)
+		q = r.keep(r.g.Cast(q, nn.GPUF32))   // [B, HW, C]
+		k = r.keep(r.g.Cast(k, nn.GPUF32))   // [B, HW, C]
+		vt = r.keep(r.g.Cast(vt, nn.GPUF32)) // [B, C, H, W]
+	}
+	o := r.keep(r.g.EmptyOf(nn.GPUF32, b, hw, c)) // [B, HW, C]
+	p := r.keep(r.g.EmptyOf(nn.GPUF32, hw, hw))   // [HW, HW] scores of one batch item
 	for n := 0; n < b && r.err == nil; n++ {
 		qn := r.view(q, n*hw*c, hw, c)  // [HW, C]
 		kn := r.view(k, n*hw*c, hw, c)  // [HW, C]
@@ -325,6 +338,12 @@ func (r *imageRun) vaeAttn(a *VAEAttnBlock, f *vaeAttnGPU, x *nn.GPUTensor) *nn.
 	}
 	if r.err != nil {
 		return nil
+	}
+	if o.DType != x.DType {
+		o = r.keep(r.g.Cast(o, x.DType)) // [B, HW, C]
+		if r.err != nil {
+			return nil
+		}
 	}
 	r.do(r.g.LinearToChannelsFirstAddInto(x, o, r.w(a.ProjOut.Weight), r.w(a.ProjOut.Bias))) // [B, C, H, W]: x + proj_out(h_)
 	r.collect(m)

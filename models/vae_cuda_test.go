@@ -78,6 +78,25 @@ func checkVAECUDA(t *testing.T, g *nn.GPU, m cudaMode) {
 			checkClose(t, "encoded latent", gotLat, wantLat, m.tol)
 		})
 	}
+	t.Run("mid attention over 768 positions", func(t *testing.T) {
+		// Long softmax rows (the SD VAE at 512 px has 4096 per row). x is
+		// small so the output is mostly the attention's increment (the
+		// GroupNorm in front makes the increment independent of x's scale).
+		a := v.Decoder.Mid.Attn1
+		x := scaled(ramp(2, a.Q.Weight.Shape[0], 32, 24), 0.01) // [2, C, 32, 24]
+		want := a.Forward(x)
+		r := dec.newRun()
+		defer r.release()
+		y := r.vaeAttn(a, dec.attn[a], r.upload(x)) // [2, C, 32, 24]
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		got, err := y.Download()
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkClose(t, "attention block", got, want, m.tol)
+	})
 	t.Run("errors", func(t *testing.T) {
 		if m.skip(t, false) {
 			return

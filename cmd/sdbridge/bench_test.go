@@ -20,24 +20,34 @@ import (
 )
 
 // tinyBench is a bench at tiny shapes: the tiny SD layout at 64x64 px, a
-// 2-layer T5 and a 2-block ELLA connector.
-func tinyBench(dev *host.Device) *bench {
+// 2-layer T5, a 2-block ELLA connector, and this test binary as the LoRA
+// plugin.
+func tinyBench(t *testing.T, dev *host.Device) *bench {
 	layout := models.Tiny(1000)
-	return &bench{dev: dev, repeat: 1, h: 8, layout: layout,
+	return &bench{dev: dev, repeat: 1, h: 8, layout: layout, plugins: testPlugins(t),
 		src: models.NewRandomSource(layout.Specs(safetensors.F16), 1),
 		t5: models.T5Config{DModel: 64, DKV: 16, DFF: 96, NumHeads: 4, NumLayers: 2, VocabSize: 300,
 			NumBuckets: 32, MaxDistance: 128, FeedForwardProj: "gated-gelu", LayerNormEps: 1e-6, ModelType: "t5"},
 		ella: ellaShape{specs: ella.ConnectorSpecs(safetensors.F16, 64, 64, 32, 48, 8, 2), din: 48, heads: 4}}
 }
 
-// runParts runs every bench part on b and checks each result.
+// runParts runs every bench part on b and checks each result: timed by
+// timer on device, except the LoRA swap, a plugin round trip on the host
+// clock.
 func runParts(t *testing.T, b *bench, device, timer string) {
 	t.Helper()
 	for _, name := range slices.Sorted(maps.Keys(benchParts)) {
 		t.Run(name, func(t *testing.T) {
+			if name == "lora-swap" && testing.Short() {
+				t.Skip("-short: starts a plugin process")
+			}
 			res, err := benchParts[name](b)
 			if err != nil {
 				t.Fatal(err)
+			}
+			timer := timer
+			if name == "lora-swap" {
+				timer = timerHost
 			}
 			if res.Millis <= 0 || res.Part == "" || res.Shape == "" || res.Device != device || res.Timer != timer {
 				t.Fatalf("result %+v, want a positive time on %s by %s", res, device, timer)
@@ -47,7 +57,7 @@ func runParts(t *testing.T, b *bench, device, timer string) {
 }
 
 func TestBenchPartsCPU(t *testing.T) {
-	runParts(t, tinyBench(host.CPUDevice()), host.DeviceCPU, timerHost)
+	runParts(t, tinyBench(t, host.CPUDevice()), host.DeviceCPU, timerHost)
 }
 
 func TestBenchPartsCUDA(t *testing.T) {
@@ -69,7 +79,7 @@ func TestBenchPartsCUDAChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dev.Close()
-	runParts(t, tinyBench(dev), host.DeviceCUDA, timerEvents)
+	runParts(t, tinyBench(t, dev), host.DeviceCUDA, timerEvents)
 
 	rep := benchReport{DeviceInfo: dev.Info(), Size: 64, Repeat: 1}
 	b, err := json.Marshal(rep)

@@ -1,7 +1,7 @@
 // cmd_bench.go: 'sdbridge bench' times the model parts at real SD1.5 shapes
 // with random weights (no checkpoint needed), so users can size their
 // hardware: U-Net CFG step (batch 2), VAE decode, CLIP encode, and on
-// request the plugin parts (--parts controlnet,t5,ella). Each part is
+// request the plugin parts (--parts controlnet,t5,ella,lora-swap). Each part is
 // loaded, run once to warm up, then timed over --repeat runs (the median is
 // reported). With --device cuda each part runs as its models.*CUDA type on
 // device tensors where it has such an API, timed with CUDA events; the
@@ -58,6 +58,9 @@ type bench struct {
 	src    models.Source // random weights of layout (fp16)
 	t5     models.T5Config
 	ella   ellaShape
+	// plugins, when set (tests), serves the LoRA plugin of "lora-swap";
+	// else that part starts its own supervisor.
+	plugins *host.Supervisor
 }
 
 // ellaShape is the connector the "ella" part times: its tensors and the
@@ -85,6 +88,7 @@ var benchParts = map[string]func(b *bench) (benchResult, error){
 	"controlnet": benchControlNet,
 	"t5":         benchT5,
 	"ella":       benchELLA,
+	"lora-swap":  benchLoRASwap,
 }
 
 func runBench(args []string) error {
@@ -92,7 +96,7 @@ func runBench(args []string) error {
 	size := fs.Int("size", 512, "image size in pixels (multiple of 8)")
 	repeat := fs.Int("repeat", 1, "timed runs per part (after one warm-up run)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	parts := fs.String("parts", "clip,vae,unet", "comma-separated parts to time: unet, vae, clip, controlnet, ella, t5")
+	parts := fs.String("parts", "clip,vae,unet", "comma-separated parts to time: unet, vae, clip, controlnet, ella, t5, lora-swap")
 	devFlags := addDeviceFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -103,7 +107,7 @@ func runBench(args []string) error {
 	names := splitList(*parts)
 	for _, part := range names {
 		if _, ok := benchParts[part]; !ok {
-			return fmt.Errorf("--parts: unknown part %q (unet, vae, clip, controlnet, ella, t5)", part)
+			return fmt.Errorf("--parts: unknown part %q (unet, vae, clip, controlnet, ella, t5, lora-swap)", part)
 		}
 	}
 	dev, err := devFlags.open(os.Stderr)

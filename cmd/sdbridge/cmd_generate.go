@@ -331,6 +331,9 @@ func (o *generateOptions) installPlugins(ctx context.Context, sup *host.Supervis
 			fmt.Fprintf(stderr, "LoRA %s: unet %g, te %g\n", filepath.Base(l.Path), l.UNet, l.TE)
 		}
 		fmt.Fprintf(stderr, "applied %d LoRA(s) through the lora plugin in %.2fs\n", len(o.loras), time.Since(t0).Seconds())
+		if dev, host := p.LoRATargets(); dev > 0 {
+			fmt.Fprintf(stderr, "LoRA targets: %d weights patched on the device, %d on the host (re-uploaded)\n", dev, host)
+		}
 	}
 	if o.ella.enabled() {
 		cond, err := newELLAConditioner(ctx, o.ella, sup, p, o.prompt, o.negative)

@@ -100,21 +100,8 @@ func writeDemoModels(dir string) (*demoFiles, error) {
 		Vocab:      filepath.Join(dir, "vocab.json"), Merges: filepath.Join(dir, "merges.txt"),
 		LoRA: filepath.Join(dir, "tiny-lora.safetensors"), ControlNet: filepath.Join(dir, "tiny-controlnet.safetensors"),
 		ELLA: filepath.Join(dir, "tiny-ella.safetensors"), T5: filepath.Join(dir, "tiny-t5"), Hint: filepath.Join(dir, "hint.png")}
-	vocab, merges := tokenizer.VocabFromMerges(trainMerges(demoCorpus, 200))
-	d.VocabSize = len(vocab)
-	vb, err := json.Marshal(vocab)
-	if err != nil {
-		return nil, err
-	}
-	var mb strings.Builder
-	mb.WriteString("#version: 0.2\n")
-	for _, m := range merges {
-		mb.WriteString(m[0] + " " + m[1] + "\n")
-	}
-	if err := os.WriteFile(d.Vocab, vb, 0o644); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(d.Merges, []byte(mb.String()), 0o644); err != nil {
+	var err error
+	if d.VocabSize, err = writeDemoTokenizer(d.Vocab, d.Merges); err != nil {
 		return nil, err
 	}
 	layout := models.Tiny(d.VocabSize)
@@ -125,7 +112,7 @@ func writeDemoModels(dir string) (*demoFiles, error) {
 	if err := models.WriteRandom(d.ControlNet, layout.ControlNetSpecs(safetensors.F16, "control_model."), 2, meta); err != nil {
 		return nil, err
 	}
-	if err := writeDemoLoRA(d.LoRA, layout); err != nil {
+	if _, err := writeDemoLoRA(d.LoRA, layout, 4, 7); err != nil {
 		return nil, err
 	}
 	t5, err := writeDemoT5(d.T5)
@@ -141,6 +128,28 @@ func writeDemoModels(dir string) (*demoFiles, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// writeDemoTokenizer writes a CLIP vocab.json and merges.txt learnt from
+// the demo corpus and returns the vocabulary size.
+func writeDemoTokenizer(vocabPath, mergesPath string) (int, error) {
+	vocab, merges := tokenizer.VocabFromMerges(trainMerges(demoCorpus, 200))
+	vb, err := json.Marshal(vocab)
+	if err != nil {
+		return 0, err
+	}
+	var mb strings.Builder
+	mb.WriteString("#version: 0.2\n")
+	for _, m := range merges {
+		mb.WriteString(m[0] + " " + m[1] + "\n")
+	}
+	if err := os.WriteFile(vocabPath, vb, 0o644); err != nil {
+		return 0, err
+	}
+	if err := os.WriteFile(mergesPath, []byte(mb.String()), 0o644); err != nil {
+		return 0, err
+	}
+	return len(vocab), nil
 }
 
 // writeDemoT5 writes a tiny T5 v1.1 encoder folder: config.json,
@@ -218,12 +227,12 @@ func writeDemoHint(path string, w, h int) error {
 	return f.Close()
 }
 
-// writeDemoLoRA writes a rank-4 kohya LoRA (diffusers-style names, F32) on
-// every attention projection of the U-Net and the text encoder's q/k/v/out.
-func writeDemoLoRA(path string, layout models.Layout) error {
-	const rank = 4
+// writeDemoLoRA writes a kohya LoRA of the given rank (diffusers-style
+// names, F32, random factors from seed) on every attention projection of
+// the U-Net and the text encoder's q/k/v/out; it returns the number of
+// modules.
+func writeDemoLoRA(path string, layout models.Layout, rank int, seed uint64) (int, error) {
 	var ts []safetensors.TensorData
-	seed := uint64(7)
 	random := func(n int, scale float64) []byte {
 		b := make([]byte, 0, 4*n)
 		for range n {
@@ -237,7 +246,7 @@ func writeDemoLoRA(path string, layout models.Layout) error {
 		ts = append(ts,
 			safetensors.TensorData{Spec: safetensors.Spec{Name: module + ".lora_down.weight", DType: safetensors.F32, Shape: []int{rank, in}}, Data: random(rank*in, 1/math.Sqrt(float64(in)))},
 			safetensors.TensorData{Spec: safetensors.Spec{Name: module + ".lora_up.weight", DType: safetensors.F32, Shape: []int{out, rank}}, Data: random(out*rank, 0.5)},
-			safetensors.TensorData{Spec: safetensors.Spec{Name: module + ".alpha", DType: safetensors.F32, Shape: []int{}}, Data: binary.LittleEndian.AppendUint32(nil, math.Float32bits(rank))})
+			safetensors.TensorData{Spec: safetensors.Spec{Name: module + ".alpha", DType: safetensors.F32, Shape: []int{}}, Data: binary.LittleEndian.AppendUint32(nil, math.Float32bits(float32(rank)))})
 	}
 	const unet = "model.diffusion_model."
 	for _, s := range layout.Specs(safetensors.F16) {
@@ -246,7 +255,7 @@ func writeDemoLoRA(path string, layout models.Layout) error {
 		}
 		diff, ok := lora.LDMToDiffusers(strings.TrimPrefix(s.Name, unet))
 		if !ok {
-			return fmt.Errorf("demo lora: no diffusers name for %s", s.Name)
+			return 0, fmt.Errorf("demo lora: no diffusers name for %s", s.Name)
 		}
 		add("lora_unet_"+strings.ReplaceAll(strings.TrimSuffix(diff, ".weight"), ".", "_"), s.Shape[1], s.Shape[0])
 	}
@@ -256,5 +265,6 @@ func writeDemoLoRA(path string, layout models.Layout) error {
 		}
 	}
 	slices.SortFunc(ts, func(a, b safetensors.TensorData) int { return strings.Compare(a.Name, b.Name) })
-	return safetensors.WriteFile(path, ts, map[string]string{"ss_network_module": "networks.lora", "ss_network_dim": "4", "ss_base_model_version": "sd_v1"})
+	meta := map[string]string{"ss_network_module": "networks.lora", "ss_network_dim": fmt.Sprint(rank), "ss_base_model_version": "sd_v1"}
+	return len(ts) / 3, safetensors.WriteFile(path, ts, meta)
 }

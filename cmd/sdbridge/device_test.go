@@ -8,7 +8,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"image"
+	"image/png"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -117,6 +120,35 @@ func TestCommandsOnDeviceChild(t *testing.T) {
 		}
 		if !strings.Contains(stderr.String(), " on cuda:0 ") || !strings.Contains(stderr.String(), " f16;") {
 			t.Errorf("generate --device cuda did not say it ran on cuda:0 in f16:\n%s", stderr.String())
+		}
+	})
+	t.Run("generate with plugins", func(t *testing.T) {
+		hint := filepath.Join(t.TempDir(), "hint.png")
+		img := image.NewNRGBA(image.Rect(0, 0, 64, 64))
+		for i := range img.Pix {
+			img.Pix[i] = byte(i * 7)
+		}
+		var buf bytes.Buffer
+		if err := png.Encode(&buf, img); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(hint, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t5tok := filepath.Join(filepath.Dir(models), "data", "t5", "spiece.model")
+		base := []string{"--model", model, "--clip-tokenizer", clip, "--prompt", "a red cube", "--negative", "blurry",
+			"--cuda-dtype", "f32", "--lora", filepath.Join(models, "lora-kohya_diffusers.safetensors") + ":0.8",
+			"--controlnet", filepath.Join(models, "controlnet-tiny.safetensors"), "--control-image", hint, "--control-strength", "0.9",
+			"--ella", filepath.Join(models, "ella-tiny.safetensors"), "--t5", filepath.Join(models, "t5-tiny"), "--t5-tokenizer", t5tok}
+		sup := testPlugins(t)
+		cpu, _ := generatePNG(t, sup, append(base, "--device", "cpu")...)
+		gpu, _ := generatePNG(t, testPlugins(t), append(base, "--device", "cuda")...) // fresh plugin processes: told the device at their first call
+		worst := 0
+		for i := range cpu {
+			worst = max(worst, int(math.Abs(float64(cpu[i])-float64(gpu[i]))))
+		}
+		if len(cpu) != len(gpu) || worst > 2 {
+			t.Fatalf("--device cuda image with LoRA + ControlNet + ELLA differs from the CPU's by up to %d levels", worst)
 		}
 	})
 	t.Run("merge", func(t *testing.T) {

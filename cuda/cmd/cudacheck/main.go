@@ -138,6 +138,16 @@ func run(opt options) {
 	}
 	if opt.unet || opt.controlnet || opt.vae {
 		logf("--- image models (SD1.5 layout, random weights) in %v: GPU vs CPU rel L2 <= 1e-4 (f32), 1e-2 (f16), then timed", opt.dtypes)
+		// As the pipeline runs them (nn.OpenGPU): tensors from an arena,
+		// Linear layers through cuBLASLt when it loads.
+		g.Arena = dev.NewArena(cuda.ArenaOptions{Name: "cudacheck image models"})
+		defer g.Arena.Close()
+		if lt, err := dev.NewLt(); err != nil {
+			logf("cublasLt: %v (Linear layers use cuBLAS)", err)
+		} else {
+			g.Lt = lt
+			defer lt.Close()
+		}
 	}
 	if opt.unet {
 		checkAndTimeUNet(g, opt.dtypes, 16, timeSide, opt.graphs)

@@ -11,7 +11,6 @@ import (
 	"os"
 	"testing"
 
-	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/cuda/cudatest"
 	"github.com/sdbridge/sdbridge/nn"
 )
@@ -60,17 +59,11 @@ func TestImageModelsChild(t *testing.T) {
 		t.Skip("run by TestImageModelsOnStandIns")
 	}
 	rng = rand.New(rand.NewPCG(3, 4))
-	d, err := cuda.Open(0)
+	g, err := nn.OpenGPU(0) // arena and cuBLASLt, as the pipeline
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
-	bl, err := d.NewBLAS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bl.Close()
-	g := &nn.GPU{Dev: d, BLAS: bl}
+	defer g.Close()
 	p0 := passed
 	dts := []nn.GPUDType{nn.GPUF32, nn.GPUF16}
 	checkAndTimeUNet(g, dts, 8, 0, false) // the stand-in cuBLAS does not record GEMMs in graphs
