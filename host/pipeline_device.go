@@ -1,10 +1,10 @@
 // pipeline_device.go moves a loaded pipeline's models onto its Device: the
 // U-Net, the VAE decoder and the CLIP text encoder are wrapped by their
 // CUDA types (models.*CUDA: CPU tensors in and out, weights uploaded once
-// in the device's dtype). After a LoRA patches the CPU weights
-// (ApplyLoRAs on the shared arenas), SyncDevice re-uploads them, until the
-// LoRA plugin patches device weights itself. It does not open the device
-// (device.go) or choose where plugins compute (their options do).
+// in the device's dtype). LoRAs patch the device copies that expose their
+// weights in place (pipeline_lora.go); the others are patched on the host
+// and SyncDevice re-uploads them. It does not open the device (device.go)
+// or choose where plugins compute (their options do).
 package host
 
 import (
@@ -109,11 +109,11 @@ func (l *Loaded) GPU() *nn.GPU {
 	return l.device.dev.GPU
 }
 
-// SyncDevice re-uploads the weights of the patchable device copies that
-// LoRAs patch on the host (the CLIP text encoder; not the U-Net, patched
-// on the device, pipeline_lora.go) from their CPU models (after ApplyLoRAs patched the
-// CPU tensors). Tensors the device never uploaded are skipped. It is a
-// no-op on the CPU.
+// SyncDevice re-uploads, from their CPU models, the weights of the device
+// copies that LoRAs patch on the host (the CLIP text encoder; not the
+// U-Net of a patchable pipeline, patched on the device), after ApplyLoRAs
+// patched the CPU tensors. Tensors the device never uploaded are skipped.
+// It is a no-op on the CPU.
 func (l *Loaded) SyncDevice() error {
 	if l.device == nil {
 		return nil
@@ -130,8 +130,9 @@ func (l *Loaded) SyncDevice() error {
 	return nil
 }
 
-// UseLoRAs is ApplyLoRAs followed by SyncDevice: the adapters patch the
-// shared CPU weights through the LoRA plugin, then the device copies are
+// UseLoRAs is ApplyLoRAs followed by SyncDevice: the LoRA plugin patches
+// the weights (the device copies that expose them in place, the others in
+// the shared host arenas), then the host-patched device copies are
 // refreshed.
 func (l *Loaded) UseLoRAs(ctx context.Context, sup *Supervisor, loras []LoRASpec) error {
 	if err := l.ApplyLoRAs(ctx, sup, loras); err != nil {
@@ -146,15 +147,20 @@ var tensorType = reflect.TypeFor[*nn.Tensor]()
 // fields, pointers, slices, arrays and maps, each tensor once).
 func weightTensors(m any) []*nn.Tensor {
 	var out []*nn.Tensor
-	seen := map[uintptr]bool{}
+	type ref struct {
+		t reflect.Type
+		p uintptr
+	}
+	seen := map[ref]bool{} // by type too: a struct and its first field share an address
 	var walk func(v reflect.Value)
 	walk = func(v reflect.Value) {
 		switch v.Kind() {
 		case reflect.Pointer:
-			if v.IsNil() || seen[v.Pointer()] {
+			r := ref{v.Type(), v.Pointer()}
+			if v.IsNil() || seen[r] {
 				return
 			}
-			seen[v.Pointer()] = true
+			seen[r] = true
 			if v.Type() == tensorType {
 				out = append(out, v.Interface().(*nn.Tensor))
 				return

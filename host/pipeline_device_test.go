@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -72,6 +73,49 @@ func TestWeightTensors(t *testing.T) {
 			}
 			if got != want {
 				t.Fatalf("weightTensors found %d tensors, the checkpoint has %d under %v", got, want, tc.prefixes)
+			}
+		})
+	}
+}
+
+func TestWeightTensorsWalk(t *testing.T) {
+	a, b, c := nn.New(1), nn.New(2), nn.New(3)
+	type inner struct{ W *nn.Tensor }
+	type outer struct {
+		In     inner // by value: shares its address with the struct
+		InP    *inner
+		List   []*nn.Linear
+		ByName map[string]*nn.Tensor
+		Any    any
+		Nil    *nn.Tensor
+		hidden *nn.Tensor
+	}
+	o := &outer{In: inner{W: a}, List: []*nn.Linear{{Weight: b, Bias: a}}, ByName: map[string]*nn.Tensor{"c": c}, hidden: nn.New(4)}
+	o.InP = &o.In // the same struct reached again through a pointer
+	o.Any = o.List[0]
+	firstFieldFirst := struct { // *inner and *outer at one address, *inner walked first
+		P *inner
+		O *outer
+	}{&o.In, o}
+	for _, tc := range []struct {
+		name string
+		m    any
+		want []*nn.Tensor
+	}{
+		{"each once", o, []*nn.Tensor{a, b, c}},
+		{"first field's pointer first", firstFieldFirst, []*nn.Tensor{a, b, c}},
+		{"first field alone", &o.In, []*nn.Tensor{a}},
+		{"nil model", (*outer)(nil), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := weightTensors(tc.m)
+			if len(got) != len(tc.want) {
+				t.Fatalf("found %d tensors, want %d", len(got), len(tc.want))
+			}
+			for _, w := range tc.want {
+				if !slices.Contains(got, w) {
+					t.Fatalf("tensor %v not found", w.Shape)
+				}
 			}
 		})
 	}

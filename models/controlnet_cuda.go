@@ -277,7 +277,7 @@ func controlNetWeights(c *ControlNet) []*nn.Tensor {
 // Sync rewrites the device copies of ts (ControlNet weights patched on
 // the CPU) in place; other tensors are ignored.
 func (n *ControlNetCUDA) Sync(ts []*nn.Tensor) error {
-	if err := syncInPlace(n.dw, ts); err != nil {
+	if err := n.dw.Sync(ts); err != nil {
 		return fmt.Errorf("controlnet (cuda): sync: %w", err)
 	}
 	return nil

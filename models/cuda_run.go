@@ -1,6 +1,6 @@
 // cuda_run.go: the shared plumbing of the models' GPU forwards (the
 // *_cuda.go files): deviceWeights uploads each CPU weight tensor once and
-// keeps its device copy (Sync re-uploads patched ones), and gpuRun composes
+// keeps its device copy (Sync rewrites patched ones in place), and gpuRun composes
 // nn's GPU ops with a sticky error, recording every temporary so one
 // release frees a whole forward's activations. The GPU forwards walk the
 // same weight structs as the CPU Forward methods, line for line.
@@ -36,20 +36,16 @@ func (d *deviceWeights) get(t *nn.Tensor) (*nn.GPUTensor, error) {
 	return w, nil
 }
 
-// Sync re-uploads the device copies of ts (weights patched on the CPU, a
-// LoRA for example); tensors never uploaded are skipped.
+// Sync rewrites the device copies of ts in place (weights patched on the
+// CPU, a LoRA for example); tensors never uploaded are skipped. Device
+// addresses stay, so captured graphs and exported views remain valid.
 func (d *deviceWeights) Sync(ts []*nn.Tensor) error {
 	for _, t := range ts {
-		w, ok := d.m[t]
-		if !ok {
-			continue
+		if w, ok := d.m[t]; ok {
+			if err := w.Set(t); err != nil {
+				return err
+			}
 		}
-		n, err := d.g.Upload(t)
-		if err != nil {
-			return err
-		}
-		w.Free()
-		d.m[t] = n
 	}
 	return nil
 }

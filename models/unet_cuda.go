@@ -252,20 +252,8 @@ func (r *imageRun) drop(t *nn.GPUTensor) {
 // weights are ignored. Addresses stay, so captured graphs (and device
 // views handed out by DeviceWeight) remain valid.
 func (c *UNetCUDA) Sync(ts []*nn.Tensor) error {
-	if err := syncInPlace(c.dw, ts); err != nil {
+	if err := c.dw.Sync(ts); err != nil {
 		return fmt.Errorf("unet (cuda): sync: %w", err)
-	}
-	return nil
-}
-
-// syncInPlace overwrites the device copy of each of ts that dw holds.
-func syncInPlace(dw *deviceWeights, ts []*nn.Tensor) error {
-	for _, t := range ts {
-		if d, ok := dw.m[t]; ok {
-			if err := d.Set(t); err != nil {
-				return err
-			}
-		}
 	}
 	return nil
 }

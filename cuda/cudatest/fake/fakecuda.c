@@ -77,7 +77,7 @@ int cuCtxSetCurrent(void *c) { cur = c; return 0; }
 
 /* ---- streams and capture ---- */
 struct node {
-    int kind; /* 0 launch, 1 copy (host or device source), 2 memset8, 3 memset32, 4 event record */
+    int kind; /* 0 launch, 1 copy (host or device source), 2 memset8, 3 memset32, 4 event record, 5 host work */
     void *fn;
     unsigned dims[7];
     uint64_t *vals; /* launch: the parameter values, one 8-byte slot each */
@@ -88,7 +88,18 @@ struct node {
     size_t n;
     unsigned v;
     void *ev;
+    struct hostwork *work;
 };
+/* hostwork is work another stand-in library (cuBLAS, cuBLASLt) queued on a
+ * stream through sdbFakeStreamEnqueue: run(arg) does it, release(arg)
+ * frees arg once no graph or executable graph holds it. */
+struct hostwork { int (*run)(void *); void (*release)(void *); void *arg; int refs; const char *what; };
+static void dropWork(struct hostwork *w) {
+    if (w && --w->refs == 0) {
+        if (w->release) w->release(w->arg);
+        free(w);
+    }
+}
 struct graph { struct node *nodes; int n, cap; };
 struct stream { int capturing, invalid; struct graph *g; };
 static int anyCapture; /* streams capturing right now */
@@ -145,7 +156,10 @@ int cuStreamBeginCapture_v2(void *s, int mode) {
 }
 static void freeGraph(struct graph *g) {
     if (!g) return;
-    for (int i = 0; i < g->n; i++) free(g->nodes[i].vals);
+    for (int i = 0; i < g->n; i++) {
+        free(g->nodes[i].vals);
+        dropWork(g->nodes[i].work);
+    }
     free(g->nodes);
     free(g);
 }
@@ -686,6 +700,14 @@ static int runNode(const struct node *n) {
         e->recorded = 1;
         return 0;
     }
+    case 5: {
+        int rc = n->work->run(n->work->arg);
+        if (rc == 0) return 0;
+        fprintf(stderr, "sdb-fake: replayed %s failed with status %d\n", n->work->what, rc);
+        snprintf(lastErr, sizeof lastErr, "replayed %s failed with status %d", n->work->what, rc);
+        lastErrCode = LAUNCH_FAILED;
+        return LAUNCH_FAILED;
+    }
     }
     return INVALID_VALUE;
 }
@@ -698,6 +720,33 @@ static int asyncOp(void *s, struct node n) {
     }
     if (!st && anyCapture) return CAPTURE_UNSUPPORTED; /* the legacy stream syncs with capturing streams */
     return runNode(&n);
+}
+
+/* sdbFakeStreamEnqueue is the stand-in driver's hook for the other
+ * stand-in libraries (not a CUDA entry point; fakecapture.h finds it):
+ * work queued on stream s. While s is being captured the work is recorded
+ * into the capture as a node (it takes arg: release(arg) runs when the
+ * last graph holding it is destroyed) and *captured is set to 1; replays
+ * call run(arg) in issue order with the graph's other nodes. Otherwise
+ * *captured is 0 and the caller runs the work itself at once (all work is
+ * synchronous here). The legacy stream (NULL) during any capture gives
+ * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, as an async copy does. what
+ * names the work in replay errors (a static string). */
+int sdbFakeStreamEnqueue(void *s, int (*run)(void *), void (*release)(void *), void *arg, const char *what, int *captured) {
+    NEEDCTX;
+    struct stream *st = s;
+    *captured = 0;
+    if (!run) return INVALID_VALUE;
+    if (st && st->capturing) {
+        struct hostwork *w = calloc(1, sizeof *w);
+        if (!w) return OUT_OF_MEMORY;
+        *w = (struct hostwork){run, release, arg, 1, what ? what : "host work"};
+        addNode(st, (struct node){.kind = 5, .work = w});
+        *captured = 1;
+        return 0;
+    }
+    if (!st && anyCapture) return CAPTURE_UNSUPPORTED;
+    return 0;
 }
 
 /* ---- graphs ---- */
@@ -715,6 +764,7 @@ int cuGraphInstantiateWithFlags(void **out, void *g, unsigned long long flags) {
             x->nodes[i].vals = malloc((gr->nodes[i].nvals + 1) * 8);
             memcpy(x->nodes[i].vals, gr->nodes[i].vals, (gr->nodes[i].nvals + 1) * 8);
         }
+        if (x->nodes[i].work) x->nodes[i].work->refs++;
     }
     *out = x;
     return 0;
@@ -734,7 +784,10 @@ int cuGraphLaunch(void *e, void *s) {
 int cuGraphExecDestroy(void *e) {
     struct exec *x = e;
     if (!x) return INVALID_HANDLE;
-    for (int i = 0; i < x->n; i++) free(x->nodes[i].vals);
+    for (int i = 0; i < x->n; i++) {
+        free(x->nodes[i].vals);
+        dropWork(x->nodes[i].work);
+    }
     free(x->nodes);
     free(x);
     return 0;
