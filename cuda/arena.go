@@ -10,8 +10,8 @@
 // that used it. Reading a piece back on the host still goes through the
 // usual (synchronising) downloads. During graph capture the arena hands
 // out pieces of blocks it already holds but cannot grow (Reserve first).
-// Export gives the IPC handle of the block holding a piece plus its offset
-// (plugins map device tensors that way). It does not use VMM
+// Export gives the IPC handle of the block holding a piece, or a view
+// inside a piece, plus its offset (plugins map device tensors that way). It does not use VMM
 // (cuMemCreate/cuMemMap) or stream-ordered allocation (cuMemAllocAsync),
 // and it does not defragment live allocations.
 package cuda
@@ -187,14 +187,23 @@ func (a *Arena) Close() error {
 	return errors.Join(errs...)
 }
 
-// Export returns what another process needs to map b, a live allocation of
-// this arena: the IPC handle of b's block, the block's size and b's offset
-// in it (see IPCExport; the handle is made once per block).
+// Export returns what another process needs to map b: a live allocation
+// of this arena or a view inside one (a Slice, e.g. one weight's rows of
+// a fused q/k/v weight), given by the IPC handle of the block holding it,
+// the block's size and b's offset in it (see IPCExport; the handle is made
+// once per block). A view reaching past its allocation's requested size,
+// or into freed memory, is refused.
 func (a *Arena) Export(b *Buffer) (IPCExport, error) {
+	if b == nil || b.Size <= 0 {
+		return IPCExport{}, fmt.Errorf("cuda: %s: export of an empty buffer", a.name)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, ok := a.asked[b.Ptr]; !ok {
-		return IPCExport{}, fmt.Errorf("cuda: %s: export of %#x: not a live allocation of this arena", a.name, b.Ptr)
+	if a.closed {
+		return IPCExport{}, fmt.Errorf("cuda: %s is closed", a.name)
+	}
+	if !a.holds(b.Ptr, b.Size) {
+		return IPCExport{}, fmt.Errorf("cuda: %s: export of [%#x, +%d): not inside a live allocation of this arena", a.name, b.Ptr, b.Size)
 	}
 	blk, ok := a.p.blockOf(b.Ptr)
 	if !ok {
@@ -209,4 +218,20 @@ func (a *Arena) Export(b *Buffer) (IPCExport, error) {
 		a.ipc[blk.base] = h
 	}
 	return IPCExport{Handle: h, AllocSize: int(blk.size), Offset: int(b.Ptr - blk.base), Size: b.Size}, nil
+}
+
+// holds reports whether [p, p+n) lies inside one live allocation's
+// requested bytes (a.mu held). An allocation's own start is looked up
+// directly; an interior view costs one pass over the live allocations.
+func (a *Arena) holds(p uint64, n int) bool {
+	end := p + uint64(n)
+	if m, ok := a.asked[p]; ok {
+		return end <= p+uint64(m)
+	}
+	for q, m := range a.asked {
+		if q <= p && end <= q+uint64(m) {
+			return true
+		}
+	}
+	return false
 }

@@ -2,8 +2,11 @@
 // process. A legacy IPC handle names a whole cuMemAlloc allocation, so a
 // piece (an arena tensor, a Slice) travels as the handle of its
 // allocation, the allocation's size and the piece's offset and size
-// (IPCExport). Buffer.ExportIPC finds the allocation with
-// cuMemGetAddressRange_v2; Arena.Export knows it already. The importer
+// (IPCExport). Buffer.ExportIPC finds the allocation of any pointer inside
+// it with cuMemGetAddressRange_v2; Arena.Export knows its blocks and also
+// checks that the piece lies in a live arena allocation. Either way views
+// (Slices, such as one projection's rows of a fused weight) export as
+// well as whole allocations. The importer
 // opens the allocation once (Device.OpenIPCExport) and takes views. It
 // does not reference-count imports or synchronise the two processes
 // (finish the producing work before sending the export, platform.md 3.4).
@@ -21,8 +24,12 @@ type IPCExport struct {
 }
 
 // ExportIPC returns the export of b, which may be a view anywhere inside
-// a cuMemAlloc allocation.
+// a live cuMemAlloc allocation (the driver's cuMemGetAddressRange_v2 gives
+// the allocation's base and size, so b's offset in it).
 func (b *Buffer) ExportIPC() (IPCExport, error) {
+	if b == nil || b.Size <= 0 {
+		return IPCExport{}, fmt.Errorf("cuda: ExportIPC of an empty buffer")
+	}
 	d := b.dev
 	if err := need(d.api, "cuMemGetAddressRange_v2", "cuIpcGetMemHandle"); err != nil {
 		return IPCExport{}, err
@@ -32,7 +39,7 @@ func (b *Buffer) ExportIPC() (IPCExport, error) {
 		return check("cuMemGetAddressRange", d.api.cuMemGetAddressRange(&base, &size, b.Ptr))
 	})
 	if err != nil {
-		return IPCExport{}, err
+		return IPCExport{}, fmt.Errorf("cuda: ExportIPC of [%#x, +%d): no live allocation holds it: %w", b.Ptr, b.Size, err)
 	}
 	if b.Ptr < base || b.Ptr+uint64(b.Size) > base+size {
 		return IPCExport{}, fmt.Errorf("cuda: ExportIPC: buffer [%#x, +%d) is not inside its allocation [%#x, +%d)", b.Ptr, b.Size, base, size)
@@ -40,7 +47,7 @@ func (b *Buffer) ExportIPC() (IPCExport, error) {
 	whole := &Buffer{dev: d, Ptr: base, Size: int(size)}
 	h, err := whole.IPCHandle()
 	if err != nil {
-		return IPCExport{}, err
+		return IPCExport{}, fmt.Errorf("cuda: ExportIPC of [%#x, +%d): %w", b.Ptr, b.Size, err)
 	}
 	return IPCExport{Handle: h, AllocSize: int(size), Offset: int(b.Ptr - base), Size: b.Size}, nil
 }

@@ -1,11 +1,11 @@
 // pipeline_lora.go: LoRA on a pipeline loaded onto a GPU. Weights are
 // patched where they are used: the device copies of every model that
-// exposes them (the U-Net) become the LoRA plugin's patch targets
+// exposes them (the U-Net and the CLIP text encoder) become the LoRA plugin's patch targets
 // (DevicePatchTargets: each allocation a plugin-writable device arena,
 // restored from the host's unpatched copy), so a swap moves only the
 // factors and the touched weights never leave the GPU. A model whose CUDA
-// type has no per-weight view (the text encoder, for now) is patched on
-// the host and re-uploaded (SyncDevice). It does not change the CPU path
+// type has no per-weight view would be patched on the host and re-uploaded
+// (SyncDevice). It does not change the CPU path
 // (modelstore.go) and does not patch the VAE.
 package host
 
@@ -23,8 +23,8 @@ type deviceWeighter interface {
 }
 
 // patchOnDevice makes the patchable store's targets the device copies of
-// every device model that exposes them (deviceWeighter: the U-Net; the
-// text encoder once its CUDA type does), so the LoRA plugin patches those
+// every device model that exposes them (deviceWeighter: the U-Net and the
+// text encoder), so the LoRA plugin patches those
 // in place. Call it once, after toDevice and before any ApplyLoRAs.
 func (l *Loaded) patchOnDevice() error {
 	s := l.store

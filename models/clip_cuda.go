@@ -4,7 +4,8 @@
 // ids in and a CPU tensor out (Encode, EncodeSkip), or the device tensor
 // (EncodeSkipGPU). The causal mask is the attention kernel's flag, not a
 // bias tensor. It does not tokenize, and does not keep the CPU model in
-// step with patches: call Sync after patching CPU weights (a LoRA).
+// step with patches: call Sync after patching CPU weights (a LoRA), or
+// patch the device copies in place (DeviceWeight).
 package models
 
 import (
@@ -113,6 +114,11 @@ func (c *CLIPCUDA) attention(r *textRun, a *CLIPAttention, x *nn.GPUTensor) *nn.
 
 // Sync re-uploads the device copies of ts (CPU weights patched since).
 func (c *CLIPCUDA) Sync(ts []*nn.Tensor) error { return c.dw.Sync(ts) }
+
+// DeviceWeight returns the device copy of t, one of the encoder's weight
+// tensors (nil for any other tensor): what a patcher updates in place on
+// the GPU (a LoRA applied on the device) instead of calling Sync.
+func (c *CLIPCUDA) DeviceWeight(t *nn.Tensor) *nn.GPUTensor { return c.dw.m[t] }
 
 // Close frees the device weights.
 func (c *CLIPCUDA) Close() error { return c.dw.Close() }

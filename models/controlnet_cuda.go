@@ -188,10 +188,6 @@ func (n *ControlNetCUDA) forward(r *imageRun, x, guided *nn.GPUTensor, timesteps
 	if r.err != nil {
 		return nil
 	}
-	b := x.Shape[0]
-	if guided.Shape[0] != b {
-		guided = r.repeatBatch(guided, b) // [B, mc, h, w]: one hint for the whole batch
-	}
 
 	emb := r.timeEmbed(c.TimeEmbed, timesteps) // [B, 4mc], silu applied
 	res := make(GPUResiduals, len(c.InputBlocks)+1)
@@ -201,7 +197,10 @@ func (n *ControlNetCUDA) forward(r *imageRun, x, guided *nn.GPUTensor, timesteps
 		h = r.block(blk, h, emb, ctx, 0, 0) // [B, C_i, H_i, W_i]
 		if i == 0 {
 			// h = module(h, emb, context); h += guided_hint; guided_hint = None
-			r.addInPlace(h, guided) // [B, mc, h, w]
+			// (guided [1 or B, mc, h, w]: one hint for the whole batch is broadcast)
+			if r.err == nil {
+				r.do(r.g.AddBroadcastInPlace(h, guided)) // [B, mc, h, w]
+			}
 		}
 		if i > 0 {
 			r.drop(prev)
@@ -230,25 +229,6 @@ func (r *imageRun) zeroConv(c *nn.Conv2d, h, y *nn.GPUTensor) *nn.GPUTensor {
 	}
 	r.do(r.g.Conv2dInto(y, nil, h, r.w(c.Weight), r.w(c.Bias), c.Stride, c.Padding))
 	return y
-}
-
-// repeatBatch returns x [1, ...] repeated b times along the batch axis
-// ([b, ...]): the batch-1 tensor seen as one row [1, N] is concatenated
-// with itself ([1, b*N]), then viewed as [b, ...].
-func (r *imageRun) repeatBatch(x *nn.GPUTensor, b int) *nn.GPUTensor {
-	if r.err != nil {
-		return nil
-	}
-	n := x.Numel()
-	row := r.keep(x.Reshape(1, n)) // [1, N]
-	out := row
-	for k := 1; k < b; k++ {
-		out = r.keep(r.g.ConcatChannels(out, row)) // [1, (k+1)*N]
-		if r.err != nil {
-			return nil
-		}
-	}
-	return r.keep(out.Reshape(append([]int{b}, x.Shape[1:]...)...)) // [b, ...]
 }
 
 func gpuShape(t *nn.GPUTensor) []int {

@@ -1,21 +1,26 @@
 // unet_cuda_graph_test.go: UNetCUDA with Graphs on, on the stand-ins'
-// stream capture and replay (run inside TestImageModelsCUDAChild): the
-// first call of a shape builds a graph, later calls of that shape replay it
-// with their own inputs (checked against the CPU U-Net), another shape gets
-// its own graph, and Sync drops them.
+// stream capture and replay (run inside TestImageModelsCUDAChild; the
+// stand-in cuBLAS records GEMMs into captures): the first call of a shape
+// builds a graph, later calls of that shape replay it with their own inputs
+// and timesteps, bit-identical to the eager forward and close to the CPU
+// U-Net; another shape gets its own graph; an input left stale in the
+// graph's buffer shows as a mismatch; Sync keeps the graphs.
 package models
 
 import (
+	"fmt"
+	"math"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/sdbridge/sdbridge/nn"
 )
 
-// gemmIsCaptured reports whether a cuBLAS GEMM queued during a capture is
-// replayed by the graph (the stand-in cuBLAS may run it at once instead).
-func gemmIsCaptured(t *testing.T, g *nn.GPU) bool {
+// checkGemmReplays fails t unless a cuBLAS GEMM queued during a capture is
+// recorded and replayed by the graph with the operands' values at replay
+// time (the stand-in cuBLAS records GEMMs into the capture; without that,
+// no graph value below could be checked).
+func checkGemmReplays(t *testing.T, g *nn.GPU) {
 	x := ramp(2, 8) // [2, 8]
 	w := ramp(3, 8) // [3, 8]
 	dx := upload(t, g, x)
@@ -46,21 +51,46 @@ func gemmIsCaptured(t *testing.T, g *nn.GPU) bool {
 		t.Fatal(err)
 	}
 	want := (&nn.Linear{Weight: w}).Forward(x2)
-	return relDiff(got, want) < 1e-2
+	if d := relDiff(got, want); !(d < 1e-2) {
+		t.Fatalf("a Linear replayed by a graph after its input changed: rel L2 %.3g against the new input's result (the GEMM is not replayed?)", d)
+	}
 }
 
+// sameBits reports whether a and b have the same shape and bit-identical
+// data, and where they first differ.
+func sameBits(a, b *nn.Tensor) (bool, string) {
+	if !slices.Equal(a.Shape, b.Shape) {
+		return false, fmt.Sprintf("shape %v vs %v", a.Shape, b.Shape)
+	}
+	for i := range a.Data {
+		if math.Float32bits(a.Data[i]) != math.Float32bits(b.Data[i]) {
+			return false, fmt.Sprintf("element %d: %v vs %v", i, a.Data[i], b.Data[i])
+		}
+	}
+	return true, ""
+}
+
+// eager runs c's forward without graphs.
+func eager(t *testing.T, c *UNetCUDA, x *nn.Tensor, ts []float32, ctx *nn.Tensor, res Residuals) *nn.Tensor {
+	t.Helper()
+	c.Graphs = false
+	defer func() { c.Graphs = true }()
+	y, err := c.Forward(x, ts, ctx, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return y
+}
+
+// checkUNetCUDAGraphs checks UNetCUDA with Graphs on: each call's output
+// must be bit-identical to the eager (uncaptured) forward of the same
+// inputs, the same kernels and GEMMs on the stand-ins, and close to the
+// CPU U-Net; an input not copied into the graph's buffer must show.
 func checkUNetCUDAGraphs(t *testing.T, g *nn.GPU, m cudaMode) {
 	if m.skip(t, false) {
 		return
 	}
-	// Where the stand-in cuBLAS runs GEMMs at capture time instead of
-	// recording them, replayed values are wrong by construction: then only
-	// the builds are checked (the capture has no forbidden call, one graph
-	// per shape, outputs shaped right), not the values.
-	replays := gemmIsCaptured(t, g)
-	if !replays {
-		t.Log("the stand-in cuBLAS does not record GEMMs in a capture: graph values are not checked, only the builds")
-	}
+	checkGemmReplays(t, g)
 	u := tinyUNet(t)
 	c, err := NewUNetCUDA(g, u)
 	if err != nil {
@@ -68,6 +98,12 @@ func checkUNetCUDAGraphs(t *testing.T, g *nn.GPU, m cudaMode) {
 	}
 	defer c.Close()
 	c.Graphs = true
+	type inputs struct {
+		x, ctx *nn.Tensor // [B, 4, h, w], [B, 77, 128]
+		ts     []float32
+		res    Residuals
+	}
+	var last inputs // the last 10x6 call's inputs, left in its graph's buffers
 	for _, tc := range []struct {
 		name     string
 		b, h, w  int
@@ -80,39 +116,72 @@ func checkUNetCUDAGraphs(t *testing.T, g *nn.GPU, m cudaMode) {
 		{"10x6 replays again", 2, 10, 6, 0.3, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if !replays && !strings.Contains(tc.name, "builds") {
-				t.Skip("a replay's values cannot be checked here")
+			in := inputs{
+				x:   scaled(ramp(tc.b, 4, tc.h, tc.w), tc.seed), // [B, 4, h, w]
+				ctx: scaled(ramp(tc.b, 77, 128), 0.7*tc.seed),   // [B, 77, 128]
+				ts:  []float32{900 * tc.seed, 10 + 40*tc.seed}[:tc.b],
 			}
-			x := scaled(ramp(tc.b, 4, tc.h, tc.w), tc.seed) // [B, 4, h, w]
-			ctx := scaled(ramp(tc.b, 77, 128), 0.7*tc.seed) // [B, 77, 128]
-			ts := []float32{900 * tc.seed, 10}[:tc.b]
-			var res Residuals
 			if tc.residual {
-				res = Residuals{}
+				in.res = Residuals{}
 				for name, s := range ResidualShapes(u.Config, tc.b, tc.h, tc.w) {
-					res[name] = scaled(ramp(s...), 0.2*tc.seed)
+					in.res[name] = scaled(ramp(s...), 0.2*tc.seed)
 				}
 			}
-			got, err := c.Forward(x, ts, ctx, res)
+			got, err := c.Forward(in.x, in.ts, in.ctx, in.res)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !replays {
-				if want := []int{tc.b, 4, tc.h, tc.w}; !slices.Equal(got.Shape, want) {
-					t.Fatalf("eps shape %v, want %v", got.Shape, want)
-				}
-				return
+			if same, where := sameBits(got, eager(t, c, in.x, in.ts, in.ctx, in.res)); !same {
+				t.Fatalf("graph output differs from the eager forward of the same inputs: %s", where)
 			}
-			want, err := u.Forward(x, ts, ctx, res)
+			want, err := u.Forward(in.x, in.ts, in.ctx, in.res)
 			if err != nil {
 				t.Fatal(err)
 			}
 			checkClose(t, "eps (graph)", got, want, m.tol)
+			if tc.h == 10 {
+				last = in
+			}
 		})
 	}
 	if n, want := len(c.graphs), 2; n != want {
 		t.Fatalf("%d graphs built, want %d (one per shape)", n, want)
 	}
+	t.Run("stale input shows", func(t *testing.T) {
+		// Replay the 10x6 graph with a new timestep but without copying the
+		// new x into the graph's input buffer: the output must differ from
+		// the new inputs' forward and be exactly the stale x's.
+		if last.x == nil {
+			t.Fatal("no 10x6 case ran")
+		}
+		var gr *unetGraph
+		for _, cand := range c.graphs {
+			if slices.Equal(cand.x.Shape, last.x.Shape) {
+				gr = cand
+			}
+		}
+		if gr == nil {
+			t.Fatalf("no graph for x %v", last.x.Shape)
+		}
+		x := scaled(ramp(last.x.Shape...), -1.3) // [2, 4, 10, 6]
+		ts := []float32{321, 654}
+		if err := gr.s.Set(sinusoid(u.TimeEmbed, ts)); err != nil {
+			t.Fatal(err)
+		}
+		if err := gr.graph.Launch(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := gr.out.Download()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if same, _ := sameBits(got, eager(t, c, x, ts, last.ctx, last.res)); same {
+			t.Fatal("a replay with a stale input buffer matches the forward of the new input")
+		}
+		if same, where := sameBits(got, eager(t, c, last.x, ts, last.ctx, last.res)); !same {
+			t.Fatalf("a replay with a stale x is not the stale x's forward at the new timestep: %s", where)
+		}
+	})
 	t.Run("sync in place", func(t *testing.T) {
 		// A patched weight (a LoRA's W += delta) rewritten by Sync keeps its
 		// device address: graphs stay, and the result follows the patch.

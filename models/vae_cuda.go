@@ -5,12 +5,12 @@
 // goes (the decoder's full-resolution activations are large).
 //
 // Differences from the CPU code, all exact up to rounding: the attention
-// blocks' single head (512 wide in SD) runs as two GEMMs per batch item
-// around a row softmax with the [HW, HW] scores materialised, the scale
-// folded into q's projection; ldm's Downsample (pad one zero row and column
-// at the bottom and right, then a 3x3 stride-2 conv) runs as one 4x4
-// stride-2 conv with padding 1 whose weight is the 3x3 one placed in the
-// bottom-right corner (nn's GPU ops have no asymmetric pad); the tiny edge
+// blocks' single head (512 wide in SD) runs in nn's flash attention (its
+// wide-head kernels), never materialising the [HW, HW] scores; ldm's
+// Downsample (pad one zero row and column at the bottom and right, then a
+// 3x3 stride-2 conv) is one conv with the asymmetric padding done inside
+// im2col (Conv2dPadInto, no padded copy of the input); a resnet's conv1
+// bias is added inside norm2 (GroupNormEx's [C] pre-add); the tiny edge
 // work (latent / scale before post_quant_conv, taking the mean half of the
 // moments and scaling it) is done on the CPU, as the latents live there.
 // It does not tile large images or sample the latent distribution.
@@ -19,17 +19,15 @@ package models
 import (
 	"errors"
 	"fmt"
-	"math"
 
 	"github.com/sdbridge/sdbridge/nn"
 )
 
 // VAEDecoderCUDA runs a VAE's decoder (post_quant_conv + Decoder) on a GPU.
 type VAEDecoderCUDA struct {
-	V    *VAE
-	g    *nn.GPU
-	dw   *deviceWeights
-	attn map[*VAEAttnBlock]*vaeAttnGPU
+	V  *VAE
+	g  *nn.GPU
+	dw *deviceWeights
 }
 
 // NewVAEDecoderCUDA prepares v's decoder for g and uploads its weights.
@@ -37,13 +35,9 @@ func NewVAEDecoderCUDA(g *nn.GPU, v *VAE) (*VAEDecoderCUDA, error) {
 	if g == nil || v == nil || v.Decoder == nil {
 		return nil, errors.New("vae decoder (cuda): nil GPU or VAE")
 	}
-	var levels [][]*VAEAttnBlock
-	for _, u := range v.Decoder.Up {
-		levels = append(levels, u.Attns)
-	}
-	d := &VAEDecoderCUDA{V: v, g: g, dw: newDeviceWeights(g), attn: vaeAttnForms(v.Decoder.Mid, levels...)}
+	d := &VAEDecoderCUDA{V: v, g: g, dw: newDeviceWeights(g)}
 	ts := convWeights(v.PostQuantConv)
-	ts = append(ts, vaeDecoderWeights(v.Decoder, d.attn)...)
+	ts = append(ts, vaeDecoderWeights(v.Decoder)...)
 	if err := uploadAll(d.dw, ts); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("vae decoder (cuda): uploading weights: %w", err)
@@ -62,9 +56,9 @@ func (d *VAEDecoderCUDA) Decode(latent *nn.Tensor) (*nn.Tensor, error) {
 	nn.Scale(z, 1/d.V.Config.ScaleFactor) // [B, embed, h, w]
 	r := d.newRun()
 	defer r.release()
-	h := r.upload(z)                            // [B, embed, h, w]
-	h = r.conv(h, d.V.PostQuantConv)            // [B, z, h, w]
-	img := r.vaeDecoder(d.V.Decoder, d.attn, h) // [B, out, 8h, 8w]
+	h := r.upload(z)                    // [B, embed, h, w]
+	h = r.conv(h, d.V.PostQuantConv)    // [B, z, h, w]
+	img := r.vaeDecoder(d.V.Decoder, h) // [B, out, 8h, 8w]
 	if r.err != nil {
 		return nil, fmt.Errorf("vae decoder (cuda): %w", r.err)
 	}
@@ -91,10 +85,6 @@ type VAEEncoderCUDA struct {
 	V  *VAE
 	g  *nn.GPU
 	dw *deviceWeights
-	// down4 holds each Downsample's conv as the equivalent 4x4, pad-1
-	// conv (see the file comment).
-	down4 map[*VAEDownsample]*nn.Conv2d
-	attn  map[*VAEAttnBlock]*vaeAttnGPU
 }
 
 // NewVAEEncoderCUDA prepares v's encoder for g and uploads its weights; v
@@ -106,15 +96,7 @@ func NewVAEEncoderCUDA(g *nn.GPU, v *VAE) (*VAEEncoderCUDA, error) {
 	if v.Encoder == nil {
 		return nil, errors.New("vae encoder (cuda): the VAE was loaded without its encoder (LoadVAEDecoder)")
 	}
-	e := &VAEEncoderCUDA{V: v, g: g, dw: newDeviceWeights(g), down4: map[*VAEDownsample]*nn.Conv2d{}}
-	var levels [][]*VAEAttnBlock
-	for _, l := range v.Encoder.Down {
-		if l.Downsample != nil {
-			e.down4[l.Downsample] = padRightBottomConv(l.Downsample.Conv)
-		}
-		levels = append(levels, l.Attns)
-	}
-	e.attn = vaeAttnForms(v.Encoder.Mid, levels...)
+	e := &VAEEncoderCUDA{V: v, g: g, dw: newDeviceWeights(g)}
 	if err := uploadAll(e.dw, e.weights()); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("vae encoder (cuda): uploading weights: %w", err)
@@ -158,16 +140,16 @@ func (e *VAEEncoderCUDA) encoder(r *imageRun, x *nn.GPUTensor) *nn.GPUTensor {
 		for j, b := range d.Blocks {
 			h = r.vaeResnet(b, h) // [B, C_lvl, H_lvl, W_lvl]
 			if d.Attns != nil {
-				h = r.vaeAttn(d.Attns[j], e.attn[d.Attns[j]], h) // [B, C_lvl, H_lvl, W_lvl]
+				h = r.vaeAttn(d.Attns[j], h) // [B, C_lvl, H_lvl, W_lvl]
 			}
 		}
 		if d.Downsample != nil {
 			prev := h
-			h = r.conv(h, e.down4[d.Downsample]) // [B, C_lvl, H_lvl/2, W_lvl/2]: F.pad(0,1,0,1) + 3x3 stride 2
+			h = r.vaeDownsample(d.Downsample, h) // [B, C_lvl, (H_lvl-2)/2+1, (W_lvl-2)/2+1]
 			r.drop(prev)
 		}
 	}
-	h = r.vaeMid(enc.Mid, e.attn, h)   // [B, C_last, H/f, W/f]
+	h = r.vaeMid(enc.Mid, h)           // [B, C_last, H/f, W/f]
 	r.groupNormInPlace(h, enc.NormOut) // [B, C_last, H/f, W/f]: silu(norm_out(h))
 	return r.conv(h, enc.ConvOut)      // [B, 2z, H/f, W/f]
 }
@@ -179,14 +161,14 @@ func (e *VAEEncoderCUDA) weights() []*nn.Tensor {
 		for j, b := range d.Blocks {
 			ts = append(ts, vaeResnetWeights(b)...)
 			if d.Attns != nil {
-				ts = append(ts, vaeAttnWeights(d.Attns[j], e.attn)...)
+				ts = append(ts, vaeAttnWeights(d.Attns[j])...)
 			}
 		}
 		if d.Downsample != nil {
-			ts = append(ts, convWeights(e.down4[d.Downsample])...)
+			ts = append(ts, convWeights(d.Downsample.Conv)...)
 		}
 	}
-	ts = append(ts, vaeMidWeights(enc.Mid, e.attn)...)
+	ts = append(ts, vaeMidWeights(enc.Mid)...)
 	ts = append(ts, groupNormWeights(enc.NormOut)...)
 	ts = append(ts, convWeights(enc.ConvOut)...)
 	return append(ts, convWeights(e.V.QuantConv)...)
@@ -201,15 +183,15 @@ func (e *VAEEncoderCUDA) Close() error {
 }
 
 // vaeDecoder follows VAEDecoder.Forward: z [B, z, h, w] -> [B, out, f*h, f*w].
-func (r *imageRun) vaeDecoder(d *VAEDecoder, attn map[*VAEAttnBlock]*vaeAttnGPU, z *nn.GPUTensor) *nn.GPUTensor {
-	h := r.conv(z, d.ConvIn)     // [B, C_last, h, w]
-	h = r.vaeMid(d.Mid, attn, h) // [B, C_last, h, w]
+func (r *imageRun) vaeDecoder(d *VAEDecoder, z *nn.GPUTensor) *nn.GPUTensor {
+	h := r.conv(z, d.ConvIn) // [B, C_last, h, w]
+	h = r.vaeMid(d.Mid, h)   // [B, C_last, h, w]
 	for lvl := len(d.Up) - 1; lvl >= 0; lvl-- {
 		u := &d.Up[lvl]
 		for j, b := range u.Blocks {
 			h = r.vaeResnet(b, h) // [B, C_lvl, h_lvl, w_lvl]
 			if u.Attns != nil {
-				h = r.vaeAttn(u.Attns[j], attn[u.Attns[j]], h) // [B, C_lvl, h_lvl, w_lvl]
+				h = r.vaeAttn(u.Attns[j], h) // [B, C_lvl, h_lvl, w_lvl]
 			}
 		}
 		if u.Upsample != nil && r.err == nil {
@@ -226,9 +208,9 @@ func (r *imageRun) vaeDecoder(d *VAEDecoder, attn map[*VAEAttnBlock]*vaeAttnGPU,
 }
 
 // vaeMid follows VAEMid.Forward.
-func (r *imageRun) vaeMid(m *VAEMid, attn map[*VAEAttnBlock]*vaeAttnGPU, x *nn.GPUTensor) *nn.GPUTensor {
-	h := r.vaeResnet(m.Block1, x)            // [B, C, h, w]
-	h = r.vaeAttn(m.Attn1, attn[m.Attn1], h) // [B, C, h, w]
+func (r *imageRun) vaeMid(m *VAEMid, x *nn.GPUTensor) *nn.GPUTensor {
+	h := r.vaeResnet(m.Block1, x) // [B, C, h, w]
+	h = r.vaeAttn(m.Attn1, h)     // [B, C, h, w]
 	return r.vaeResnet(m.Block2, h)
 }
 
@@ -237,9 +219,16 @@ func (r *imageRun) vaeMid(m *VAEMid, attn map[*VAEAttnBlock]*vaeAttnGPU, x *nn.G
 func (r *imageRun) vaeResnet(b *VAEResnetBlock, x *nn.GPUTensor) *nn.GPUTensor {
 	m := r.mark()
 	h := r.groupNorm(x, b.Norm1, true) // [B, in, H, W]: silu(norm1(x))
-	h = r.conv(h, b.Conv1)             // [B, out, H, W]
-	r.groupNormInPlace(h, b.Norm2)     // [B, out, H, W]: silu(norm2(h)); dropout is identity
-	h = r.conv(h, b.Conv2)             // [B, out, H, W]
+	if r.err != nil {
+		return nil
+	}
+	h = r.keep(r.g.Conv2d(h, r.w(b.Conv1.Weight), nil, b.Conv1.Stride, b.Conv1.Padding)) // [B, out, H, W], bias below
+	if r.err == nil {
+		// silu(norm2(h + conv1 bias)): the bias is the norm's [C] pre-add; dropout is identity
+		n := b.Norm2
+		r.do(r.g.GroupNormEx(h, h, r.w(b.Conv1.Bias), r.w(n.Weight), r.w(n.Bias), n.Groups, n.Eps, true)) // [B, out, H, W]
+	}
+	h = r.conv(h, b.Conv2) // [B, out, H, W]
 	if b.NinShortcut != nil && r.err == nil {
 		// nin_shortcut(x) + h: the 1x1 conv's GEMM adds onto h
 		r.do(r.g.Conv2dAddInto(h, nil, x, r.w(b.NinShortcut.Weight), r.w(b.NinShortcut.Bias), b.NinShortcut.Stride, b.NinShortcut.Padding))
@@ -251,99 +240,29 @@ func (r *imageRun) vaeResnet(b *VAEResnetBlock, x *nn.GPUTensor) *nn.GPUTensor {
 	return h
 }
 
-// vaeAttnGPU holds an AttnBlock's projections in the forms the GPU path
-// uses: q with the softmax scale C^-0.5 folded into its weight and bias
-// (the scores then fit fp16 storage), v as a 1x1 conv (it yields v^T per
-// batch item, the operand P v needs).
-type vaeAttnGPU struct {
-	q *nn.Linear // [C, C], scaled
-	v *nn.Conv2d // [C, C, 1, 1]
-}
-
-func newVAEAttnGPU(a *VAEAttnBlock) *vaeAttnGPU {
-	c := a.Q.Weight.Shape[0]
-	s := float32(1 / math.Sqrt(float64(c)))
-	q := &nn.Linear{Weight: a.Q.Weight.Clone()} // [C, C]
-	nn.Scale(q.Weight, s)
-	if a.Q.Bias != nil {
-		q.Bias = a.Q.Bias.Clone() // [C]
-		nn.Scale(q.Bias, s)
-	}
-	return &vaeAttnGPU{q: q, v: &nn.Conv2d{Weight: a.V.Weight.Reshape(c, c, 1, 1), Bias: a.V.Bias, Stride: 1}}
-}
-
-// vaeAttnForms builds the GPU forms of every AttnBlock of the mid block and
-// the levels.
-func vaeAttnForms(mid *VAEMid, levels ...[]*VAEAttnBlock) map[*VAEAttnBlock]*vaeAttnGPU {
-	out := map[*VAEAttnBlock]*vaeAttnGPU{mid.Attn1: newVAEAttnGPU(mid.Attn1)}
-	for _, l := range levels {
-		for _, a := range l {
-			out[a] = newVAEAttnGPU(a)
-		}
-	}
-	return out
-}
-
-func (f *vaeAttnGPU) weights() []*nn.Tensor {
-	return append(linearWeights(f.q), convWeights(f.v)...)
-}
-
 // vaeAttn follows VAEAttnBlock.Forward: one head of width C over the H*W
-// positions, x + proj_out(softmax(q k^T C^-0.5) v). The head is wider than
-// the flash kernels take (512 in SD), so per batch item the scores
-// [HW, HW] are materialised, in fp32 whatever the storage dtype: q k^T and
-// P v are plain GEMMs (Linear with k, then v^T, as the weight). Adds into
+// positions, x + proj_out(softmax(q k^T C^-0.5) v), with q, k, v read
+// from the normed NCHW tensor by the GEMMs (no ChannelsLast pass) and the
+// attention in nn's flash kernel (the scores are never stored). Adds into
 // x and returns it.
-func (r *imageRun) vaeAttn(a *VAEAttnBlock, f *vaeAttnGPU, x *nn.GPUTensor) *nn.GPUTensor {
+func (r *imageRun) vaeAttn(a *VAEAttnBlock, x *nn.GPUTensor) *nn.GPUTensor {
 	if r.err != nil {
 		return nil
 	}
 	m := r.mark()
-	b, c, hgt, wid := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
-	hw := hgt * wid
 	h := r.groupNorm(x, a.Norm, false) // [B, C, H, W]
 	if r.err != nil {
 		return nil
 	}
-	q := r.keep(r.g.LinearChannelsFirst(h, r.w(f.q.Weight), r.w(f.q.Bias))) // [B, HW, C]: q * C^-0.5
+	q := r.keep(r.g.LinearChannelsFirst(h, r.w(a.Q.Weight), r.w(a.Q.Bias))) // [B, HW, C]
 	k := r.keep(r.g.LinearChannelsFirst(h, r.w(a.K.Weight), r.w(a.K.Bias))) // [B, HW, C]
-	vt := r.conv(h, f.v)                                                    // [B, C, H, W]: v^T per batch item
+	v := r.keep(r.g.LinearChannelsFirst(h, r.w(a.V.Weight), r.w(a.V.Bias))) // [B, HW, C]
 	if r.err != nil {
 		return nil
 	}
-	if q.DType != nn.GPUF32 {
-		// fp16 storage: scores and probabilities in fp32 (fp16 logits of
-		// a few tens lose ~1e-2 absolute, which the softmax keeps)
-		q = r.keep(r.g.Cast(q, nn.GPUF32))   // [B, HW, C]
-		k = r.keep(r.g.Cast(k, nn.GPUF32))   // [B, HW, C]
-		vt = r.keep(r.g.Cast(vt, nn.GPUF32)) // [B, C, H, W]
-	}
-	o := r.keep(r.g.EmptyOf(nn.GPUF32, b, hw, c)) // [B, HW, C]
-	p := r.keep(r.g.EmptyOf(nn.GPUF32, hw, hw))   // [HW, HW] scores of one batch item
-	for n := 0; n < b && r.err == nil; n++ {
-		qn := r.view(q, n*hw*c, hw, c)  // [HW, C]
-		kn := r.view(k, n*hw*c, hw, c)  // [HW, C]
-		vn := r.view(vt, n*c*hw, c, hw) // [C, HW]
-		on := r.view(o, n*hw*c, hw, c)  // [HW, C]
-		if r.err != nil {
-			break
-		}
-		r.do(r.g.LinearInto(p, qn, kn, nil)) // [HW, HW]: q k^T C^-0.5
-		if r.err == nil {
-			r.do(r.g.SoftmaxRows(p, hw, 1)) // w_ = softmax(w_, dim=2)
-		}
-		if r.err == nil {
-			r.do(r.g.LinearInto(on, p, vn, nil)) // [HW, C]: P v
-		}
-	}
+	o := r.keep(r.g.Attention(q, k, v, 1, 0)) // [B, HW, C]: softmax(q k^T C^-0.5) v
 	if r.err != nil {
 		return nil
-	}
-	if o.DType != x.DType {
-		o = r.keep(r.g.Cast(o, x.DType)) // [B, HW, C]
-		if r.err != nil {
-			return nil
-		}
 	}
 	r.do(r.g.LinearToChannelsFirstAddInto(x, o, r.w(a.ProjOut.Weight), r.w(a.ProjOut.Bias))) // [B, C, H, W]: x + proj_out(h_)
 	r.collect(m)
@@ -368,20 +287,21 @@ func (r *imageRun) groupNormInPlace(x *nn.GPUTensor, n *nn.GroupNorm) {
 	r.do(r.g.GroupNormInto(x, x, r.w(n.Weight), r.w(n.Bias), n.Groups, n.Eps, true))
 }
 
-// padRightBottomConv returns the 4x4, stride-2, padding-1 conv equal to
-// c (3x3, stride 2, no padding) applied after one zero row and column are
-// appended at the bottom and right: out[i, j] = sum w[a, b] xp[2i+a, 2j+b]
-// = sum w4[a+1, b+1] x[2i+(a+1)-1, 2j+(b+1)-1], with w4's first row and
-// column zero (they meet the top/left padding only).
-func padRightBottomConv(c *nn.Conv2d) *nn.Conv2d {
-	oc, ic := c.Weight.Shape[0], c.Weight.Shape[1]
-	w4 := nn.New(oc, ic, 4, 4) // [out, in, 4, 4]
-	for p := 0; p < oc*ic; p++ {
-		for a := 0; a < 3; a++ {
-			copy(w4.Data[p*16+(a+1)*4+1:p*16+(a+1)*4+4], c.Weight.Data[p*9+a*3:p*9+a*3+3])
-		}
+// vaeDownsample follows VAEDownsample.Forward: F.pad(x, (0, 1, 0, 1))
+// then the 3x3 stride-2 conv, the padding done inside im2col.
+func (r *imageRun) vaeDownsample(d *VAEDownsample, x *nn.GPUTensor) *nn.GPUTensor {
+	if r.err != nil {
+		return nil
 	}
-	return &nn.Conv2d{Weight: w4, Bias: c.Bias, Stride: 2, Padding: 1}
+	c := d.Conv
+	pad := nn.ConvPad{Bottom: 1, Right: 1}
+	oh, ow := pad.OutSize(x.Shape[2], x.Shape[3], c.Weight.Shape[2], c.Weight.Shape[3], c.Stride)
+	y := r.keep(r.g.EmptyOf(x.DType, x.Shape[0], c.Weight.Shape[0], oh, ow)) // [B, out, (H-2)/2+1, (W-2)/2+1]
+	if r.err != nil {
+		return nil
+	}
+	r.do(r.g.Conv2dPadInto(y, x, r.w(c.Weight), r.w(c.Bias), c.Stride, pad))
+	return y
 }
 
 func vaeResnetWeights(b *VAEResnetBlock) []*nn.Tensor {
@@ -395,30 +315,30 @@ func vaeResnetWeights(b *VAEResnetBlock) []*nn.Tensor {
 	return ts
 }
 
-// vaeAttnWeights lists the weights the GPU path uploads for a (its own
-// forms of q and v, the stored k and proj_out).
-func vaeAttnWeights(a *VAEAttnBlock, forms map[*VAEAttnBlock]*vaeAttnGPU) []*nn.Tensor {
+// vaeAttnWeights lists the weights the GPU path uploads for a.
+func vaeAttnWeights(a *VAEAttnBlock) []*nn.Tensor {
 	ts := groupNormWeights(a.Norm)
-	ts = append(ts, forms[a].weights()...)
+	ts = append(ts, linearWeights(a.Q)...)
 	ts = append(ts, linearWeights(a.K)...)
+	ts = append(ts, linearWeights(a.V)...)
 	return append(ts, linearWeights(a.ProjOut)...)
 }
 
-func vaeMidWeights(m *VAEMid, forms map[*VAEAttnBlock]*vaeAttnGPU) []*nn.Tensor {
+func vaeMidWeights(m *VAEMid) []*nn.Tensor {
 	ts := vaeResnetWeights(m.Block1)
-	ts = append(ts, vaeAttnWeights(m.Attn1, forms)...)
+	ts = append(ts, vaeAttnWeights(m.Attn1)...)
 	return append(ts, vaeResnetWeights(m.Block2)...)
 }
 
-func vaeDecoderWeights(d *VAEDecoder, forms map[*VAEAttnBlock]*vaeAttnGPU) []*nn.Tensor {
+func vaeDecoderWeights(d *VAEDecoder) []*nn.Tensor {
 	ts := convWeights(d.ConvIn)
-	ts = append(ts, vaeMidWeights(d.Mid, forms)...)
+	ts = append(ts, vaeMidWeights(d.Mid)...)
 	for lvl := len(d.Up) - 1; lvl >= 0; lvl-- {
 		u := &d.Up[lvl]
 		for j, b := range u.Blocks {
 			ts = append(ts, vaeResnetWeights(b)...)
 			if u.Attns != nil {
-				ts = append(ts, vaeAttnWeights(u.Attns[j], forms)...)
+				ts = append(ts, vaeAttnWeights(u.Attns[j])...)
 			}
 		}
 		if u.Upsample != nil {

@@ -4,7 +4,9 @@
 // materialising the [Lq, Lk] scores): tensor cores for fp16 tensors,
 // plain fp32 arithmetic for fp32 ones. The options cover CLIP (causal),
 // T5 (additive position bias, no scale, padding mask) and ELLA. Head dims
-// up to 160. q, k and v are [B, L, heads*d] tensors, or the packed
+// up to 160 run on the tiled kernels, 161..512 (the VAE's one 512-wide
+// head) on the wide ones (the head dim split over warps for fp16, one
+// warp per query row for fp32). q, k and v are [B, L, heads*d] tensors, or the packed
 // outputs of a fused q/k/v (or k/v) projection read in place. It does not
 // do dropout or general strided views.
 package nn
@@ -32,14 +34,32 @@ type GPUAttentionOpts struct {
 	KeyMask *GPUTensor
 }
 
-// attnMaxHeadDim is the largest head dim the kernels take.
-const attnMaxHeadDim = 160
+// attnMaxHeadDim is the largest head dim the kernels take;
+// attnTiledMaxHeadDim the largest the tiled (non-wide) kernels take.
+const (
+	attnMaxHeadDim      = 512
+	attnTiledMaxHeadDim = 160
+)
 
 // attnForceSIMT makes fp16 attention use the SIMT kernel (tests).
 var attnForceSIMT = false
 
-// attnMMADims are the padded head dims flash_attn_f16_d<DP> exists for.
-var attnMMADims = []int{16, 32, 48, 64, 80, 96, 128, 160}
+// attnMMADims are the padded head dims flash_attn_f16_d<DP> exists for,
+// attnWideDims those of flash_attn_f16_wide_d<DP> (DP/64 warps a block).
+var (
+	attnMMADims  = []int{16, 32, 48, 64, 80, 96, 128, 160}
+	attnWideDims = []int{256, 512}
+)
+
+// paddedDim is the first of dims >= d (dims ascending; d <= the last).
+func paddedDim(d int, dims []int) int {
+	for _, x := range dims {
+		if x >= d {
+			return x
+		}
+	}
+	return dims[len(dims)-1]
+}
 
 // Attention computes softmax(q k^T * scale) v per head, as
 // ScaledDotProductAttention without a bias: q [B, Lq, heads*d], k and v
@@ -190,14 +210,17 @@ func (g *GPU) attention(p attnOperands, heads int, o GPUAttentionOpts) error {
 	args := []any{p.q.Buf, kb, vb, p.out.Buf, bufOf(o.Bias), bufOf(o.KeyMask), heads, lq, lk, d, p.sq, p.sk, p.sv, c,
 		scale, causal, biasB, biasH}
 	block := cuda.Dim3{X: 128}
-	if dt == GPUF16 && !attnForceSIMT {
-		dp := 0
-		for _, x := range attnMMADims {
-			if x >= d {
-				dp = x
-				break
-			}
+	if d > attnTiledMaxHeadDim {
+		if dt == GPUF16 && !attnForceSIMT {
+			dp := paddedDim(d, attnWideDims)
+			grid := cuda.Dim3{X: uint32((lq + 15) / 16), Y: uint32(heads), Z: uint32(b)}
+			return g.launchBlock("attention.cu", fmt.Sprintf("flash_attn_f16_wide_d%d", dp), grid, cuda.Dim3{X: uint32(dp / 64 * 32)}, 0, args...)
 		}
+		grid := cuda.Dim3{X: uint32((lq + 3) / 4), Y: uint32(heads), Z: uint32(b)}
+		return g.launchBlock("attention.cu", dt.kernel("flash_attn_wide_simt"), grid, block, 0, args...)
+	}
+	if dt == GPUF16 && !attnForceSIMT {
+		dp := paddedDim(d, attnMMADims)
 		grid := cuda.Dim3{X: uint32((lq + 63) / 64), Y: uint32(heads), Z: uint32(b)}
 		return g.launchBlock("attention.cu", fmt.Sprintf("flash_attn_f16_d%d", dp), grid, block, 0, args...)
 	}

@@ -213,54 +213,7 @@ func (g *GPU) Conv2dAddInto(y, cols, x, w, bias *GPUTensor, stride, pad int) err
 }
 
 func (g *GPU) conv2d(y, cols, x, w, bias *GPUTensor, stride, pad int, beta float32) error {
-	if len(w.Shape) != 4 || len(x.Shape) != 4 || x.Shape[1] != w.Shape[1] {
-		return fmt.Errorf("nn: cuda Conv2d: weight %v does not fit input %v", w.Shape, x.Shape)
-	}
-	oc, ic, kh, kw := w.Shape[0], w.Shape[1], w.Shape[2], w.Shape[3]
-	dt, err := opDType("Conv2d", y, cols, x, w, bias)
-	if err != nil {
-		return err
-	}
-	b, h, wd := x.Shape[0], x.Shape[2], x.Shape[3]
-	s := max(stride, 1)
-	oh, ow := (h+2*pad-kh)/s+1, (wd+2*pad-kw)/s+1
-	opix, kdim := oh*ow, ic*kh*kw
-	if oh <= 0 || ow <= 0 || y.Numel() != b*oc*opix {
-		return fmt.Errorf("nn: cuda Conv2d: output %v, want [%d %d %d %d]", y.Shape, b, oc, oh, ow)
-	}
-	if bias != nil && bias.Numel() != oc {
-		return fmt.Errorf("nn: cuda Conv2d: bias %v for %d output channels", bias.Shape, oc)
-	}
-	direct := kh == 1 && kw == 1 && s == 1 && pad == 0
-	if !direct && (cols == nil || cols.Numel() < kdim*opix) {
-		return fmt.Errorf("nn: cuda Conv2d: im2col scratch must hold [%d, %d]", kdim, opix)
-	}
-	for n := 0; n < b; n++ {
-		xn, err := x.offset(n*ic*h*wd, ic*h*wd) // [in, H, W]
-		if err != nil {
-			return err
-		}
-		yn, err := y.offset(n*oc*opix, oc*opix) // [out, H'*W']
-		if err != nil {
-			return err
-		}
-		src := xn
-		if !direct {
-			if err := g.launch("conv.cu", dt.kernel("im2col"), gridFor(kdim*opix), xn, cols.Buf, ic, h, wd, kh, kw, s, pad, oh, ow); err != nil {
-				return err
-			}
-			src = cols.Buf
-		}
-		// y_n [out, H'*W'] = w [out, in*kh*kw] cols [in*kh*kw, H'*W'] + beta y_n
-		if err := g.gemm("Conv2d", dt, false, false, oc, opix, kdim, 1, w.Buf, kdim, src, opix, beta, yn, opix); err != nil {
-			return err
-		}
-	}
-	if bias != nil {
-		n := y.Numel()
-		return g.launch("elementwise.cu", dt.kernel("add_channel_bias"), gridFor(n), y.Buf, bias.Buf, oc, int64(opix), int64(n))
-	}
-	return nil
+	return g.conv2dPad(y, cols, x, w, bias, stride, ConvPad{Top: pad, Left: pad, Bottom: pad, Right: pad}, beta)
 }
 
 // GroupNorm normalises x [B, C, ...] over groups (weight, bias [C] or
@@ -282,10 +235,11 @@ func (g *GPU) GroupNormInto(y, x, weight, bias *GPUTensor, groups int, eps float
 	return g.GroupNormEx(y, x, nil, weight, bias, groups, eps, silu)
 }
 
-// GroupNormEx is GroupNormInto of x + pre, with pre [B, C] (or nil) added
-// per batch item and channel first: a ResBlock's "h += temb; h =
-// SiLU(norm2(h))" in one kernel, with h itself never written (fold the
-// conv bias into pre too). y may be x.
+// GroupNormEx is GroupNormInto of x + pre, with pre [B, C] added per
+// batch item and channel, or [C] per channel (the same for every item), or
+// nil: a ResBlock's "h += temb; h = SiLU(norm2(h))" in one kernel, with h
+// itself never written (fold the conv bias into pre too), or a VAE
+// resnet's conv1 bias as a [C] pre-add. y may be x.
 func (g *GPU) GroupNormEx(y, x, pre, weight, bias *GPUTensor, groups int, eps float32, silu bool) error {
 	if len(x.Shape) < 2 {
 		return fmt.Errorf("nn: cuda GroupNorm: input %v has no channel axis", x.Shape)
@@ -294,7 +248,7 @@ func (g *GPU) GroupNormEx(y, x, pre, weight, bias *GPUTensor, groups int, eps fl
 	if groups <= 0 || c%groups != 0 {
 		return fmt.Errorf("nn: cuda GroupNorm: %d channels in %d groups", c, groups)
 	}
-	if y.Numel() != x.Numel() || (pre != nil && pre.Numel() != b*c) ||
+	if y.Numel() != x.Numel() || (pre != nil && pre.Numel() != b*c && pre.Numel() != c) ||
 		(weight != nil && weight.Numel() != c) || (bias != nil && bias.Numel() != c) {
 		return fmt.Errorf("nn: cuda GroupNorm: output %v, pre-add, weight or bias does not fit input %v", y.Shape, x.Shape)
 	}
@@ -311,7 +265,11 @@ func (g *GPU) GroupNormEx(y, x, pre, weight, bias *GPUTensor, groups int, eps fl
 	if pre == nil {
 		return g.launchBlock("norm.cu", dt.kernel("group_norm"), grid, block, 0, x.Buf, y.Buf, bufOf(weight), bufOf(bias), c, hw, groups, eps, s)
 	}
-	return g.launchBlock("norm.cu", dt.kernel("group_norm_ex"), grid, block, 0, x.Buf, y.Buf, pre.Buf, bufOf(weight), bufOf(bias), c, hw, groups, eps, s)
+	preB := int64(c) // [B, C]; [C] when b == 1 reads the same
+	if pre.Numel() != b*c {
+		preB = 0 // [C]: every batch item
+	}
+	return g.launchBlock("norm.cu", dt.kernel("group_norm_ex"), grid, block, 0, x.Buf, y.Buf, pre.Buf, bufOf(weight), bufOf(bias), c, hw, groups, eps, s, preB)
 }
 
 // groupNormThreads is the block size for a group of n elements: one

@@ -53,6 +53,7 @@ func TestOpsCUDAChild(t *testing.T) {
 			t.Run("pointwise", func(t *testing.T) { checkPointwiseCUDA(t, g) })
 			t.Run("shape", func(t *testing.T) { checkShapeCUDA(t, g) })
 			t.Run("attention", func(t *testing.T) { checkAttentionCUDA(t, g) })
+			t.Run("broadcast", func(t *testing.T) { checkBroadcastCUDA(t, g) })
 		})
 	}
 	t.Run("arena", func(t *testing.T) { checkArenaCUDA(t, g) })
@@ -194,6 +195,42 @@ func checkConvCUDA(t *testing.T, g *GPU) {
 			y.Free()
 		})
 	}
+	// Padding per side against the CPU conv of an explicitly padded input.
+	for _, tc := range []struct {
+		name       string
+		h, w, k, s int
+		pad        ConvPad
+	}{
+		{"pad-0101-3x3-s2", 9, 6, 3, 2, ConvPad{Bottom: 1, Right: 1}}, // ldm's VAE Downsample
+		{"pad-2013-3x3-s1", 5, 7, 3, 1, ConvPad{Top: 2, Left: 0, Bottom: 1, Right: 3}},
+		{"pad-1x1-s1", 4, 3, 1, 1, ConvPad{Top: 1}},
+		{"nopad-1x1", 4, 3, 1, 1, ConvPad{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := gpuRand(r, dt, 1, 2, 3, tc.h, tc.w) // [2, 3, h, w]
+			c := &Conv2d{Weight: gpuRand(r, dt, 0.3, 5, 3, tc.k, tc.k), Bias: gpuRand(r, dt, 0.5, 5), Stride: tc.s}
+			want := c.Forward(padSides(x, tc.pad)) // [2, 5, H', W']
+			oh, ow := tc.pad.OutSize(tc.h, tc.w, tc.k, tc.k, tc.s)
+			y, err := g.EmptyOf(dt, 2, 5, oh, ow) // [2, 5, H', W']
+			must(t, err)
+			defer y.Free()
+			err = g.Conv2dPadInto(y, up(t, g, x), up(t, g, c.Weight), up(t, g, c.Bias), tc.s, tc.pad)
+			expect(t, "Conv2dPadInto", y, err, want)
+		})
+	}
+}
+
+// padSides returns x [B, C, H, W] zero-padded by p: [B, C, H+t+b, W+l+r].
+func padSides(x *Tensor, p ConvPad) *Tensor {
+	b, c, h, w := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
+	ph, pw := h+p.Top+p.Bottom, w+p.Left+p.Right
+	out := New(b, c, ph, pw) // [B, C, H+t+b, W+l+r]
+	for i := 0; i < b*c; i++ {
+		for y := 0; y < h; y++ {
+			copy(out.Data[(i*ph+y+p.Top)*pw+p.Left:], x.Data[(i*h+y)*w:(i*h+y+1)*w])
+		}
+	}
+	return out
 }
 
 func checkNormsCUDA(t *testing.T, g *GPU) {
@@ -228,6 +265,16 @@ func checkNormsCUDA(t *testing.T, g *GPU) {
 			gx2 := up(t, g, x)
 			must(t, g.GroupNormEx(gx2, gx2, up(t, g, pre), nil, nil, tc.gr, 1e-5, true))
 			expect(t, "GroupNormEx(in place)", gx2, nil, want)
+			// GroupNormEx with a [C] pre-add (a conv bias folded in),
+			// affine and no SiLU, into a new tensor.
+			cpre := gpuRand(r, dt, 1, tc.c) // [C]
+			xc := x.Clone()
+			AddBatchChannelBias(xc, repeatBatchCPU(cpre, tc.b)) // [B, C, H, W]
+			y, err := g.EmptyOf(dt, x.Shape...)                 // [B, C, H, W]
+			must(t, err)
+			defer y.Free()
+			must(t, g.GroupNormEx(y, gx, up(t, g, cpre), gw, gbias, tc.gr, 1e-5, false))
+			expect(t, "GroupNormEx(pre [C])", y, nil, gn.Forward(xc))
 		})
 	}
 
@@ -350,6 +397,9 @@ var attnCases = []attnCase{
 	{name: "d128-causal-mask", b: 2, lq: 70, lk: 70, h: 1, d: 128, causal: true, mask: true},
 	{name: "d12-unaligned", b: 1, lq: 9, lk: 13, h: 3, d: 12}, // rows not 16-byte multiples: scalar tile loads
 	{name: "d7-odd", b: 2, lq: 17, lk: 66, h: 1, d: 7},
+	{name: "vae-d512", b: 2, lq: 37, lk: 37, h: 1, d: 512},
+	{name: "wide-d200-causal-mask-bias", b: 2, lq: 21, lk: 35, h: 2, d: 200, causal: true, mask: true, bias: 2},
+	{name: "wide-d264-noscale", b: 1, lq: 17, lk: 33, h: 1, d: 264, noScale: true, bias: 1},
 }
 
 func checkAttentionCUDA(t *testing.T, g *GPU) {
@@ -482,6 +532,41 @@ func checkAttentionCase(t *testing.T, g *GPU, tc attnCase, seed uint64) {
 	}
 }
 
+// checkBroadcastCUDA checks AddBroadcastInPlace (batch 1 and batch B
+// operands) and RepeatBatch against the CPU sum / copy.
+func checkBroadcastCUDA(t *testing.T, g *GPU) {
+	r := rand.New(rand.NewPCG(31, 32))
+	dt := g.DType
+	x := gpuRand(r, dt, 1, 3, 4, 5, 7) // [3, 4, 5, 7]
+	for _, yb := range []int{1, 3} {
+		y := gpuRand(r, dt, 1, yb, 4, 5, 7) // [1 or 3, 4, 5, 7]
+		want := x.Clone()
+		AddInPlace(want, repeatBatchCPU(y, 3/yb))
+		gx := up(t, g, x)
+		err := g.AddBroadcastInPlace(gx, up(t, g, y))
+		expect(t, fmt.Sprintf("AddBroadcastInPlace(batch %d)", yb), gx, err, want)
+	}
+	y := gpuRand(r, dt, 1, 1, 4, 5, 7) // [1, 4, 5, 7]
+	rep, err := g.RepeatBatch(up(t, g, y), 3)
+	expect(t, "RepeatBatch", rep, err, repeatBatchCPU(y, 3))
+	if rep != nil {
+		rep.Free()
+	}
+	if err := g.AddBroadcastInPlace(up(t, g, x), up(t, g, gpuRand(r, dt, 1, 2, 4, 5, 7))); err == nil {
+		t.Error("AddBroadcastInPlace of batch 2 onto batch 3 succeeded")
+	}
+}
+
+// repeatBatchCPU returns x [1, ...] repeated n times along axis 0 (test helper).
+func repeatBatchCPU(x *Tensor, n int) *Tensor {
+	shape := append([]int{n * x.Shape[0]}, x.Shape[1:]...)
+	out := New(shape...)
+	for i := 0; i < n; i++ {
+		copy(out.Data[i*x.Numel():], x.Data)
+	}
+	return out
+}
+
 // checkUpDownCUDA round-trips values through both dtypes: fp32 exactly,
 // fp16 as the nearest-even halves (overflow to Inf, subnormals kept).
 func checkUpDownCUDA(t *testing.T, g *GPU) {
@@ -522,11 +607,11 @@ func checkOpErrorsCUDA(t *testing.T, g *GPU) {
 	if _, err := g.Linear(a, w, nil); err == nil {
 		t.Error("Linear with a [3, 5] weight on [2, 4] succeeded")
 	}
-	q, err := g.EmptyOf(GPUF32, 1, 4, 2*200)
+	q, err := g.EmptyOf(GPUF32, 1, 4, 2*520)
 	must(t, err)
 	defer q.Free()
 	if _, err := g.Attention(q, q, q, 2, 0); err == nil {
-		t.Error("Attention with head dim 200 succeeded")
+		t.Error("Attention with head dim 520 succeeded")
 	}
 }
 

@@ -16,7 +16,17 @@
 //     padding is zero-filled inside the kernel, so D = 40 runs as 48).
 //   flash_attn_simt_<T>: plain fp32 arithmetic for any D <= 160 (the
 //     exact path of GPUF32 runs, and a reference for the fp16 kernel).
-// Neither handles dropout or D > 160.
+//   flash_attn_f16_wide_d<DP> (DP = 256, 512): fp16 tensor-core kernel
+//     for wide heads (the VAE's one 512-wide head): the head dim is split
+//     over DP/64 warps, each holding its 64 columns of q (16 registers)
+//     and of the output accumulator (32) for 16 query rows; q k^T partial
+//     sums over the column slices meet in shared memory (summed in warp
+//     order, so every warp sees the same scores and runs the same online
+//     softmax), then each warp multiplies P by its slice of V.
+//   flash_attn_wide_simt_<T>: fp32 arithmetic for 160 < D <= 512, one warp
+//     per query row, keys one at a time (score = warp sum over D, 16
+//     columns per lane), K and V read straight from global memory.
+// None handles dropout or D > 512.
 //
 // Launch (nn/cuda_attention.go):
 //   flash_attn_f16_d<DP>: block 128 threads = 4 warps x 16 query rows,
@@ -25,6 +35,13 @@
 //     thread when D and the row strides are multiples of 8 halves.
 //   flash_attn_simt_<T>: block 128 threads = 4 warps x 2 query rows,
 //     grid (ceil(Lq/8), H, B), dynamic shared (8+64)*(D+1)*4 bytes.
+//   flash_attn_f16_wide_d<DP>: block DP/64 warps (256 threads at DP=512),
+//     grid (ceil(Lq/16), H, B), static shared max(32*(DP+8), DP*40)*2
+//     bytes (40 KB at DP=512): one buffer holding the key tile, then the
+//     fp32 partial scores, then the transposed value tile (5 barriers per
+//     tile of 32 keys).
+//   flash_attn_wide_simt_<T>: block 128 threads = 4 warps x 1 query row,
+//     grid (ceil(Lq/4), H, B), no shared memory.
 // On an H100 (SD1.5 64x64: Lq = Lk = 4096, D = 40/80/160, 8 heads, B=2)
 // the f16 kernel would gain most from: double-buffered K/V tiles with
 // cp.async or TMA, so loads overlap the MMAs (now load, sync, compute);
@@ -36,6 +53,12 @@
 // d32 96, d16 80; SIMT 48; no other spills), so that more than 2 blocks
 // (8 warps) fit an SM at the SD1.5 head dims; and,
 // for D = 40, 48-wide tiles waste 17% of the q k^T MMAs on padding.
+// The wide kernel (VAE mid-block, Lq = Lk = 4096 at 512px, one head of
+// 512): 256 blocks per batch item of 8 warps; each block reads all of K
+// and V once for only 16 query rows (K/V traffic 256x 4 MB per item, from
+// L2 mostly); 32 or 64 query rows per block (2-4 m-tiles per warp, more
+// accumulator registers) and 16-byte / cp.async tile loads are the next
+// steps. NVRTC 11.8 ptxas for sm_90 (see WIDE-REGS below).
 // Cross-attention (Lk = 77) has two key tiles; ceil(4096/64)*8*2 = 1024
 // blocks still fill 132 SMs.
 
@@ -294,3 +317,194 @@ extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d80(FA_PARAMS(h
 extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d96(FA_PARAMS(half_t)) { flash_mma<96>(FA_ARGS); }
 extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d128(FA_PARAMS(half_t)) { flash_mma<128>(FA_ARGS); }
 extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_d160(FA_PARAMS(half_t)) { flash_mma<160>(FA_ARGS); }
+
+// ---- wide heads (160 < D <= 512) ----
+
+#define FA_WROWS 16 // query rows per block of the wide fp16 kernel
+#define FA_WKEYS 32 // keys per tile of the wide fp16 kernel
+#define FA_WCOLS 64 // head columns per warp
+
+template <int DP>
+__device__ void flash_mma_wide(FA_PARAMS(half_t)) {
+    const int NW = DP / FA_WCOLS;                                      // warps
+    const int KS = (FA_WKEYS * (DP + 8) > DP * (FA_WKEYS + 8)) ? FA_WKEYS * (DP + 8) : DP * (FA_WKEYS + 8);
+    // One buffer, three uses per key tile: K as [key][DP+8], then the
+    // partial scores as float [NW][16][FA_WKEYS], then V^T as [DP][FA_WKEYS+8].
+    __shared__ __align__(16) half_t buf[KS];
+    float* part = reinterpret_cast<float*>(buf);
+    int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * FA_WROWS;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    int g = lane >> 2, t = lane & 3;
+    int c0 = w * FA_WCOLS; // this warp's head columns c0..c0+63
+    const half_t* qb = q + (long long)b * Lq * sq + (long long)h * D;
+    const half_t* kb = k + (long long)b * Lk * sk + (long long)h * D;
+    const half_t* vb = v + (long long)b * Lk * sv + (long long)h * D;
+    half_t* ob = o + (long long)b * Lq * so + (long long)h * D;
+    const half_t* bb = bias ? bias + b * bias_b + h * bias_h : nullptr;
+    const half_t zero = 0;
+
+    unsigned qa[FA_WCOLS / 16][4]; // A fragments of q[q0.., c0..c0+63]
+    for (int kk = 0; kk < FA_WCOLS / 16; kk++)
+        for (int hf = 0; hf < 2; hf++) {
+            int c = c0 + kk * 16 + 2 * t + 8 * hf;
+            for (int rh = 0; rh < 2; rh++) {
+                int r = q0 + g + 8 * rh;
+                const half_t* qr = qb + (long long)r * sq;
+                half_t lo = r < Lq && c < D ? qr[c] : zero;
+                half_t hi = r < Lq && c + 1 < D ? qr[c + 1] : zero;
+                qa[kk][2 * hf + rh] = pack_h2(lo, hi);
+            }
+        }
+    float oacc[FA_WCOLS / 8][4];
+    for (int n = 0; n < FA_WCOLS / 8; n++)
+        for (int e = 0; e < 4; e++) oacc[n][e] = 0.0f;
+    float mrow[2] = {neg_inf(), neg_inf()}, lrow[2] = {0.0f, 0.0f};
+    float sl2 = scale * FA_LOG2E;
+
+    int kend = causal ? min(Lk, q0 + FA_WROWS) : Lk;
+    for (int k0 = 0; k0 < kend; k0 += FA_WKEYS) {
+        __syncthreads(); // the previous V tile is consumed
+        for (int i = threadIdx.x; i < FA_WKEYS * DP; i += blockDim.x) {
+            int j = i / DP, d = i - j * DP;
+            buf[j * (DP + 8) + d] = k0 + j < Lk && d < D ? kb[(long long)(k0 + j) * sk + d] : zero;
+        }
+        __syncthreads();
+        // Partial S over this warp's columns: 4 n-tiles of 8 keys.
+        float s[FA_WKEYS / 8][4];
+        for (int j = 0; j < FA_WKEYS / 8; j++) {
+            for (int e = 0; e < 4; e++) s[j][e] = 0.0f;
+            const half_t* kr = &buf[(j * 8 + g) * (DP + 8) + c0 + 2 * t];
+            for (int kk = 0; kk < FA_WCOLS / 16; kk++) {
+                unsigned bf[2] = {ld_h2(kr + kk * 16), ld_h2(kr + kk * 16 + 8)};
+                mma_m16n8k16(s[j], qa[kk], bf, s[j]);
+            }
+        }
+        __syncthreads(); // K is consumed: the buffer takes the partial sums
+        for (int j = 0; j < FA_WKEYS / 8; j++)
+            for (int e = 0; e < 4; e++)
+                part[(w * 16 + g + 8 * (e >> 1)) * FA_WKEYS + j * 8 + 2 * t + (e & 1)] = s[j][e];
+        __syncthreads();
+        for (int j = 0; j < FA_WKEYS / 8; j++)
+            for (int e = 0; e < 4; e++) {
+                int off = (g + 8 * (e >> 1)) * FA_WKEYS + j * 8 + 2 * t + (e & 1);
+                float x = 0.0f;
+                for (int ww = 0; ww < NW; ww++) x += part[ww * 16 * FA_WKEYS + off];
+                s[j][e] = x;
+            }
+        __syncthreads(); // partial sums are consumed: the buffer takes V^T
+        for (int i = threadIdx.x; i < FA_WKEYS * DP; i += blockDim.x) {
+            int j = i / DP, d = i - j * DP;
+            buf[d * (FA_WKEYS + 8) + j] = k0 + j < Lk && d < D ? vb[(long long)(k0 + j) * sv + d] : zero;
+        }
+        // Scale, bias and masks in log2 units, then the online softmax
+        // (the same in every warp: same sums in the same order).
+        for (int j = 0; j < FA_WKEYS / 8; j++)
+            for (int e = 0; e < 4; e++) {
+                int qi = q0 + g + 8 * (e >> 1), kj = k0 + j * 8 + 2 * t + (e & 1);
+                bool ok = fa_visible(kmask, b, Lk, qi, kj, causal);
+                float x = s[j][e] * sl2;
+                if (ok && bb && qi < Lq) x += h2f(bb[(long long)qi * Lk + kj]) * FA_LOG2E;
+                s[j][e] = ok ? x : neg_inf();
+            }
+        for (int rh = 0; rh < 2; rh++) {
+            float mt = neg_inf();
+            for (int j = 0; j < FA_WKEYS / 8; j++) mt = fmaxf(mt, fmaxf(s[j][2 * rh], s[j][2 * rh + 1]));
+            mt = fmaxf(mt, __shfl_xor_sync(SDB_FULL_MASK, mt, 1));
+            mt = fmaxf(mt, __shfl_xor_sync(SDB_FULL_MASK, mt, 2));
+            float mn = fmaxf(mrow[rh], mt);
+            float mu = mn == neg_inf() ? 0.0f : mn;
+            float alpha = exp2f(mrow[rh] - mu);
+            mrow[rh] = mn;
+            float ls = 0.0f;
+            for (int j = 0; j < FA_WKEYS / 8; j++)
+                for (int e = 2 * rh; e < 2 * rh + 2; e++) {
+                    float p = exp2f(s[j][e] - mu);
+                    s[j][e] = p;
+                    ls += p;
+                }
+            lrow[rh] = lrow[rh] * alpha + ls;
+            for (int n = 0; n < FA_WCOLS / 8; n++) {
+                oacc[n][2 * rh] *= alpha;
+                oacc[n][2 * rh + 1] *= alpha;
+            }
+        }
+        __syncthreads(); // V^T is in place
+        for (int kk = 0; kk < FA_WKEYS / 16; kk++) {
+            unsigned pa[4] = {pack_h2(f2h(s[2 * kk][0]), f2h(s[2 * kk][1])), pack_h2(f2h(s[2 * kk][2]), f2h(s[2 * kk][3])),
+                              pack_h2(f2h(s[2 * kk + 1][0]), f2h(s[2 * kk + 1][1])),
+                              pack_h2(f2h(s[2 * kk + 1][2]), f2h(s[2 * kk + 1][3]))};
+            for (int n = 0; n < FA_WCOLS / 8; n++) {
+                const half_t* vr = &buf[(c0 + n * 8 + g) * (FA_WKEYS + 8) + kk * 16 + 2 * t];
+                unsigned bf[2] = {ld_h2(vr), ld_h2(vr + 8)};
+                mma_m16n8k16(oacc[n], pa, bf, oacc[n]);
+            }
+        }
+    }
+    float inv[2];
+    for (int rh = 0; rh < 2; rh++) {
+        float l = lrow[rh];
+        l += __shfl_xor_sync(SDB_FULL_MASK, l, 1);
+        l += __shfl_xor_sync(SDB_FULL_MASK, l, 2);
+        inv[rh] = l > 0.0f ? 1.0f / l : 0.0f;
+    }
+    for (int n = 0; n < FA_WCOLS / 8; n++)
+        for (int e = 0; e < 4; e++) {
+            int qi = q0 + g + 8 * (e >> 1), c = c0 + n * 8 + 2 * t + (e & 1);
+            if (qi < Lq && c < D) ob[(long long)qi * so + c] = f2h(oacc[n][e] * inv[e >> 1]);
+        }
+}
+
+// WIDE-REGS: registers / spills as NVRTC 11.8 ptxas -v reports them for
+// sm_90 are recorded in nn/cuda_attention.go's attnWideNotes.
+extern "C" __global__ void __launch_bounds__(128) flash_attn_f16_wide_d256(FA_PARAMS(half_t)) { flash_mma_wide<256>(FA_ARGS); }
+extern "C" __global__ void __launch_bounds__(256) flash_attn_f16_wide_d512(FA_PARAMS(half_t)) { flash_mma_wide<512>(FA_ARGS); }
+
+#define FA_WIDE_DL 16 // 512 / 32 head columns per lane
+
+template <class T>
+__device__ void flash_wide_simt(FA_PARAMS(T)) {
+    int b = blockIdx.z, h = blockIdx.y;
+    int lane = threadIdx.x & 31, qi = blockIdx.x * 4 + (threadIdx.x >> 5);
+    if (qi >= Lq) return; // whole warps: no block barrier below
+    const T* qr = q + ((long long)b * Lq + qi) * sq + (long long)h * D;
+    const T* kb = k + (long long)b * Lk * sk + (long long)h * D;
+    const T* vb = v + (long long)b * Lk * sv + (long long)h * D;
+    T* orow = o + ((long long)b * Lq + qi) * so + (long long)h * D;
+    const T* br = bias ? bias + b * bias_b + h * bias_h + (long long)qi * Lk : nullptr;
+    float qv[FA_WIDE_DL], acc[FA_WIDE_DL];
+    for (int i = 0; i < FA_WIDE_DL; i++) {
+        int d = lane + 32 * i;
+        qv[i] = d < D ? to_f(qr[d]) : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = neg_inf(), l = 0.0f;
+    int kend = causal ? min(Lk, qi + 1) : Lk;
+    for (int j = 0; j < kend; j++) {
+        if (!fa_visible(kmask, b, Lk, qi, j, causal)) continue; // the same for every lane
+        const T* kr = kb + (long long)j * sk;
+        float s = 0.0f;
+        for (int i = 0; i < FA_WIDE_DL; i++) {
+            int d = lane + 32 * i;
+            if (d < D) s += qv[i] * to_f(kr[d]);
+        }
+        s = warp_sum(s) * scale;
+        if (br) s += to_f(br[j]);
+        float mn = fmaxf(m, s);
+        float alpha = expf(m - mn), p = expf(s - mn);
+        l = l * alpha + p;
+        m = mn;
+        const T* vr = vb + (long long)j * sv;
+        for (int i = 0; i < FA_WIDE_DL; i++) {
+            int d = lane + 32 * i;
+            acc[i] = acc[i] * alpha + (d < D ? p * to_f(vr[d]) : 0.0f);
+        }
+    }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int i = 0; i < FA_WIDE_DL; i++) {
+        int d = lane + 32 * i;
+        if (d < D) orow[d] = from_f<T>(acc[i] * inv);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) flash_attn_wide_simt_f32(FA_PARAMS(float)) { flash_wide_simt(FA_ARGS); }
+extern "C" __global__ void __launch_bounds__(128) flash_attn_wide_simt_f16(FA_PARAMS(half_t)) { flash_wide_simt(FA_ARGS); }

@@ -3,7 +3,8 @@
 // as <name>_f32 and <name>_f16: SiLU, add, GEGLU (optionally with the
 // projection's bias folded in), bias adds (per channel, per row, per
 // batch item and channel), a batched transpose through 32x32 shared tiles,
-// nearest upsampling and a two-way concat (dtype casts are in text.cu).
+// nearest upsampling, a two-way concat and a batch-broadcast copy (dtype
+// casts are in text.cu).
 // Grid-stride loops with 64-bit indices. Not vectorised (one element per thread per step).
 //
 // Launch (nn/cuda_ops.go gridFor): 1-D blocks of 256 threads, grid
@@ -87,6 +88,17 @@ extern "C" __global__ void add_row_bias_f32(float* __restrict__ x, const float* 
 }
 extern "C" __global__ void add_row_bias_f16(half_t* __restrict__ x, const half_t* __restrict__ bias, int N, long long n) {
     add_row_bias(x, bias, N, n);
+}
+
+// y [rows, N] = x [N] repeated (a batch-1 tensor broadcast over the batch).
+template <class T> __device__ void bcast_rows(const T* __restrict__ x, T* __restrict__ y, long long N, long long n) {
+    GRID_STRIDE(i, n) { y[i] = x[i % N]; }
+}
+extern "C" __global__ void bcast_rows_f32(const float* __restrict__ x, float* __restrict__ y, long long N, long long n) {
+    bcast_rows(x, y, N, n);
+}
+extern "C" __global__ void bcast_rows_f16(const half_t* __restrict__ x, half_t* __restrict__ y, long long N, long long n) {
+    bcast_rows(x, y, N, n);
 }
 
 // x [B, C, HW] in place: x += bias[b, c] (bias [B, C]; the U-Net's time

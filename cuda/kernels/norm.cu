@@ -18,13 +18,14 @@
 // shared memory (fp16: 80 KB, opt-in dynamic shared) or registers so it
 // is read from HBM once; vectorise layer norm the same way.
 
-// x, y [B, C, HW] (y may be x); pre [B, C] or null, added to x before the
-// statistics; w, b [C] or null. grid = B*G blocks, any multiple of 32
+// x, y [B, C, HW] (y may be x); pre [B, C] (pre_b = C) or [C] (pre_b = 0)
+// or null, added to x before the statistics (a time embedding, or a conv's
+// bias folded into the norm after it); w, b [C] or null. grid = B*G blocks, any multiple of 32
 // threads. When HW is a multiple of 16 bytes' worth of T and x, y are
 // 16-byte aligned, every access moves 16 bytes (one channel per chunk).
 template <class T>
 __device__ void group_norm_ex(const T* x, T* y, const T* __restrict__ pre, const T* __restrict__ w, const T* __restrict__ b,
-                              int C, int HW, int G, float eps, int silu) {
+                              int C, int HW, int G, float eps, int silu, long long pre_b) {
     __shared__ float sh[33];
     const int V = VEC16<T>::N;
     int task = blockIdx.x;
@@ -34,7 +35,7 @@ __device__ void group_norm_ex(const T* x, T* y, const T* __restrict__ pre, const
     long long base = ((long long)n * C + (long long)g * cg) * HW;
     const T* xs = x + base;
     T* ys = y + base;
-    const T* ps = pre ? pre + (long long)n * C + (long long)g * cg : nullptr;
+    const T* ps = pre ? pre + n * pre_b + (long long)g * cg : nullptr;
     bool vec = HW % V == 0 && aligned16(xs) && aligned16(ys);
     long long nv = vec ? len / V : 0; // 16-byte chunks; the scalar loops take the rest (all of it when !vec)
     float s = 0.0f;
@@ -83,22 +84,22 @@ __device__ void group_norm_ex(const T* x, T* y, const T* __restrict__ pre, const
 extern "C" __global__ void group_norm_f32(const float* __restrict__ x, float* __restrict__ y,
                                           const float* __restrict__ w, const float* __restrict__ b,
                                           int C, int HW, int G, float eps, int silu) {
-    group_norm_ex<float>(x, y, nullptr, w, b, C, HW, G, eps, silu);
+    group_norm_ex<float>(x, y, nullptr, w, b, C, HW, G, eps, silu, 0);
 }
 extern "C" __global__ void group_norm_f16(const half_t* __restrict__ x, half_t* __restrict__ y,
                                           const half_t* __restrict__ w, const half_t* __restrict__ b,
                                           int C, int HW, int G, float eps, int silu) {
-    group_norm_ex<half_t>(x, y, nullptr, w, b, C, HW, G, eps, silu);
+    group_norm_ex<half_t>(x, y, nullptr, w, b, C, HW, G, eps, silu, 0);
 }
 extern "C" __global__ void group_norm_ex_f32(const float* x, float* y, const float* __restrict__ pre,
                                              const float* __restrict__ w, const float* __restrict__ b,
-                                             int C, int HW, int G, float eps, int silu) {
-    group_norm_ex(x, y, pre, w, b, C, HW, G, eps, silu);
+                                             int C, int HW, int G, float eps, int silu, long long pre_b) {
+    group_norm_ex(x, y, pre, w, b, C, HW, G, eps, silu, pre_b);
 }
 extern "C" __global__ void group_norm_ex_f16(const half_t* x, half_t* y, const half_t* __restrict__ pre,
                                              const half_t* __restrict__ w, const half_t* __restrict__ b,
-                                             int C, int HW, int G, float eps, int silu) {
-    group_norm_ex(x, y, pre, w, b, C, HW, G, eps, silu);
+                                             int C, int HW, int G, float eps, int silu, long long pre_b) {
+    group_norm_ex(x, y, pre, w, b, C, HW, G, eps, silu, pre_b);
 }
 
 // x, y [rows, D] (y may be x); w, b [D] or null. grid = rows.

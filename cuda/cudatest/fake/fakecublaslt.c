@@ -9,11 +9,15 @@
  * cuBLASLt documents) and GELU_BIAS (bias first), the bias one value per
  * row of D in D's type, summed in double and rounded once (fakegemm.h).
  * The algorithm may be NULL and the workspace is ignored; D may alias C
- * only with identical layouts. Runs synchronously. Not cuBLASLt. */
-#include <stdlib.h>
+ * only with identical layouts. A matmul on a stream that is being
+ * captured is recorded into the capture (fakecapture.h) with the
+ * descriptor's and layouts' values and alpha/beta as they are at the call
+ * (host pointer mode), and runs when the graph is launched; otherwise it
+ * runs at once. Not cuBLASLt. */
+#include "fakecapture.h"
 #include "fakegemm.h"
 
-enum { OK = 0, NOT_INITIALIZED = 1, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
+enum { OK = 0, NOT_INITIALIZED = 1, INVALID_VALUE = 7, EXECUTION_FAILED = 13, NOT_SUPPORTED = 15 };
 
 struct desc { int compute, scale, ta, tb, epilogue, biasType; const void *bias; };
 struct layout { int type; uint64_t rows, cols; int64_t ld; };
@@ -85,6 +89,40 @@ int cublasLtMatmulAlgoGetHeuristic(void *h, struct desc *d, struct layout *a, st
     return 0;
 }
 
+/* matmulCall is one cublasLtMatmul with its arguments by value. */
+struct matmulCall {
+    struct desc d;
+    struct layout la, lb, lc, ld;
+    float alpha, beta;
+    const void *A, *B, *C;
+    void *D;
+};
+
+static int runMatmul(void *p) {
+    const struct matmulCall *c = p;
+    const struct desc *d = &c->d;
+    uint64_t m = d->ta ? c->la.cols : c->la.rows, k = d->ta ? c->la.rows : c->la.cols, n = d->tb ? c->lb.rows : c->lb.cols;
+    int ep = d->epilogue;
+    int hasBias = ep == 4 || ep == 6 || ep == 36;
+    int bt = d->biasType >= 0 ? d->biasType : c->ld.type;
+    size_t mn = (size_t)m * n;
+    double *acc = malloc((mn ? mn : 1) * sizeof *acc);
+    if (!acc) return 3; /* ALLOC_FAILED */
+    /* C read through its own layout, then written to D's. */
+    gemmT(d->ta, d->tb, (int)m, (int)n, (int)k, c->alpha, c->A, c->la.type, (int)c->la.ld, c->B, c->lb.type,
+          (int)c->lb.ld, c->beta, (void *)c->C, c->lc.type, (int)c->lc.ld, acc);
+    for (uint64_t j = 0; j < n; j++)
+        for (uint64_t i = 0; i < m; i++) {
+            double v = acc[i + j * m];
+            if (hasBias) v += ld(d->bias, bt, i);
+            if (ep == 2 || ep == 6) v = v > 0 ? v : 0;
+            if (ep == 32 || ep == 36) v = 0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+            st(c->D, c->ld.type, i + j * c->ld.ld, v);
+        }
+    free(acc);
+    return 0;
+}
+
 int cublasLtMatmul(void *h, struct desc *d, const float *alpha, const void *A, struct layout *la, const void *B,
                    struct layout *lb, const float *beta, const void *C, struct layout *lc, void *D, struct layout *ldd,
                    const void *algo, void *ws, size_t wsSize, void *stream) {
@@ -95,23 +133,9 @@ int cublasLtMatmul(void *h, struct desc *d, const float *alpha, const void *A, s
     if (k != kb || lc->rows != m || lc->cols != n || ldd->rows != m || ldd->cols != n) return INVALID_VALUE;
     if (C == D && (lc->type != ldd->type || lc->ld != ldd->ld)) return INVALID_VALUE;
     int ep = d->epilogue;
-    int hasBias = ep == 4 || ep == 6 || ep == 36;
-    if (hasBias && !d->bias) return INVALID_VALUE;
-    int bt = d->biasType >= 0 ? d->biasType : ldd->type;
-    size_t mn = (size_t)m * n;
-    double *acc = malloc((mn ? mn : 1) * sizeof *acc);
-    if (!acc) return 3; /* ALLOC_FAILED */
-    /* C read through its own layout, then written to D's. */
-    gemmT(d->ta, d->tb, (int)m, (int)n, (int)k, *alpha, A, la->type, (int)la->ld, B, lb->type, (int)lb->ld, *beta,
-          (void *)C, lc->type, (int)lc->ld, acc);
-    for (uint64_t j = 0; j < n; j++)
-        for (uint64_t i = 0; i < m; i++) {
-            double v = acc[i + j * m];
-            if (hasBias) v += ld(d->bias, bt, i);
-            if (ep == 2 || ep == 6) v = v > 0 ? v : 0;
-            if (ep == 32 || ep == 36) v = 0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
-            st(D, ldd->type, i + j * ldd->ld, v);
-        }
-    free(acc);
-    return 0;
+    if ((ep == 4 || ep == 6 || ep == 36) && !d->bias) return INVALID_VALUE;
+    struct matmulCall *c = malloc(sizeof *c);
+    if (!c) return 3; /* ALLOC_FAILED */
+    *c = (struct matmulCall){*d, *la, *lb, *lc, *ldd, *alpha, *beta, A, B, C, D};
+    return enqueue(stream, runMatmul, free, c, "cublasLtMatmul", EXECUTION_FAILED);
 }

@@ -4,7 +4,8 @@
  * device memory and cuMemGetAddressRange_v2, events, async copies and
  * memsets, pinned and registered host memory, stream capture into a graph
  * replayed by cuGraphLaunch (and the capture rules), fp16/fp32 GemmEx and
- * GemmStridedBatchedEx, cublasLtMatmul with its epilogues, and device
+ * GemmStridedBatchedEx, cublasLtMatmul with its epilogues, GEMMs and
+ * matmuls recorded into a stream capture and replayed by the graph, and device
  * memory when file descriptors run out. Run by
  * standin_test.go with the libraries' folder as argv[1]; prints one line
  * per failed check and exits 1 if any failed. */
@@ -197,12 +198,19 @@ int main(int argc, char **argv) {
         for (int i = 0; i < K * N; i++) { bf[p][i] = h2f(f2h((rand() % 200 - 100) / 41.0f)); bh[p][i] = f2h(bf[p][i]); }
     }
     float one = 1, zero = 0;
+    SYM(bl, int (*)(void **), cublasCreate_v2);
+    SYM(bl, int (*)(void *), cublasDestroy_v2);
+    SYM(bl, int (*)(void *, void *), cublasSetStream_v2);
+    SYM(bl, int (*)(void *, void *, size_t), cublasSetWorkspace_v2);
+    void *blas;
+    RC(cublasCreate_v2(&blas), 0);
+    RC(cublasGemmEx(NULL, 1, 0, M, N, K, &one, ah[0], 2, K, bh[0], 2, K, &zero, ch[0], 2, M, 68, -1), 1);
     /* C[M,N] = A^T B with A stored [K,M] (lda K, op T) and B [K,N] (ldb K). */
-    RC(cublasGemmEx((void *)9, 1, 0, M, N, K, &one, ah[0], 2, K, bh[0], 2, K, &zero, ch[0], 2, M, 68, -1), 0);
-    RC(cublasGemmEx((void *)9, 1, 0, M, N, K, &one, ah[0], 2, K, bh[0], 2, K, &zero, ch[0], 2, M, 64, -1), 15);
-    RC(cublasGemmStridedBatchedEx((void *)9, 1, 0, M, N, K, &one, ah, 2, K, K * M, bh, 2, K, K * N, &zero, ch, 2, M, M * N, 2, 68, -1), 0);
+    RC(cublasGemmEx(blas, 1, 0, M, N, K, &one, ah[0], 2, K, bh[0], 2, K, &zero, ch[0], 2, M, 68, -1), 0);
+    RC(cublasGemmEx(blas, 1, 0, M, N, K, &one, ah[0], 2, K, bh[0], 2, K, &zero, ch[0], 2, M, 64, -1), 15);
+    RC(cublasGemmStridedBatchedEx(blas, 1, 0, M, N, K, &one, ah, 2, K, K * M, bh, 2, K, K * N, &zero, ch, 2, M, M * N, 2, 68, -1), 0);
     float c32[M * N];
-    RC(cublasGemmEx((void *)9, 1, 0, M, N, K, &one, af[1], 0, K, bh[1], 2, K, &zero, c32, 0, M, 68, 99), 0);
+    RC(cublasGemmEx(blas, 1, 0, M, N, K, &one, af[1], 0, K, bh[1], 2, K, &zero, c32, 0, M, 68, 99), 0);
     for (int p = 0; p < 2; p++)
         for (int j = 0; j < N; j++)
             for (int i = 0; i < M; i++) {
@@ -211,6 +219,47 @@ int main(int argc, char **argv) {
                 CHECK(ch[p][i + j * M] == f2h((float)s), "fp16 gemm batch %d [%d,%d] = %g, want %g", p, i, j, h2f(ch[p][i + j * M]), s);
                 if (p == 1) CHECK(fabs(c32[i + j * M] - s) <= 1e-6 * fabs(s) + 1e-6, "fp32xfp16 gemm [%d,%d] = %g, want %g", i, j, c32[i + j * M], s);
             }
+
+    /* A GemmEx on a capturing stream is recorded with alpha and beta by
+     * value and runs at each replay with the operands' contents then. */
+    {
+        static char wsbuf[1024] __attribute__((aligned(256)));
+        RC(cublasSetWorkspace_v2(blas, wsbuf + 8, 256), 7);
+        RC(cublasSetStream_v2(blas, s), 0);
+        RC(cublasSetWorkspace_v2(blas, wsbuf, sizeof wsbuf), 0);
+        float cap[M * N], alpha = 2, beta = 0, bcap[K * N];
+        memcpy(bcap, bf[0], sizeof bcap);
+        for (int i = 0; i < M * N; i++) cap[i] = 7;
+        RC(cuStreamBeginCapture_v2(s, 0), 0);
+        RC(cublasGemmEx(blas, 1, 0, M, N, K, &alpha, af[1], 0, K, bcap, 0, K, &beta, cap, 0, M, 68, -1), 0);
+        alpha = 100; /* alpha and beta are read at the call */
+        beta = 1;
+        RC(cuStreamEndCapture(s, &g), 0);
+        CHECK(cap[0] == 7 && cap[M * N - 1] == 7, "a captured GEMM ran at capture: %g", cap[0]);
+        memcpy(bcap, bf[1], sizeof bcap); /* the replay reads operands as they are then */
+        RC(cuGraphInstantiateWithFlags(&ge, g, 0), 0);
+        RC(cuGraphDestroy(g), 0); /* the executable graph keeps the recorded call */
+        for (int rep = 0; rep < 2; rep++) {
+            for (int i = 0; i < M * N; i++) cap[i] = 7;
+            RC(cuGraphLaunch(ge, s), 0);
+            for (int j = 0; j < N; j++)
+                for (int i = 0; i < M; i++) {
+                    double want = 0;
+                    for (int k = 0; k < K; k++) want += (double)af[1][k + i * K] * bf[1][k + j * K];
+                    want *= 2;
+                    CHECK(fabs(cap[i + j * M] - want) <= 1e-6 * fabs(want) + 1e-6, "replay %d of a captured GEMM [%d,%d] = %g, want %g",
+                          rep, i, j, cap[i + j * M], want);
+                }
+        }
+        RC(cuGraphExecDestroy(ge), 0);
+        /* the legacy stream during another stream's capture is refused */
+        RC(cuStreamBeginCapture_v2(s, 0), 0);
+        RC(cublasSetStream_v2(blas, NULL), 0);
+        RC(cublasGemmEx(blas, 1, 0, M, N, K, &one, af[1], 0, K, bcap, 0, K, &zero, cap, 0, M, 68, -1), 13);
+        RC(cuStreamEndCapture(s, &g), 0);
+        RC(cuGraphDestroy(g), 0);
+    }
+    RC(cublasDestroy_v2(blas), 0);
 
     /* cuBLASLt: D = act(A B + bias), bias per row of (column-major) D */
     SYM(lt, int (*)(void **), cublasLtCreate);
@@ -254,6 +303,40 @@ int main(int argc, char **argv) {
                 }
         }
     }
+    /* A matmul on a capturing stream is recorded with the descriptor's
+     * values at the call: changing the epilogue afterwards does not change
+     * the replay. */
+    {
+        RC(cublasLtMatmulDescCreate(&d, 68, 0), 0);
+        int ta = 1, relu = 6, plain = 1;
+        const void *bp = bias;
+        RC(cublasLtMatmulDescSetAttribute(d, 3, &ta, 4), 0);
+        RC(cublasLtMatmulDescSetAttribute(d, 7, &relu, 4), 0);
+        RC(cublasLtMatmulDescSetAttribute(d, 8, &bp, 8), 0);
+        RC(cublasLtMatrixLayoutCreate(&la, 0, K, M, K), 0);
+        RC(cublasLtMatrixLayoutCreate(&lb, 0, K, N, K), 0);
+        RC(cublasLtMatrixLayoutCreate(&lc, 0, M, N, M), 0);
+        float out[M * N];
+        for (int i = 0; i < M * N; i++) out[i] = -7;
+        RC(cuStreamBeginCapture_v2(s, 0), 0);
+        RC(cublasLtMatmul(h, d, &one, af[0], la, bf[0], lb, &zero, out, lc, out, lc, NULL, NULL, 0, s), 0);
+        RC(cublasLtMatmulDescSetAttribute(d, 7, &plain, 4), 0);
+        RC(cuStreamEndCapture(s, &g), 0);
+        CHECK(out[0] == -7, "a captured matmul ran at capture: %g", out[0]);
+        RC(cuGraphInstantiateWithFlags(&ge, g, 0), 0);
+        RC(cuGraphLaunch(ge, s), 0);
+        for (int j = 0; j < N; j++)
+            for (int i = 0; i < M; i++) {
+                double want = bias[i];
+                for (int k = 0; k < K; k++) want += (double)af[0][k + i * K] * bf[0][k + j * K];
+                want = want > 0 ? want : 0;
+                CHECK(fabs(out[i + j * M] - want) <= 1e-6 * fabs(want) + 1e-6, "replayed matmul [%d,%d] = %g, want %g", i, j,
+                      out[i + j * M], want);
+            }
+        RC(cuGraphExecDestroy(ge), 0);
+        RC(cuGraphDestroy(g), 0);
+    }
+
     /* out of file descriptors: allocations still work, only IPC export refuses them */
     SYM(cu, int (*)(void *, dptr), cuIpcGetMemHandle);
     struct rlimit lim, saved;
