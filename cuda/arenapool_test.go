@@ -7,6 +7,7 @@ package cuda
 import (
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -217,23 +218,11 @@ func TestArenaPool(t *testing.T) {
 				t.Fatal(err)
 			}
 			st := p.stats()
-			if st.InUse != tt.inUse || st.FreeSpans != tt.spans || !equalInts(f.grown, tt.grown) {
+			if st.InUse != tt.inUse || st.FreeSpans != tt.spans || !slices.Equal(f.grown, tt.grown) {
 				t.Fatalf("in use %d free spans %d grown %v, want %d %d %v", st.InUse, st.FreeSpans, f.grown, tt.inUse, tt.spans, tt.grown)
 			}
 		})
 	}
-}
-
-func equalInts(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestArenaPoolStats(t *testing.T) {
@@ -334,7 +323,7 @@ func TestArenaPoolLimitReserveTrim(t *testing.T) {
 	if err := p.reserve(M); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.grown; !equalInts(got, []int64{2 * M, 2 * M, M}) {
+	if got := f.grown; !slices.Equal(got, []int64{2 * M, 2 * M, M}) {
 		t.Fatalf("grown %v", got)
 	}
 	if _, err := p.alloc(M + 1); err == nil || !strings.Contains(err.Error(), "limit of 5242880 bytes") {

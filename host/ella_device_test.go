@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/sdbridge/sdbridge/cuda/cudatest"
@@ -129,10 +130,10 @@ func TestELLAConditionerOnDevice(t *testing.T) {
 					t.Fatal(err)
 				}
 				for _, c := range []*nn.Tensor{got, compat} {
-					if !sameShapeInts(c.Shape, want.Shape) {
+					if !slices.Equal(c.Shape, want.Shape) {
 						t.Fatalf("t=%v cond=%v: shape %v, want %v", step.t, step.cond, c.Shape, want.Shape)
 					}
-					if r := relL2Tensor(c.Data, want.Data); r > 1e-5 || math.IsNaN(r) {
+					if r := nn.RelL2(c.Data, want.Data); r > 1e-5 || math.IsNaN(r) {
 						t.Fatalf("t=%v cond=%v: rel L2 %.3g > 1e-5", step.t, step.cond, r)
 					}
 				}
@@ -142,20 +143,4 @@ func TestELLAConditionerOnDevice(t *testing.T) {
 			}
 		})
 	}
-}
-
-func sameShapeInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func relL2Tensor(got, want []float32) float64 {
-	return relL2F32(got, want)
 }

@@ -87,10 +87,10 @@ func TestMergeGoldenGPU(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if r := mergeRelL2(have, c); r > 1e-6 {
+				if r := nn.RelL2(have, c); r > 1e-6 {
 					t.Errorf("%s: GPU vs CPU merge rel L2 %.3g > 1e-6", key, r)
 				}
-				if r := mergeRelL2(have, want); r > 1e-5 {
+				if r := nn.RelL2(have, want); r > 1e-5 {
 					t.Errorf("%s: GPU merge vs reference rel L2 %.3g > 1e-5", key, r)
 				}
 			}

@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sdbridge/sdbridge/inspect"
+	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/lora"
 	"github.com/sdbridge/sdbridge/safetensors"
 )
@@ -37,19 +38,6 @@ func mergeGolden(t testing.TB, rel string) string {
 		t.Skipf("golden file %s absent (%v): set SDBRIDGE_GOLDEN_DIR", p, err)
 	}
 	return p
-}
-
-func mergeRelL2(got, want []float32) float64 {
-	var num, den float64
-	for i := range got {
-		d := float64(got[i]) - float64(want[i])
-		num += d * d
-		den += float64(want[i]) * float64(want[i])
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
 }
 
 func TestMergeGolden(t *testing.T) {
@@ -131,7 +119,7 @@ func TestMergeGolden(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					if r := mergeRelL2(have, want); r > tt.tol {
+					if r := nn.RelL2(have, want); r > tt.tol {
 						t.Errorf("%s: rel L2 %.3g > %g", name, r, tt.tol)
 					}
 					if to.DType == safetensors.F16 {

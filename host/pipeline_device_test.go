@@ -7,7 +7,6 @@ package host
 
 import (
 	"context"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -215,13 +214,5 @@ func TestPipelineOnDeviceChild(t *testing.T) {
 	}
 }
 
-// relL2 is ||a-b|| / ||b||.
-func relL2(a, b *nn.Tensor) float64 {
-	var num, den float64
-	for i := range b.Data {
-		d := float64(a.Data[i]) - float64(b.Data[i])
-		num += d * d
-		den += float64(b.Data[i]) * float64(b.Data[i])
-	}
-	return math.Sqrt(num / den)
-}
+// relL2 is ||a-b|| / ||b|| over tensors.
+func relL2(a, b *nn.Tensor) float64 { return nn.RelL2(a.Data, b.Data) }

@@ -198,7 +198,7 @@ func TestLoRADevicePatchMatchesHost(t *testing.T) {
 					}
 					continue
 				}
-				if r := relL2F32(got16[name], want); r > 2e-3 || math.IsNaN(r) {
+				if r := nn.RelL2(got16[name], want); r > 2e-3 || math.IsNaN(r) {
 					t.Fatalf("%s: F16 device vs host rel L2 %.3g > 2e-3", name, r)
 				}
 			}
@@ -213,7 +213,7 @@ func TestLoRADevicePatchMatchesHost(t *testing.T) {
 					}
 					continue
 				}
-				if r := relL2F32(got[name], want); r > 1e-6 || math.IsNaN(r) {
+				if r := nn.RelL2(got[name], want); r > 1e-6 || math.IsNaN(r) {
 					t.Fatalf("%s: device vs host rel L2 %.3g > 1e-6", name, r)
 				}
 			}
@@ -228,18 +228,4 @@ func TestLoRADevicePatchMatchesHost(t *testing.T) {
 			}
 		})
 	}
-}
-
-// relL2F32 is ||got-want|| / ||want||.
-func relL2F32(got, want []float32) float64 {
-	var num, den float64
-	for i := range want {
-		d := float64(got[i]) - float64(want[i])
-		num += d * d
-		den += float64(want[i]) * float64(want[i])
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
 }

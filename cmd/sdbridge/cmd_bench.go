@@ -1,7 +1,8 @@
 // cmd_bench.go: 'sdbridge bench' times the model parts at real SD1.5 shapes
 // with random weights (no checkpoint needed), so users can size their
 // hardware: U-Net CFG step (batch 2), VAE decode, CLIP encode, and on
-// request the plugin parts (--parts controlnet,t5,ella,lora-swap). Each part is
+// request the plugin parts (--parts controlnet,t5,ella,lora-swap) and a whole
+// image with the three plugins (txt2img, bench_txt2img.go). Each part is
 // loaded, run once to warm up, then timed over --repeat runs (the median is
 // reported). With --device cuda each part runs as its models.*CUDA type on
 // device tensors where it has such an API, timed with CUDA events; the
@@ -38,6 +39,8 @@ type benchResult struct {
 	LoadSec float64 `json:"load_s"`
 	Device  string  `json:"device"` // where the part ran: cpu or cuda
 	Timer   string  `json:"timer"`
+	// Phases are the figures of the "txt2img" part (bench_txt2img.go).
+	Phases *txt2imgPhases `json:"phases,omitempty"`
 }
 
 type benchReport struct {
@@ -58,6 +61,8 @@ type bench struct {
 	src    models.Source // random weights of layout (fp16)
 	t5     models.T5Config
 	ella   ellaShape
+	// txt2img are the "txt2img" part's settings (--steps, --cache).
+	txt2img txt2imgSettings
 	// plugins, when set (tests), serves the LoRA plugin of "lora-swap";
 	// else that part starts its own supervisor.
 	plugins *host.Supervisor
@@ -89,6 +94,7 @@ var benchParts = map[string]func(b *bench) (benchResult, error){
 	"t5":         benchT5,
 	"ella":       benchELLA,
 	"lora-swap":  benchLoRASwap,
+	"txt2img":    benchTxt2Img,
 }
 
 func runBench(args []string) error {
@@ -96,7 +102,8 @@ func runBench(args []string) error {
 	size := fs.Int("size", 512, "image size in pixels (multiple of 8)")
 	repeat := fs.Int("repeat", 1, "timed runs per part (after one warm-up run)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	parts := fs.String("parts", "clip,vae,unet", "comma-separated parts to time: unet, vae, clip, controlnet, ella, t5, lora-swap")
+	parts := fs.String("parts", "clip,vae,unet", "comma-separated parts to time: unet, vae, clip, controlnet, ella, t5, lora-swap, txt2img")
+	t2i := addTxt2ImgFlags(fs)
 	devFlags := addDeviceFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -107,7 +114,7 @@ func runBench(args []string) error {
 	names := splitList(*parts)
 	for _, part := range names {
 		if _, ok := benchParts[part]; !ok {
-			return fmt.Errorf("--parts: unknown part %q (unet, vae, clip, controlnet, ella, t5, lora-swap)", part)
+			return fmt.Errorf("--parts: unknown part %q (unet, vae, clip, controlnet, ella, t5, lora-swap, txt2img)", part)
 		}
 	}
 	dev, err := devFlags.open(os.Stderr)
@@ -116,6 +123,7 @@ func runBench(args []string) error {
 	}
 	defer dev.Close()
 	b := newBench(dev, *size, *repeat)
+	b.txt2img = *t2i
 	rep := benchReport{DeviceInfo: dev.Info(), Size: *size, Repeat: b.repeat, Threads: runtime.GOMAXPROCS(0), BLAS: nn.GemmBackend()}
 	if !*asJSON && dev.OnGPU() {
 		fmt.Printf("device %s (driver %s, CUDA %s)\n", dev, rep.Driver, rep.CUDADriver)

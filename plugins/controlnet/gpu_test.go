@@ -17,23 +17,11 @@ import (
 
 	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/cuda/cudatest"
+	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 	"github.com/sdbridge/sdbridge/plugins/sdk/sdktest"
 	"github.com/sdbridge/sdbridge/safetensors"
 )
-
-func relL2(got, want []float32) float64 {
-	var num, den float64
-	for i := range want {
-		d := float64(got[i]) - float64(want[i])
-		num += d * d
-		den += float64(want[i]) * float64(want[i])
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
-}
 
 // upload writes v into t's range of buf in t's dtype.
 func upload(t *testing.T, buf *cuda.Buffer, ts *sdk.Tensor, v []float32) {
@@ -179,7 +167,7 @@ func TestPluginGPUMatchesCPU(t *testing.T) {
 			}
 			for _, o := range outs {
 				got := download(t, outBuf, o)
-				if r := relL2(got, want[o.Name]); r > tc.tol || math.IsNaN(r) {
+				if r := nn.RelL2(got, want[o.Name]); r > tc.tol || math.IsNaN(r) {
 					t.Fatalf("%s: GPU vs CPU rel L2 %.3g > %g", o.Name, r, tc.tol)
 				}
 			}

@@ -20,6 +20,7 @@ package ella
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -263,7 +264,7 @@ func (p *Plugin) Conditioning(ctx context.Context, req *sdk.ConditioningRequest)
 		return nil, fmt.Errorf("ella: no output tensor")
 	}
 	want := []int{b, e.NumLatents, e.Width}
-	if !sameShape(req.Out.Shape, want) {
+	if !slices.Equal(req.Out.Shape, want) {
 		return nil, fmt.Errorf("ella: output tensor %q has shape %v, want %v", req.Out.Name, req.Out.Shape, want)
 	}
 	if err := ctx.Err(); err != nil {
@@ -306,18 +307,6 @@ func fillRows(out []float32, cond *nn.Tensor, b int) {
 func allEqual(ts []float32) bool {
 	for _, t := range ts[1:] {
 		if t != ts[0] {
-			return false
-		}
-	}
-	return true
-}
-
-func sameShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
 			return false
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -59,7 +60,7 @@ func TestConditioningMatchesConnector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []int{1, 64, 128}; !sameShape(enc.ContextShape, want) {
+	if want := []int{1, 64, 128}; !slices.Equal(enc.ContextShape, want) {
 		t.Fatalf("context shape %v, want %v", enc.ContextShape, want)
 	}
 	cfg, _ := configOf(ps)

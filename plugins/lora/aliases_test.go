@@ -5,6 +5,7 @@
 package lora
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -51,23 +52,11 @@ func TestResolveWorkedExamples(t *testing.T) {
 			if !ok {
 				t.Fatalf("Resolve(%q) found nothing, want %s", tt.lora, tt.want)
 			}
-			if cm.Name != tt.want || !equalInts(cm.Weight, tt.shape) {
+			if cm.Name != tt.want || !slices.Equal(cm.Weight, tt.shape) {
 				t.Errorf("Resolve(%q) = %s %v, want %s %v", tt.lora, cm.Name, cm.Weight, tt.want, tt.shape)
 			}
 		})
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestAliasesRoundTrip: every alias of every module resolves to it, and no

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/cuda/cudatest"
+	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 	"github.com/sdbridge/sdbridge/plugins/sdk/sdktest"
 	"github.com/sdbridge/sdbridge/safetensors"
@@ -139,15 +140,6 @@ func gemmF16Runs(t *testing.T, p *Plugin, dev *cuda.Device) bool {
 	return true
 }
 
-// relL2f32 is ||got-want|| / ||want||.
-func relL2f32(got, want []float32) float64 {
-	w := make([]float64, len(want))
-	for i, v := range want {
-		w[i] = float64(v)
-	}
-	return relL2(got, w)
-}
-
 func TestDeviceMergeMatchesCPU(t *testing.T) {
 	if !cudatest.InChild() {
 		cudatest.RunChild(t, "TestDeviceMergeMatchesCPU", cudatest.Build(t))
@@ -222,7 +214,7 @@ func TestDeviceMergeMatchesCPU(t *testing.T) {
 				if dt == sdk.F16 {
 					want, tol = roundF16(want), 1e-3
 				}
-				if rel := relL2f32(got, want); rel > tol || math.IsNaN(rel) {
+				if rel := nn.RelL2(got, want); rel > tol || math.IsNaN(rel) {
 					t.Fatalf("rel L2 %.3g > %g (GPU path %v)", rel, tol, gpu)
 				}
 			})
@@ -319,7 +311,7 @@ func TestDevicePatchOverGRPC(t *testing.T) {
 	if err := cpu.Apply(key, fx.orig[key], want); err != nil {
 		t.Fatal(err)
 	}
-	if rel := relL2f32(got, want); rel > 1e-6 {
+	if rel := nn.RelL2(got, want); rel > 1e-6 {
 		t.Fatalf("rel L2 %.3g between the patch over gRPC and Apply", rel)
 	}
 }
