@@ -4,10 +4,12 @@
 // operands and m/n (colMajorArgs, checked by a test against a fake). It
 // binds SGEMM, GemmEx (fp16/bf16 inputs, fp32 compute), and strided
 // batched SGEMM. cuBLASLt matmuls with bias/GELU epilogues are in
-// cublaslt.go.
+// cublaslt.go. FixWorkspace gives a handle its own device workspace
+// (cublasSetWorkspace_v2, optional) for graph capture (see graph.go).
 package cuda
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"unsafe"
@@ -47,6 +49,7 @@ type cublasAPI struct {
 	cublasSetStream           func(h uintptr, s uintptr) int32
 	cublasGetVersion          func(h uintptr, v *int32) int32
 	cublasSetMathMode         func(h uintptr, mode int32) int32
+	cublasSetWorkspace        func(h uintptr, ws uint64, n uint64) int32
 	cublasSgemm               func(h uintptr, ta, tb, m, n, k int32, alpha *float32, a uint64, lda int32, b uint64, ldb int32, beta *float32, c uint64, ldc int32) int32
 	cublasGemmEx              func(h uintptr, ta, tb, m, n, k int32, alpha unsafe.Pointer, a uint64, at int32, lda int32, b uint64, bt int32, ldb int32, beta unsafe.Pointer, c uint64, ct int32, ldc int32, compute int32, algo int32) int32
 	cublasSgemmStridedBatched func(h uintptr, ta, tb, m, n, k int32, alpha *float32, a uint64, lda int32, sa int64, b uint64, ldb int32, sb int64, beta *float32, c uint64, ldc int32, sc int64, count int32) int32
@@ -75,6 +78,7 @@ func loadCublas() (*cublasAPI, error) {
 			{name: "cublasSetStream_v2", fn: &a.cublasSetStream},
 			{name: "cublasGetVersion_v2", fn: &a.cublasGetVersion},
 			{name: "cublasSetMathMode", fn: &a.cublasSetMathMode, optional: true},
+			{name: "cublasSetWorkspace_v2", fn: &a.cublasSetWorkspace, optional: true},
 			{name: "cublasSgemm_v2", fn: &a.cublasSgemm},
 			{name: "cublasGemmEx", fn: &a.cublasGemmEx},
 			{name: "cublasSgemmStridedBatched", fn: &a.cublasSgemmStridedBatched},
@@ -91,6 +95,7 @@ type BLAS struct {
 	dev     *Device
 	api     *cublasAPI
 	h       uintptr
+	ws      *Buffer // fixed workspace (FixWorkspace), nil before
 	Path    string
 	Version int
 }
@@ -155,9 +160,69 @@ func (bl *BLAS) SetTF32(on bool) error {
 	return bl.dev.Do(func() error { return cublasCheck("cublasSetMathMode", bl.api.cublasSetMathMode(bl.h, mode)) })
 }
 
-// Close destroys the handle.
+// Recommended cuBLAS workspace sizes (NVIDIA's cuBLAS docs,
+// cublasSetWorkspace): 32 MiB on Hopper (sm_90) and newer, 4 MiB before,
+// the size of cuBLAS's own default pool.
+const (
+	cublasWorkspaceHopper = 32 << 20
+	cublasWorkspaceOther  = 4 << 20
+)
+
+// FixWorkspace gives the handle a device workspace of its own, of the
+// recommended size for the device, bound with cublasSetWorkspace_v2, so
+// GEMMs captured into a graph use that fixed buffer instead of cuBLAS's
+// internal pool (or stream-ordered allocations, which would become memory
+// nodes of the graph). Call it before Device.Capture (it allocates: it
+// fails with ErrCapturing during a capture); once is enough, later calls
+// do nothing. The workspace lives until Close; every graph that captured
+// GEMMs of this handle must be closed before. Without the symbol (old
+// cuBLAS) it returns a *MissingSymbolError and cuBLAS keeps its own
+// workspace.
+func (bl *BLAS) FixWorkspace() error {
+	if bl.ws != nil {
+		return nil
+	}
+	if bl.api.cublasSetWorkspace == nil {
+		return &MissingSymbolError{Lib: bl.api.path, Symbol: "cublasSetWorkspace_v2"}
+	}
+	if err := bl.dev.notCapturing("cuBLAS workspace allocation"); err != nil {
+		return err
+	}
+	n := cublasWorkspaceOther
+	if bl.dev.Major >= 9 {
+		n = cublasWorkspaceHopper
+	}
+	ws, err := bl.dev.Alloc(n) // cuMemAlloc: 256-byte aligned as cuBLAS requires
+	if err != nil {
+		return fmt.Errorf("cuda: cuBLAS workspace: %w", err)
+	}
+	err = bl.dev.Do(func() error {
+		return cublasCheck("cublasSetWorkspace", bl.api.cublasSetWorkspace(bl.h, ws.Ptr, uint64(n)))
+	})
+	if err != nil {
+		return errors.Join(err, ws.Free())
+	}
+	bl.ws = ws
+	return nil
+}
+
+// Workspace returns the size in bytes of the fixed workspace set by
+// FixWorkspace (0 when cuBLAS uses its own).
+func (bl *BLAS) Workspace() int {
+	if bl.ws == nil {
+		return 0
+	}
+	return bl.ws.Size
+}
+
+// Close destroys the handle and frees its fixed workspace.
 func (b *BLAS) Close() error {
-	return b.dev.Do(func() error { return cublasCheck("cublasDestroy", b.api.cublasDestroy(b.h)) })
+	err := b.dev.Do(func() error { return cublasCheck("cublasDestroy", b.api.cublasDestroy(b.h)) })
+	if b.ws != nil {
+		err = errors.Join(err, b.ws.Free())
+		b.ws = nil
+	}
+	return err
 }
 
 // colGemm is one column-major GEMM call: C = op(A) op(B), C is m x n.

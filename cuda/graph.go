@@ -24,6 +24,29 @@
 // async copies before each Launch. Do not Reset or allocate from that
 // arena while the Graph lives. It does not update graphs in place
 // (cuGraphExecUpdate), nor capture across several streams.
+//
+// cuBLAS and cuBLASLt under capture (to check on a real GPU; NVIDIA's
+// cuBLAS documentation, "CUDA Graphs support" and cublasSetWorkspace):
+// cuBLAS calls can be captured; in host pointer mode (the only mode this
+// package uses) alpha and beta are copied into the graph at capture, so a
+// replay uses the captured values. Routines that return a result to host
+// memory synchronise and cannot be captured (none is bound here). Without
+// a user workspace cuBLAS takes its workspace from its own pool, and from
+// CUDA 12.2 on may allocate it stream-ordered (cudaMallocAsync), which a
+// capture turns into memory nodes: not allowed in child graphs or graphs
+// launched from the device, and a growing footprint when the same handle
+// is captured many times. So give each handle that is captured a fixed
+// device workspace with cublasSetWorkspace before the capture
+// (BLAS.FixWorkspace: 32 MiB on sm_90 and newer, 4 MiB before, as NVIDIA
+// recommends; it must be 256-byte aligned, and cublasSetStream resets it,
+// so set it after the stream); the workspace must outlive every graph that
+// captured it, and graphs captured from one handle must not replay
+// concurrently on different streams (they share the workspace).
+// UNetCUDA's graph build calls FixWorkspace. cuBLASLt takes its workspace
+// per call: Lt uses one fixed buffer allocated at NewLt, which is what
+// capture needs. The stand-in cuBLAS/cuBLASLt record GEMMs into the
+// capture and replay them (cudatest/fake/README.md), and accept the
+// workspace without using it: that it suffices on a GPU is unchecked.
 package cuda
 
 import (

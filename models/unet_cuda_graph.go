@@ -1,7 +1,8 @@
 // unet_cuda_graph.go: optional CUDA graph replay of the U-Net forward
 // (UNetCUDA.Graphs, off by default until it is checked on a GPU). The
 // first call for an input shape (batch, latent size, context length,
-// residual names and shapes, dtype) builds a graph: input buffers and all
+// residual names and shapes, dtype) builds a graph: the cuBLAS handle gets
+// a fixed workspace (cuda.BLAS.FixWorkspace), input buffers and all
 // scratch come from a private arena, one plain forward warms up (compiles
 // the kernels, grows the arena to the forward's peak), then a second one is
 // captured (cuda.Device.Capture). Later calls of that shape copy the
@@ -16,6 +17,7 @@
 package models
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -119,6 +121,13 @@ func (c *UNetCUDA) buildGraph(x *nn.GPUTensor, timesteps []float32, ctx *nn.GPUT
 	fail := func(err error) (*unetGraph, error) {
 		gr.close()
 		return nil, err
+	}
+	// A fixed cuBLAS workspace keeps the captured GEMMs off cuBLAS's own
+	// allocations (an old cuBLAS without cublasSetWorkspace keeps its pool).
+	if g.BLAS != nil {
+		if err := g.BLAS.FixWorkspace(); err != nil && !errors.Is(err, cuda.ErrMissingSymbol) {
+			return fail(err)
+		}
 	}
 	var err error
 	if gr.x, err = g.Empty(x.Shape...); err != nil { // [B, in, H, W]

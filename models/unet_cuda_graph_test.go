@@ -153,6 +153,9 @@ func checkUNetCUDAGraphs(t *testing.T, g *nn.GPU, m cudaMode) {
 	if n, want := len(c.graphs), 2; n != want {
 		t.Fatalf("%d graphs built, want %d (one per shape)", n, want)
 	}
+	if ws, want := g.BLAS.Workspace(), 32<<20; ws != want { // the stand-in device is sm_90
+		t.Fatalf("cuBLAS workspace after building graphs: %d bytes, want a fixed %d", ws, want)
+	}
 	t.Run("stale input shows", func(t *testing.T) {
 		// Replay the 10x6 graph without copying a new x into the graph's
 		// input buffer: the output must differ from the new x's forward and

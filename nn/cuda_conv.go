@@ -1,13 +1,38 @@
 // cuda_conv.go: the nn compute engine on an NVIDIA GPU, part 6: 2-D
 // convolution as im2col (cuda/kernels/conv.cu) + one GEMM per batch item,
-// with padding given per side (ConvPad), so ldm's VAE Downsample,
-// F.pad(x, (0, 1, 0, 1)) then a 3x3 stride-2 conv, runs without a padded
-// copy of its input. The symmetric-padding entry points (Conv2d,
-// Conv2dInto, Conv2dAddInto) are in cuda_ops.go and land here. No
-// dilation, groups or implicit GEMM.
+// or, for fp16 when GPU.ConvAlgo says so, as one implicit-GEMM kernel on
+// tensor cores (no im2col buffer); padding given per side (ConvPad), so
+// ldm's VAE Downsample, F.pad(x, (0, 1, 0, 1)) then a 3x3 stride-2 conv,
+// runs without a padded copy of its input. The symmetric-padding entry
+// points (Conv2d, ConvScratch, Conv2dInto, Conv2dAddInto) are in
+// cuda_ops.go and land here. No dilation or groups.
 package nn
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/sdbridge/sdbridge/cuda"
+)
+
+// ConvAlgo selects the GPU convolution algorithm for fp16 tensors.
+type ConvAlgo int
+
+const (
+	// ConvIm2col writes the im2col matrix to a scratch buffer and
+	// multiplies it with cuBLAS (the default: cuBLAS's tuned GEMMs).
+	ConvIm2col ConvAlgo = iota
+	// ConvImplicitGEMM gathers the im2col tiles into shared memory inside
+	// one tensor-core kernel (conv_igemm_f16): no scratch buffer (47 MB
+	// for a 320-channel 3x3 conv at 512 px, batch 2). To be timed against
+	// ConvIm2col on a GPU before it becomes the default.
+	ConvImplicitGEMM
+)
+
+// implicitConv reports whether a conv on x runs as the implicit GEMM: fp16
+// storage, GPU.ConvAlgo = ConvImplicitGEMM, and not a plain 1x1 GEMM.
+func (g *GPU) implicitConv(x *GPUTensor, direct bool) bool {
+	return g.ConvAlgo == ConvImplicitGEMM && x.DType == GPUF16 && !direct
+}
 
 // ConvPad is a convolution's zero padding per side, in pixels.
 type ConvPad struct{ Top, Left, Bottom, Right int }
@@ -30,7 +55,8 @@ func (g *GPU) Conv2dPadInto(y, x, w, bias *GPUTensor, stride int, pad ConvPad) e
 	}
 	var cols *GPUTensor
 	ic, kh, kw := w.Shape[1], w.Shape[2], w.Shape[3]
-	if !(kh == 1 && kw == 1 && max(stride, 1) == 1 && pad == ConvPad{}) {
+	direct := kh == 1 && kw == 1 && max(stride, 1) == 1 && pad == ConvPad{}
+	if !direct && !g.implicitConv(x, direct) {
 		oh, ow := pad.OutSize(x.Shape[2], x.Shape[3], kh, kw, stride)
 		if oh <= 0 || ow <= 0 {
 			return fmt.Errorf("nn: cuda Conv2dPadInto: %dx%d kernel, padding %+v on input %v", kh, kw, pad, x.Shape)
@@ -46,7 +72,7 @@ func (g *GPU) Conv2dPadInto(y, x, w, bias *GPUTensor, stride int, pad ConvPad) e
 
 // conv2dPad is every GPU convolution: y = beta y + conv(x) (+ bias), with
 // cols [in*kh*kw, H'*W'] the im2col scratch (nil for a 1x1, stride-1,
-// unpadded convolution, a plain GEMM).
+// unpadded convolution, a plain GEMM, and for the implicit GEMM).
 func (g *GPU) conv2dPad(y, cols, x, w, bias *GPUTensor, stride int, pad ConvPad, beta float32) error {
 	if len(w.Shape) != 4 || len(x.Shape) != 4 || x.Shape[1] != w.Shape[1] {
 		return fmt.Errorf("nn: cuda Conv2d: weight %v does not fit input %v", w.Shape, x.Shape)
@@ -70,6 +96,11 @@ func (g *GPU) conv2dPad(y, cols, x, w, bias *GPUTensor, stride int, pad ConvPad,
 		return fmt.Errorf("nn: cuda Conv2d: bias %v for %d output channels", bias.Shape, oc)
 	}
 	direct := kh == 1 && kw == 1 && s == 1 && pad == ConvPad{}
+	if g.implicitConv(x, direct) {
+		grid := cuda.Dim3{X: uint32((opix + 63) / 64), Y: uint32((oc + 63) / 64), Z: uint32(b)}
+		return g.launchBlock("conv.cu", "conv_igemm_f16", grid, cuda.Dim3{X: 128}, 0, x.Buf, w.Buf, bufOf(bias), y.Buf,
+			ic, h, wd, oc, kh, kw, s, pad.Top, pad.Left, oh, ow, beta)
+	}
 	if !direct && (cols == nil || cols.Numel() < kdim*opix) {
 		return fmt.Errorf("nn: cuda Conv2d: im2col scratch must hold [%d, %d]", kdim, opix)
 	}

@@ -188,11 +188,13 @@ func (g *GPU) Conv2d(x, w, bias *GPUTensor, stride, pad int) (*GPUTensor, error)
 
 // ConvScratch allocates the im2col scratch Conv2dInto needs for x and w
 // ([in*kh*kw, H'*W'] of x's dtype), or returns nil for a 1x1, stride-1,
-// unpadded convolution (a plain GEMM).
+// unpadded convolution (a plain GEMM) and for the implicit GEMM (fp16
+// with GPU.ConvAlgo = ConvImplicitGEMM).
 func (g *GPU) ConvScratch(x, w *GPUTensor, stride, pad int) (*GPUTensor, error) {
 	ic, kh, kw := w.Shape[1], w.Shape[2], w.Shape[3]
 	s := max(stride, 1)
-	if kh == 1 && kw == 1 && s == 1 && pad == 0 {
+	direct := kh == 1 && kw == 1 && s == 1 && pad == 0
+	if direct || g.implicitConv(x, direct) {
 		return nil, nil
 	}
 	oh, ow := (x.Shape[2]+2*pad-kh)/s+1, (x.Shape[3]+2*pad-kw)/s+1

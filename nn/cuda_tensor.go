@@ -71,6 +71,10 @@ type GPU struct {
 	// Poison makes Empty fill new tensors with NaN, so a check can tell an
 	// element no kernel wrote (costs one memset per tensor).
 	Poison bool
+	// ConvAlgo picks how fp16 convolutions run (ConvIm2col, the zero
+	// value: im2col + cuBLAS; ConvImplicitGEMM: the tensor-core kernel
+	// without the im2col buffer). fp32 always uses im2col.
+	ConvAlgo ConvAlgo
 }
 
 // OpenGPU opens CUDA device ordinal and its cuBLAS handle, with fp32

@@ -240,21 +240,11 @@ func gpuStepInputs(g *nn.GPU, req *sdk.ResidualsRequest, tmp *[]*nn.GPUTensor) (
 // encodedHint is loadedNet.encodedHint on the device; an encoding without
 // a cache key goes to tmp (freed after the call).
 func (gn *gpuNet) encodedHint(req *sdk.ResidualsRequest, xShape []int, channels int, tmp *[]*nn.GPUTensor) (*nn.GPUTensor, error) {
-	hint := sdk.Find(req.Inputs, HintInput)
-	if hint == nil {
-		return nil, fmt.Errorf("no %q input tensor (the control image)", HintInput)
+	hint, key, err := requestHint(req, xShape, channels)
+	if err != nil {
+		return nil, err
 	}
-	b, h, w := xShape[0], xShape[2], xShape[3]
-	if len(hint.Shape) != 4 || (hint.Shape[0] != 1 && hint.Shape[0] != b) || hint.Shape[1] != channels {
-		return nil, fmt.Errorf("hint has shape %v, want [1 or %d, %d, %d, %d]", hint.Shape, b, channels, 8*h, 8*w)
-	}
-	if hint.Shape[2] != 8*h || hint.Shape[3] != 8*w {
-		return nil, fmt.Errorf("hint is %dx%d px but the latent is %dx%d: the control image must be exactly 8x the latent (%dx%d px); resize it before sending",
-			hint.Shape[3], hint.Shape[2], w, h, 8*w, 8*h)
-	}
-	key := req.Params.String(ParamHintKey, "")
 	if key != "" {
-		key = fmt.Sprintf("%s@%v", key, hint.Shape)
 		gn.mu.Lock()
 		e, ok := gn.hints[key]
 		gn.mu.Unlock()
@@ -263,7 +253,6 @@ func (gn *gpuNet) encodedHint(req *sdk.ResidualsRequest, xShape []int, channels 
 		}
 	}
 	var in *nn.GPUTensor
-	var err error
 	if hint.OnDevice() {
 		if in, err = hint.GPUTensor(); err != nil {
 			return nil, err

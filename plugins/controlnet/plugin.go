@@ -204,21 +204,11 @@ func stepInputs(req *sdk.ResidualsRequest) (x *nn.Tensor, ts []float32, cx *nn.T
 // encodedHint returns the hint encoding for this request's hint, from the
 // cache when its key was seen before at this latent size.
 func (ln *loadedNet) encodedHint(req *sdk.ResidualsRequest, xShape []int) (*nn.Tensor, error) {
-	hint := sdk.Find(req.Inputs, HintInput)
-	if hint == nil {
-		return nil, fmt.Errorf("no %q input tensor (the control image)", HintInput)
+	hint, key, err := requestHint(req, xShape, ln.net.Hint.HintChannels())
+	if err != nil {
+		return nil, err
 	}
-	b, h, w := xShape[0], xShape[2], xShape[3]
-	if len(hint.Shape) != 4 || (hint.Shape[0] != 1 && hint.Shape[0] != b) || hint.Shape[1] != ln.net.Hint.HintChannels() {
-		return nil, fmt.Errorf("hint has shape %v, want [1 or %d, %d, %d, %d]", hint.Shape, b, ln.net.Hint.HintChannels(), 8*h, 8*w)
-	}
-	if hint.Shape[2] != 8*h || hint.Shape[3] != 8*w {
-		return nil, fmt.Errorf("hint is %dx%d px but the latent is %dx%d: the control image must be exactly 8x the latent (%dx%d px); resize it before sending",
-			hint.Shape[3], hint.Shape[2], w, h, 8*w, 8*h)
-	}
-	key := req.Params.String(ParamHintKey, "")
 	if key != "" {
-		key = fmt.Sprintf("%s@%v", key, hint.Shape)
 		ln.mu.Lock()
 		g, ok := ln.hints[key]
 		ln.mu.Unlock()
@@ -247,6 +237,28 @@ func (ln *loadedNet) encodedHint(req *sdk.ResidualsRequest, xShape []int) (*nn.T
 		ln.mu.Unlock()
 	}
 	return g, nil
+}
+
+// requestHint finds the request's hint (the control image, [1|B, C, 8h,
+// 8w] for a latent xShape [B, 4, h, w] and C = channels) and its cache
+// key (empty when the host sent none).
+func requestHint(req *sdk.ResidualsRequest, xShape []int, channels int) (hint *sdk.Tensor, key string, err error) {
+	hint = sdk.Find(req.Inputs, HintInput)
+	if hint == nil {
+		return nil, "", fmt.Errorf("no %q input tensor (the control image)", HintInput)
+	}
+	b, h, w := xShape[0], xShape[2], xShape[3]
+	if len(hint.Shape) != 4 || (hint.Shape[0] != 1 && hint.Shape[0] != b) || hint.Shape[1] != channels {
+		return nil, "", fmt.Errorf("hint has shape %v, want [1 or %d, %d, %d, %d]", hint.Shape, b, channels, 8*h, 8*w)
+	}
+	if hint.Shape[2] != 8*h || hint.Shape[3] != 8*w {
+		return nil, "", fmt.Errorf("hint is %dx%d px but the latent is %dx%d: the control image must be exactly 8x the latent (%dx%d px); resize it before sending",
+			hint.Shape[3], hint.Shape[2], w, h, 8*w, 8*h)
+	}
+	if key = req.Params.String(ParamHintKey, ""); key != "" {
+		key = fmt.Sprintf("%s@%v", key, hint.Shape)
+	}
+	return hint, key, nil
 }
 
 // writeOutputs stores scale_i * res[name_i] into each granted output, or
