@@ -43,7 +43,7 @@
 // captured it, and graphs captured from one handle must not replay
 // concurrently on different streams (they share the workspace).
 // UNetCUDA's graph build calls FixWorkspace. cuBLASLt takes its workspace
-// per call: Lt uses one fixed buffer allocated at NewLt, which is what
+// per call: Lt passes one fixed buffer allocated at NewLt (or none), as
 // capture needs. The stand-in cuBLAS/cuBLASLt record GEMMs into the
 // capture and replay them (cudatest/fake/README.md), and accept the
 // workspace without using it: that it suffices on a GPU is unchecked.

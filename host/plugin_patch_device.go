@@ -1,15 +1,18 @@
 // plugin_patch_device.go: weight patching on the GPU. A PatchTarget with
 // Device set names the weight's copy in device memory (in a registered
 // device arena, arena_device.go); WeightPatch then grants the plugin a
-// device ref, restores the weight from the host's copy by uploading it in
-// the device dtype (restore, never subtract: bit-exact like the CPU path),
-// and the plugin merges on the device (plugins/lora/device.go). The
-// plugin must take device arenas (protocol minor 2); an older one fails
-// the patch with an error saying so, and the weights stay as they were.
+// device ref, restores the weight (restore, never subtract: bit-exact like
+// the CPU path) and the plugin merges on the device
+// (plugins/lora/device.go). DevicePatchTargets restores from a copy of the
+// original kept on the device (plugin_patch_device_orig.go: one queued
+// device-to-device copy per weight, the swap budget is written there),
+// falling back to an upload of the host's copy when the device is short of
+// memory. The plugin must take device arenas (protocol minor 2); an older
+// one fails the patch with an error saying so, and the weights stay as
+// they were.
 //
 // It does not allocate or free device weights (the model's GPU copy owns
-// them) and does not page-lock the host copies (restores are synchronous
-// pageable uploads; F16 copies are converted once and kept).
+// them).
 package host
 
 import (
@@ -28,6 +31,10 @@ type DeviceWeight struct {
 	DType sdk.DType    // F32 or F16
 	// Restore writes the original values into Buf, e.g. RestoreFromHost.
 	Restore func() error
+	// Original, when set, returns a read-only device ref (same dtype and
+	// shape) to a copy of the original values once one exists (ok false
+	// before), for plugins that read originals themselves.
+	Original func() (ref sdk.TensorRef, ok bool, err error)
 }
 
 // ref is the writable device ref of the weight.
@@ -69,13 +76,29 @@ func RestoreFromHost(buf *cuda.Buffer, dtype sdk.DType, host []float32) func() e
 // DevicePatchTargets moves patch targets onto the GPU: for each target
 // whose weight has a device copy (weight returns it, or nil to keep the
 // target on the host), the returned target patches that copy in place
-// (its allocation registered in set, plugin-writable) and restores it by
-// uploading the target's Data, the host's unpatched values, in the copy's
-// dtype. The host copies must then stay unpatched (patch the device or the
+// (its allocation registered in set, plugin-writable) and restores it from
+// a device copy of the target's Data (the host's unpatched values, in the
+// copy's dtype), made on the first restore (DeviceOriginals, no cap but
+// DefaultOriginalsReserve of free memory; short of memory, from Data over
+// PCIe). The host copies must then stay unpatched (patch the device or the
 // host, not both). Targets without a device copy are returned as they are.
 // Before freeing the device weights, Unmap set.Arenas() from every plugin
-// that patched them, then Close the set.
+// that patched them, then Close the set and CloseDeviceOriginals(set).
 func DevicePatchTargets(targets []*PatchTarget, set *DeviceArenaSet, weight func(t *PatchTarget) *nn.GPUTensor) ([]*PatchTarget, error) {
+	out, err := DevicePatchTargetsWith(targets, set, weight, func(dev *cuda.Device) *DeviceOriginals {
+		origs := originalsFor(set, dev)
+		if origs.dev != dev {
+			return nil // one device per set keeps originals; others restore from the host
+		}
+		return origs
+	})
+	return out, err
+}
+
+// DevicePatchTargetsWith is DevicePatchTargets with the originals of the
+// weights on device dev kept in origs(dev); origs nil, or returning nil,
+// restores from the host copy each time (RestoreFromHost).
+func DevicePatchTargetsWith(targets []*PatchTarget, set *DeviceArenaSet, weight func(t *PatchTarget) *nn.GPUTensor, origs func(dev *cuda.Device) *DeviceOriginals) ([]*PatchTarget, error) {
 	if !set.PluginWritable {
 		return nil, fmt.Errorf("device patch targets: arena set %q is read-only for plugins", set.Name)
 	}
@@ -96,8 +119,15 @@ func DevicePatchTargets(targets []*PatchTarget, set *DeviceArenaSet, weight func
 		if w.DType == nn.GPUF16 {
 			dt = sdk.F16
 		}
-		out = append(out, &PatchTarget{Name: t.Name, Shape: t.Shape, Data: t.Data,
-			Device: &DeviceWeight{Buf: w.Buf, DType: dt, Restore: RestoreFromHost(w.Buf, dt, t.Data)}})
+		dw := &DeviceWeight{Buf: w.Buf, DType: dt, Restore: RestoreFromHost(w.Buf, dt, t.Data)}
+		if origs != nil {
+			if o := origs(w.Buf.Device()); o != nil {
+				name, shape := t.Name, t.Shape
+				dw.Restore = o.Restore(name, w.Buf, dt, t.Data)
+				dw.Original = func() (sdk.TensorRef, bool, error) { return o.Original(name, dt, shape) }
+			}
+		}
+		out = append(out, &PatchTarget{Name: t.Name, Shape: t.Shape, Data: t.Data, Device: dw})
 	}
 	return out, nil
 }

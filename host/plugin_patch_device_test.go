@@ -112,6 +112,18 @@ func TestLoRADevicePatchMatchesHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() {
+		// DevicePatchTargets kept the originals on the device (1 GiB free on
+		// the stand-in, above DefaultOriginalsReserve): no restore went to
+		// the host.
+		st := DeviceOriginalsOf(set16).Stats()
+		if st.HostUploads != 0 || st.DeviceCopies == 0 || st.Fallbacks != 0 {
+			t.Errorf("F16 restores: %s; want device copies only", st)
+		}
+		if err := CloseDeviceOriginals(set16); err != nil {
+			t.Error(err)
+		}
+	}()
 	download16 := func() map[string][]float32 {
 		out := map[string][]float32{}
 		for name, w := range halves {

@@ -35,7 +35,7 @@ type T5CUDA struct {
 // NewT5CUDA uploads e's weights to g (as fp32, see the file comment) and
 // returns the GPU encoder.
 func NewT5CUDA(g *nn.GPU, e *T5Encoder) (*T5CUDA, error) {
-	c := &T5CUDA{e: e, g: g, dw: newDeviceWeights(gpuWithDType(g, nn.GPUF32))}
+	c := &T5CUDA{e: e, g: g, dw: newDeviceWeights(g.WithDType(nn.GPUF32))}
 	for i := range e.Blocks {
 		act, err := textActOf(e.Blocks[i].FF.ActName)
 		if err != nil {
@@ -50,18 +50,6 @@ func NewT5CUDA(g *nn.GPU, e *T5Encoder) (*T5CUDA, error) {
 		}
 	}
 	return c, nil
-}
-
-// gpuWithDType returns a handle on g's device, cuBLAS, arena and settings
-// whose ops create tensors of dtype dt (a copy of g taken now: the T5
-// refreshes it at every call, so later changes to g apply).
-func gpuWithDType(g *nn.GPU, dt nn.GPUDType) *nn.GPU {
-	if g.DType == dt {
-		return g
-	}
-	v := *g
-	v.DType = dt
-	return &v
 }
 
 // DModel is the width of the encoder's output.
@@ -89,7 +77,7 @@ func (c *T5CUDA) EncodeGPU(ids [][]int, mask [][]bool) (*nn.GPUTensor, error) {
 		return nil, err
 	}
 	n := len(ids[0])
-	c.dw.g = gpuWithDType(c.g, nn.GPUF32)
+	c.dw.g = c.g.WithDType(nn.GPUF32)
 	r := newTextRun(c.dw)
 	defer r.release()
 	h := r.embed(e.Embed, ids, nil)              // [B, L, D] shared[ids]

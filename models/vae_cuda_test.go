@@ -6,6 +6,7 @@
 package models
 
 import (
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -79,6 +80,41 @@ func checkVAECUDA(t *testing.T, g *nn.GPU, m cudaMode) {
 			checkClose(t, "encoded latent", gotLat, wantLat, m.tol)
 		})
 	}
+	t.Run("implicit-GEMM convs", func(t *testing.T) {
+		// fp16 only (fp32 convs always use im2col): the whole decoder (and,
+		// with SDBRIDGE_CUDA_SLOW_TESTS=1, the encoder) with conv_igemm_f16
+		// instead of im2col + cuBLAS; the emulated MMAs make it slow, so the
+		// quick run decodes a 2x2 latent only.
+		if g.DType != nn.GPUF16 {
+			t.Skip("fp32 convolutions always use im2col")
+		}
+		g.ConvAlgo = nn.ConvImplicitGEMM
+		defer func() { g.ConvAlgo = nn.ConvIm2col }()
+		lat := ramp(1, 4, 2, 2) // [1, 4, 2, 2]
+		want, err := v.Decode(lat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := dec.Decode(lat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkClose(t, "decoded image (implicit GEMM)", got, want, m.tol)
+		if !m.all {
+			t.Log("encoder with the implicit GEMM: SDBRIDGE_CUDA_SLOW_TESTS=1")
+			return
+		}
+		img := scaled(ramp(2, 3, 40, 24), 0.9) // [2, 3, 40, 24]
+		wantLat, err := v.Encode(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotLat, err := enc.Encode(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkClose(t, "encoded latent (implicit GEMM)", gotLat, wantLat, m.tol)
+	})
 	t.Run("mid attention over 768 positions", func(t *testing.T) {
 		// Long softmax rows (the SD VAE at 512 px has 4096 per row). x is
 		// small so the output is mostly the attention's increment (the
@@ -97,6 +133,11 @@ func checkVAECUDA(t *testing.T, g *nn.GPU, m cudaMode) {
 			t.Fatal(err)
 		}
 		checkClose(t, "attention block", got, want, m.tol)
+	})
+	t.Run("512-wide attention block", func(t *testing.T) {
+		// The SD VAE's mid attention (one head of 512 channels, so nn's
+		// wide-head flash kernels), random weights, 10x7 positions.
+		checkWideAttnCUDA(t, g, m, 512, 10, 7)
 	})
 	t.Run("downsample", func(t *testing.T) {
 		for _, tc := range []struct {
@@ -149,4 +190,40 @@ func checkVAECUDA(t *testing.T, g *nn.GPU, m cudaMode) {
 			})
 		}
 	})
+}
+
+// checkWideAttnCUDA runs a VAEAttnBlock of c channels with random
+// weights on [2, c, h, w] through imageRun.vaeAttn and compares it with
+// the CPU block.
+func checkWideAttnCUDA(t *testing.T, g *nn.GPU, m cudaMode, c, h, w int) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(uint64(c), 7))
+	rnd := func(s float32, shape ...int) *nn.Tensor {
+		x := nn.New(shape...)
+		for i := range x.Data {
+			x.Data[i] = float32(r.NormFloat64()) * s
+		}
+		return x
+	}
+	lin := func() *nn.Linear { return &nn.Linear{Weight: rnd(0.05, c, c), Bias: rnd(0.1, c)} }
+	a := &VAEAttnBlock{Norm: &nn.GroupNorm{Groups: 32, Eps: 1e-6, Weight: rnd(0.5, c), Bias: rnd(0.1, c)},
+		Q: lin(), K: lin(), V: lin(), ProjOut: lin()}
+	x := rnd(0.01, 2, c, h, w) // [2, C, h, w]: small, so the output is mostly the attention's increment
+	want := a.Forward(x)       // [2, C, h, w]
+	dw := newDeviceWeights(g)
+	defer dw.Close()
+	if err := uploadAll(dw, vaeAttnWeights(a)); err != nil {
+		t.Fatal(err)
+	}
+	run := newImageRun(dw)
+	defer run.release()
+	y := run.vaeAttn(a, run.upload(x)) // [2, C, h, w]
+	if run.err != nil {
+		t.Fatal(run.err)
+	}
+	got, err := y.Download()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkClose(t, "attention block", got, want, m.tol)
 }

@@ -104,6 +104,7 @@ func TestKernelRegistersNVRTC(t *testing.T) {
 		{"attention.cu", "flash_attn_simt", 255, true},
 		{"norm.cu", "group_norm", 64, false},
 		{"conv.cu", "im2col", 255, true},
+		{"conv.cu", "conv_igemm_f16", 255, true},
 	} {
 		t.Run(tc.prefix, func(t *testing.T) {
 			res := compiled[tc.file]

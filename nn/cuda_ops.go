@@ -8,13 +8,14 @@
 // instantiation per dtype, fp32 arithmetic). Outputs take the dtype of
 // the inputs; the *Into variants write into given tensors (no
 // allocation). Attention is in cuda_attention.go, layout ops in
-// cuda_shape.go, fused chains in cuda_fused.go. It does not do
-// implicit-GEMM convolutions.
+// cuda_shape.go, fused chains in cuda_fused.go, the convolution itself
+// (per-side padding, im2col or implicit GEMM by GPU.ConvAlgo) in
+// cuda_conv.go, batch broadcasting in cuda_broadcast.go.
 //
 // On an H100, what would make these faster: Conv2d runs im2col then one
-// GEMM per batch item; a strided-batched GemmEx (weights with stride 0)
-// or an implicit-GEMM conv (cuDNN, or mma tiles gathering the input)
-// removes the 9x im2col traffic and the per-item launches. fp16 GEMMs hit
+// GEMM per batch item by default; a strided-batched GemmEx (weights with
+// stride 0), or the implicit-GEMM kernel (ConvImplicitGEMM, untimed yet)
+// once tuned, removes the 9x im2col traffic and the per-item launches. fp16 GEMMs hit
 // the tensor cores at full rate when every leading dimension is a
 // multiple of 8 halves (SD1.5's channel counts are; odd test shapes are
 // not, which is only slower).

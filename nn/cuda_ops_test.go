@@ -167,6 +167,55 @@ func checkLinearCUDA(t *testing.T, g *GPU) {
 }
 
 func checkConvCUDA(t *testing.T, g *GPU) {
+	algos := []ConvAlgo{ConvIm2col}
+	if g.DType == GPUF16 {
+		algos = append(algos, ConvImplicitGEMM)
+	}
+	for _, algo := range algos {
+		t.Run(map[ConvAlgo]string{ConvIm2col: "im2col", ConvImplicitGEMM: "implicit"}[algo], func(t *testing.T) {
+			g.ConvAlgo = algo
+			defer func() { g.ConvAlgo = ConvIm2col }()
+			checkConvAlgoCUDA(t, g)
+		})
+	}
+	if g.DType == GPUF16 {
+		t.Run("implicit-vs-im2col", func(t *testing.T) { checkImplicitConvCUDA(t, g) })
+	}
+}
+
+// checkImplicitConvCUDA compares the implicit-GEMM conv with the im2col
+// path on the same fp16 tensors, on a size that takes several blocks in
+// each direction and a partial last reduction tile (K = 40*9 = 360).
+func checkImplicitConvCUDA(t *testing.T, g *GPU) {
+	r := rand.New(rand.NewPCG(41, 42))
+	x := gpuRand(r, GPUF16, 1, 2, 40, 9, 11)   // [2, 40, 9, 11]
+	w := gpuRand(r, GPUF16, 0.1, 70, 40, 3, 3) // [70, 40, 3, 3]
+	bias := gpuRand(r, GPUF16, 0.5, 70)        // [70]
+	gx, gw, gb := up(t, g, x), up(t, g, w), up(t, g, bias)
+	ref, err := g.Conv2d(gx, gw, gb, 1, 1) // [2, 70, 9, 11] by im2col
+	must(t, err)
+	defer ref.Free()
+	want, err := ref.Download()
+	must(t, err)
+	g.ConvAlgo = ConvImplicitGEMM
+	defer func() { g.ConvAlgo = ConvIm2col }()
+	if cols, err := g.ConvScratch(gx, gw, 1, 1); err != nil || cols != nil {
+		t.Errorf("ConvScratch with the implicit GEMM = %v, %v, want no scratch", cols, err)
+	}
+	got, err := g.Conv2d(gx, gw, gb, 1, 1) // [2, 70, 9, 11]
+	expect(t, "implicit GEMM vs im2col", got, err, want)
+	if got != nil {
+		got.Free()
+	}
+	cpu := (&Conv2d{Weight: w, Bias: bias, Stride: 1, Padding: 1}).Forward(x)
+	got, err = g.Conv2d(gx, gw, gb, 1, 1)
+	expect(t, "implicit GEMM vs CPU", got, err, cpu)
+	if got != nil {
+		got.Free()
+	}
+}
+
+func checkConvAlgoCUDA(t *testing.T, g *GPU) {
 	r := rand.New(rand.NewPCG(3, 4))
 	dt := g.DType
 	for _, tc := range []struct {
@@ -398,8 +447,10 @@ var attnCases = []attnCase{
 	{name: "d12-unaligned", b: 1, lq: 9, lk: 13, h: 3, d: 12}, // rows not 16-byte multiples: scalar tile loads
 	{name: "d7-odd", b: 2, lq: 17, lk: 66, h: 1, d: 7},
 	{name: "vae-d512", b: 2, lq: 37, lk: 37, h: 1, d: 512},
+	{name: "vae-d512-long", b: 1, lq: 300, lk: 300, h: 1, d: 512}, // 19 query blocks, 10 key tiles, partial tails
 	{name: "wide-d200-causal-mask-bias", b: 2, lq: 21, lk: 35, h: 2, d: 200, causal: true, mask: true, bias: 2},
 	{name: "wide-d264-noscale", b: 1, lq: 17, lk: 33, h: 1, d: 264, noScale: true, bias: 1},
+	{name: "wide-d170-unaligned", b: 1, lq: 18, lk: 40, h: 1, d: 170}, // scalar tile loads
 }
 
 func checkAttentionCUDA(t *testing.T, g *GPU) {

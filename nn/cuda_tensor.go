@@ -100,6 +100,19 @@ func OpenGPU(ordinal int) (*GPU, error) {
 	return g, nil
 }
 
+// WithDType returns a handle sharing g's device, cuBLAS, cuBLASLt, arena
+// and settings whose ops create tensors of dtype dt (g itself when it
+// already has it). The view is a snapshot of g's fields: take a new one
+// after changing g. Close only g, never a view.
+func (g *GPU) WithDType(dt GPUDType) *GPU {
+	if g.DType == dt {
+		return g
+	}
+	v := *g
+	v.DType = dt
+	return &v
+}
+
 // Close releases cuBLASLt, the arena, cuBLAS and the device (free
 // GPUTensors first; tensors from the arena are invalid afterwards).
 func (g *GPU) Close() error {

@@ -25,28 +25,30 @@ import (
 func tinyBench(t *testing.T, dev *host.Device) *bench {
 	layout := models.Tiny(1000)
 	return &bench{dev: dev, repeat: 1, h: 8, layout: layout, plugins: testPlugins(t),
-		src: models.NewRandomSource(layout.Specs(safetensors.F16), 1),
+		txt2img: txt2imgSettings{steps: 1}, // a one-step smoke run
+		src:     models.NewRandomSource(layout.Specs(safetensors.F16), 1),
 		t5: models.T5Config{DModel: 64, DKV: 16, DFF: 96, NumHeads: 4, NumLayers: 2, VocabSize: 300,
 			NumBuckets: 32, MaxDistance: 128, FeedForwardProj: "gated-gelu", LayerNormEps: 1e-6, ModelType: "t5"},
 		ella: ellaShape{specs: ella.ConnectorSpecs(safetensors.F16, 64, 64, 32, 48, 8, 2), din: 48, heads: 4}}
 }
 
 // runParts runs every bench part on b and checks each result: timed by
-// timer on device, except the LoRA swap, a plugin round trip on the host
-// clock.
+// timer on device, except the LoRA swap and txt2img, plugin round trips on
+// the host clock.
 func runParts(t *testing.T, b *bench, device, timer string) {
 	t.Helper()
 	for _, name := range slices.Sorted(maps.Keys(benchParts)) {
 		t.Run(name, func(t *testing.T) {
-			if name == "lora-swap" && testing.Short() {
-				t.Skip("-short: starts a plugin process")
+			hostClock := name == "lora-swap" || name == "txt2img" // plugin round trips
+			if hostClock && testing.Short() {
+				t.Skip("-short: starts plugin processes")
 			}
 			res, err := benchParts[name](b)
 			if err != nil {
 				t.Fatal(err)
 			}
 			timer := timer
-			if name == "lora-swap" {
+			if hostClock {
 				timer = timerHost
 			}
 			if res.Millis <= 0 || res.Part == "" || res.Shape == "" || res.Device != device || res.Timer != timer {

@@ -1,22 +1,25 @@
 // bench_txt2img.go: the "txt2img" part of 'sdbridge bench': one whole image
 // end to end, as 'sdbridge generate --lora --controlnet --ella' makes it,
 // through the real pipeline and the real plugin processes, on random
-// weights at the bench's shapes (SD1.5 checkpoint fp16, a rank-32 LoRA on
-// every attention projection, an SD1.5 ControlNet fp16, a FLAN-T5-XL
+// weights at the bench's shapes: an SD1.5 checkpoint (fp16), a rank-32 LoRA
+// on every attention projection, an SD1.5 ControlNet (fp16), a FLAN-T5-XL
 // encoder folder with a tokenizer of its own, and an ELLA connector of the
-// release's structure whose width is the U-Net's context dim and whose
-// input is T5's d_model: at SD1.5 + FLAN-T5-XL exactly the released shapes). The files are written once into a temporary folder, or reused
-// from --cache DIR, and that write is reported apart (write_s).
+// release's structure between T5's d_model and the U-Net's context dim (at
+// SD1.5 + FLAN-T5-XL exactly the released shapes). The files are written
+// once into a temporary folder, or reused from --cache DIR; that write is
+// reported apart (write_s).
 //
-// Phases, host clock, each reported in "phases": load (checkpoint to
-// pipeline, on the device with --device cuda), the LoRA apply, the plugins'
-// model loads (T5 + connector through a warm-up prompt, the ControlNet),
-// the prompt encode (prompt and negative: T5 + ELLA's projection), the
-// --steps sampling steps (total, mean, first, mean of the rest), the VAE
-// decode and the PNG encode. The part's ms is the image from the prompt
-// with the models loaded (encode + sampling + decode + PNG); load_s is
-// everything before it; total_s both. It does not check numerics (the
-// golden tests do) beyond saying whether the image varies (pixel_std).
+// Phases, host clock, each in "phases": load (checkpoint to pipeline, on
+// the device with --device cuda), the LoRA apply, the plugins' model loads
+// (T5 + connector through a warm-up prompt, the ControlNet), the prompt
+// encode (prompt and negative: T5 + ELLA's projection), the --steps
+// sampling steps (total, mean, first, mean of the rest), the VAE decode and
+// the PNG encode; and the plugins' share of the sampling (calls, time
+// inside them). One run: --repeat does not apply. The part's ms is the
+// image from the prompt with the models loaded (encode + sampling + decode
+// + PNG); load_s is everything before it; total_s both. It does not check
+// numerics (the golden tests do) beyond saying whether the image varies
+// (pixel_std).
 package main
 
 import (
@@ -33,6 +36,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sdbridge/sdbridge/host"
@@ -44,7 +48,9 @@ import (
 
 // txt2imgSettings are the "txt2img" part's flags.
 type txt2imgSettings struct {
-	steps int    // sampling steps (0: benchTxt2ImgSteps; --steps refuses 0)
+	// steps are the sampling steps (--steps, default benchTxt2ImgSteps;
+	// must be at least 1).
+	steps int
 	cache string // folder keeping the model files between runs ("": a temporary one)
 }
 
@@ -75,26 +81,36 @@ func addTxt2ImgFlags(fs *flag.FlagSet) *txt2imgSettings {
 
 // txt2imgPhases are the part's figures (JSON "phases").
 type txt2imgPhases struct {
-	Size              int     `json:"size"`
-	Steps             int     `json:"steps"`
-	Sampler           string  `json:"sampler"`
-	LoRARank          int     `json:"lora_rank"`
-	WriteSec          float64 `json:"write_s"` // model files written (0 when reused from --cache)
-	Cached            bool    `json:"cached"`
-	LoadSec           float64 `json:"load_s"`        // checkpoint to pipeline (device upload included)
-	LoRAMillis        float64 `json:"lora_ms"`       // LoRA apply through the plugin (its start included)
-	PluginLoadSec     float64 `json:"plugin_load_s"` // ELLA (T5 + connector) and ControlNet loaded by the plugins
-	EncodeMillis      float64 `json:"encode_ms"`     // prompt + negative: T5 and ELLA's projection
-	SamplingMillis    float64 `json:"sampling_ms"`   // all steps (ELLA per step, ControlNet, U-Net CFG)
-	StepMeanMillis    float64 `json:"step_mean_ms"`
-	StepFirstMillis   float64 `json:"step_first_ms"`
-	StepRestMeanMilli float64 `json:"step_rest_mean_ms"` // steps 2..n (0 with one step)
-	DecodeMillis      float64 `json:"decode_ms"`
-	PNGMillis         float64 `json:"png_ms"`
-	TotalSec          float64 `json:"total_s"` // load to PNG, the files' write excluded
-	PNGBytes          int     `json:"png_bytes"`
-	PixelStd          float64 `json:"pixel_std"`       // of the RGB bytes: 0 for a constant image
-	Image             string  `json:"image,omitempty"` // the PNG, kept with --cache
+	Size               int     `json:"size"`
+	Steps              int     `json:"steps"`
+	Sampler            string  `json:"sampler"`
+	LoRARank           int     `json:"lora_rank"`
+	WriteSec           float64 `json:"write_s"` // model files written (0 when reused from --cache)
+	Cached             bool    `json:"cached"`
+	LoadSec            float64 `json:"load_s"`        // checkpoint to pipeline (device upload included)
+	LoRAMillis         float64 `json:"lora_ms"`       // LoRA apply through the plugin (its start included)
+	PluginLoadSec      float64 `json:"plugin_load_s"` // ELLA (T5 + connector) and ControlNet loaded by the plugins
+	EncodeMillis       float64 `json:"encode_ms"`     // prompt + negative: T5 and ELLA's projection
+	SamplingMillis     float64 `json:"sampling_ms"`   // all steps (ELLA per step, ControlNet, U-Net CFG)
+	StepMeanMillis     float64 `json:"step_mean_ms"`
+	StepFirstMillis    float64 `json:"step_first_ms"`
+	StepRestMeanMillis float64 `json:"step_rest_mean_ms"` // steps 2..n (0 with one step)
+	DecodeMillis       float64 `json:"decode_ms"`
+	PNGMillis          float64 `json:"png_ms"`
+	TotalSec           float64 `json:"total_s"` // load to PNG, the files' write excluded
+	// Plugin work during sampling: calls and wall time inside them
+	// (compute + round trip), the ControlNet's host hand-off, and the
+	// weights the LoRA patched on the device and on the host.
+	ELLACalls           int     `json:"ella_calls"`
+	ELLAPluginMillis    float64 `json:"ella_plugin_ms"`
+	ControlNetCalls     int     `json:"controlnet_calls"`
+	ControlNetMillis    float64 `json:"controlnet_plugin_ms"`
+	ControlNetHandOffMs float64 `json:"controlnet_handoff_ms"`
+	LoRADeviceTargets   int     `json:"lora_device_targets"`
+	LoRAHostTargets     int     `json:"lora_host_targets"`
+	PNGBytes            int     `json:"png_bytes"`
+	PixelStd            float64 `json:"pixel_std"`       // of the RGB bytes: 0 for a constant image
+	Image               string  `json:"image,omitempty"` // the PNG, kept with --cache
 }
 
 // txt2imgFiles are the part's model files.
@@ -167,7 +183,8 @@ func (b *bench) txt2imgELLASpecs() []safetensors.Spec {
 }
 
 // writeTxt2ImgModels writes the checkpoint, LoRA, ControlNet, ELLA
-// connector and T5 folder of the bench's shapes (random weights).
+// connector and T5 folder of the bench's shapes (random weights), the big
+// files side by side (about 5.5 GB at the real shapes; one core each).
 func (b *bench) writeTxt2ImgModels(f *txt2imgFiles) error {
 	vocab, err := writeDemoTokenizer(f.vocab, f.merges)
 	if err != nil {
@@ -175,19 +192,6 @@ func (b *bench) writeTxt2ImgModels(f *txt2imgFiles) error {
 	}
 	if vocab > b.layout.CLIPVocab {
 		return fmt.Errorf("CLIP vocabulary of %d tokens, the layout embeds %d", vocab, b.layout.CLIPVocab)
-	}
-	meta := map[string]string{"format": "pt", "sdbridge.bench": "random weights, SD1.5 key layout"}
-	if err := models.WriteRandom(f.ckpt, b.layout.Specs(safetensors.F16), 1, meta); err != nil {
-		return err
-	}
-	if _, err := writeDemoLoRA(f.lora, b.layout, benchLoRARank, 11); err != nil {
-		return err
-	}
-	if err := models.WriteRandom(f.controlnet, b.layout.ControlNetSpecs(safetensors.F16, "control_model."), 2, meta); err != nil {
-		return err
-	}
-	if err := models.WriteRandom(f.ella, b.txt2imgELLASpecs(), 3, nil); err != nil {
-		return err
 	}
 	// The demo's T5 folder gives the tokenizer (its own pieces); config and
 	// weights are then replaced by the bench's encoder.
@@ -205,15 +209,34 @@ func (b *bench) writeTxt2ImgModels(f *txt2imgFiles) error {
 	if err := os.WriteFile(filepath.Join(f.t5, "config.json"), cb, 0o644); err != nil {
 		return err
 	}
-	return models.WriteRandom(filepath.Join(f.t5, "model.safetensors"), models.T5Specs(b.t5, safetensors.F16), 4, map[string]string{"format": "pt"})
+	meta := map[string]string{"format": "pt", "sdbridge.bench": "random weights, SD1.5 key layout"}
+	writes := []func() error{
+		func() error { return models.WriteRandom(f.ckpt, b.layout.Specs(safetensors.F16), 1, meta) },
+		func() error {
+			return models.WriteRandom(f.controlnet, b.layout.ControlNetSpecs(safetensors.F16, "control_model."), 2, meta)
+		},
+		func() error {
+			return models.WriteRandom(filepath.Join(f.t5, "model.safetensors"), models.T5Specs(b.t5, safetensors.F16), 4, map[string]string{"format": "pt"})
+		},
+		func() error {
+			if _, err := writeDemoLoRA(f.lora, b.layout, benchLoRARank, 11); err != nil {
+				return err
+			}
+			return models.WriteRandom(f.ella, b.txt2imgELLASpecs(), 3, nil)
+		},
+	}
+	errs := make([]error, len(writes))
+	var wg sync.WaitGroup
+	for i, w := range writes {
+		wg.Go(func() { errs[i] = w() })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func benchTxt2Img(b *bench) (res benchResult, err error) {
 	px, steps := 8*b.h, b.txt2img.steps
-	if steps == 0 {
-		steps = benchTxt2ImgSteps
-	}
-	if steps < 0 {
+	if steps < 1 {
 		return benchResult{}, fmt.Errorf("txt2img: %d steps", steps)
 	}
 	ph := &txt2imgPhases{Size: px, Steps: steps, Sampler: "euler_ancestral", LoRARank: benchLoRARank}
@@ -317,7 +340,7 @@ func benchTxt2Img(b *bench) (res benchResult, err error) {
 	ph.StepMeanMillis = ph.SamplingMillis / float64(steps)
 	ph.StepFirstMillis = millis(stepEnds[0])
 	if steps > 1 {
-		ph.StepRestMeanMilli = millis(stepEnds[steps-1]-stepEnds[0]) / float64(steps-1)
+		ph.StepRestMeanMillis = millis(stepEnds[steps-1]-stepEnds[0]) / float64(steps-1)
 	}
 
 	t = time.Now()
@@ -341,6 +364,10 @@ func benchTxt2Img(b *bench) (res benchResult, err error) {
 	genMillis := millis(time.Since(gen))
 	ph.TotalSec = time.Since(start).Seconds()
 	ph.PNGBytes = png.Len()
+	es, cs := cond.Stats(), src.Stats()
+	ph.ELLACalls, ph.ELLAPluginMillis = es.Calls, millis(es.PluginTime)
+	ph.ControlNetCalls, ph.ControlNetMillis, ph.ControlNetHandOffMs = cs.Calls, millis(cs.PluginTime), millis(cs.HandOff)
+	ph.LoRADeviceTargets, ph.LoRAHostTargets = p.LoRATargets()
 	if ph.PixelStd, err = rgbStd(rgba.Pix); err != nil {
 		return benchResult{}, err
 	}

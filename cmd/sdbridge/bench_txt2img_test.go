@@ -13,11 +13,13 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/sdbridge/sdbridge/cuda/cudatest"
 	"github.com/sdbridge/sdbridge/host"
+	"github.com/sdbridge/sdbridge/plugins/ella"
 )
 
 // runTxt2Img runs the part on b (tiny shapes) and checks what every run
@@ -40,7 +42,7 @@ func runTxt2Img(t *testing.T, b *bench, device string) (benchResult, []byte) {
 	}
 	for name, v := range map[string]float64{"load_s": ph.LoadSec, "lora_ms": ph.LoRAMillis, "plugin_load_s": ph.PluginLoadSec,
 		"encode_ms": ph.EncodeMillis, "sampling_ms": ph.SamplingMillis, "step_mean_ms": ph.StepMeanMillis,
-		"step_first_ms": ph.StepFirstMillis, "step_rest_mean_ms": ph.StepRestMeanMilli, "decode_ms": ph.DecodeMillis,
+		"step_first_ms": ph.StepFirstMillis, "step_rest_mean_ms": ph.StepRestMeanMillis, "decode_ms": ph.DecodeMillis,
 		"png_ms": ph.PNGMillis, "total_s": ph.TotalSec, "ms": res.Millis, "part load_s": res.LoadSec} {
 		if !(v > 0) {
 			t.Errorf("%s = %v, want > 0", name, v)
@@ -56,6 +58,14 @@ func runTxt2Img(t *testing.T, b *bench, device string) (benchResult, []byte) {
 	}
 	if ph.StepMeanMillis*float64(ph.Steps) > ph.SamplingMillis+1e-6 {
 		t.Errorf("step mean %.2f ms x %d steps exceeds sampling %.2f ms", ph.StepMeanMillis, ph.Steps, ph.SamplingMillis)
+	}
+	if ph.ELLACalls < ph.Steps || ph.ControlNetCalls < ph.Steps || ph.LoRADeviceTargets+ph.LoRAHostTargets == 0 {
+		t.Errorf("ella calls %d, controlnet calls %d, LoRA targets %d+%d: want every plugin at work in %d steps",
+			ph.ELLACalls, ph.ControlNetCalls, ph.LoRADeviceTargets, ph.LoRAHostTargets, ph.Steps)
+	}
+	if !(ph.ELLAPluginMillis > 0 && ph.ControlNetMillis > 0) || ph.ELLAPluginMillis+ph.ControlNetMillis > ph.SamplingMillis {
+		t.Errorf("plugin time ella %.2f + controlnet %.2f ms, want positive and within sampling %.2f ms",
+			ph.ELLAPluginMillis, ph.ControlNetMillis, ph.SamplingMillis)
 	}
 	if ph.Image == "" {
 		t.Fatal("no image kept with --cache")
@@ -117,6 +127,31 @@ func TestBenchTxt2ImgCPU(t *testing.T) {
 	}
 }
 
+// TestBenchTxt2ImgRealShapes: at the real bench's shapes the connector the
+// part writes is the released one, between FLAN-T5-XL and the SD1.5 U-Net,
+// and the part's own vocabularies fit the embeddings.
+func TestBenchTxt2ImgRealShapes(t *testing.T) {
+	b := newBench(host.CPUDevice(), 512, 1)
+	if got, want := b.txt2imgELLASpecs(), ella.ReleaseSpecs(); !reflect.DeepEqual(got, want) {
+		t.Errorf("connector of %d tensors, want the release's %d", len(got), len(want))
+	}
+	if !reflect.DeepEqual(b.t5, flanT5XL) || b.layout.ContextDim != ella.ReleaseWidth || b.t5.DModel != ella.ReleaseInputDim {
+		t.Errorf("t5 %+v, context dim %d: want FLAN-T5-XL and SD1.5", b.t5, b.layout.ContextDim)
+	}
+	dir := t.TempDir()
+	vocab, err := writeDemoTokenizer(filepath.Join(dir, "vocab.json"), filepath.Join(dir, "merges.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t5, err := writeDemoT5(filepath.Join(dir, "t5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vocab > b.layout.CLIPVocab || t5.VocabSize > b.t5.VocabSize {
+		t.Errorf("CLIP vocabulary %d of %d, T5 pieces %d of %d", vocab, b.layout.CLIPVocab, t5.VocabSize, b.t5.VocabSize)
+	}
+}
+
 func TestBenchTxt2ImgFlags(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -147,7 +182,12 @@ func TestBenchTxt2ImgCUDA(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: runs a generation with three plugins on the CUDA emulator")
 	}
-	cudatest.RunChild(t, "TestBenchTxt2ImgCUDAChild", cudatest.Build(t))
+	out := cudatest.RunChild(t, "TestBenchTxt2ImgCUDAChild", cudatest.Build(t))
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, `"phases"`) {
+			t.Log(strings.TrimSpace(line))
+		}
+	}
 }
 
 func TestBenchTxt2ImgCUDAChild(t *testing.T) {

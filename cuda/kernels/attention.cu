@@ -57,10 +57,11 @@
 // 512): 256 blocks per batch item of 8 warps; each block reads all of K
 // and V once for only 16 query rows (K/V traffic 256x 4 MB per item, from
 // L2 mostly); 32 or 64 query rows per block (2-4 m-tiles per warp, more
-// accumulator registers) and 16-byte / cp.async tile loads are the next
-// steps. NVRTC 11.8 for sm_90 (nn's TestKernelRegistersNVRTC reads the
-// CUBIN): wide_d512 103 registers, wide_d256 125, wide_simt 85, none with
-// a stack frame (no spills); at 103 x 256 threads, 2 blocks (16 warps)
+// accumulator registers) and cp.async double-buffered tiles are the next
+// steps (tiles are loaded 16 bytes per thread when D and the row strides
+// are multiples of 8 halves). NVRTC 11.8 for sm_90 (nn's TestKernelRegistersNVRTC reads the
+// CUBIN): wide_d512 123 registers, wide_d256 101, wide_simt 85, none with
+// a stack frame (no spills); at 123 x 256 threads, 2 blocks (16 warps)
 // fit an SM by registers, 5 by the 40 KB of shared memory.
 // Cross-attention (Lk = 77) has two key tiles; ceil(4096/64)*8*2 = 1024
 // blocks still fill 132 SMs.
@@ -345,6 +346,8 @@ __device__ void flash_mma_wide(FA_PARAMS(half_t)) {
     half_t* ob = o + (long long)b * Lq * so + (long long)h * D;
     const half_t* bb = bias ? bias + b * bias_b + h * bias_h : nullptr;
     const half_t zero = 0;
+    // 16-byte tile loads when every row start is 16-byte aligned.
+    bool vec = ((D | sk | sv) & 7) == 0 && (((unsigned long long)kb | (unsigned long long)vb) & 15) == 0;
 
     unsigned qa[FA_WCOLS / 16][4]; // A fragments of q[q0.., c0..c0+63]
     for (int kk = 0; kk < FA_WCOLS / 16; kk++)
@@ -367,9 +370,19 @@ __device__ void flash_mma_wide(FA_PARAMS(half_t)) {
     int kend = causal ? min(Lk, q0 + FA_WROWS) : Lk;
     for (int k0 = 0; k0 < kend; k0 += FA_WKEYS) {
         __syncthreads(); // the previous V tile is consumed
-        for (int i = threadIdx.x; i < FA_WKEYS * DP; i += blockDim.x) {
-            int j = i / DP, d = i - j * DP;
-            buf[j * (DP + 8) + d] = k0 + j < Lk && d < D ? kb[(long long)(k0 + j) * sk + d] : zero;
+        if (vec) {
+            for (int i = threadIdx.x; i < FA_WKEYS * (DP / 8); i += blockDim.x) {
+                int j = i / (DP / 8), c = (i - j * (DP / 8)) * 8;
+                if (k0 + j < Lk && c < D)
+                    copy8h(&buf[j * (DP + 8) + c], kb + (long long)(k0 + j) * sk + c);
+                else
+                    zero8h(&buf[j * (DP + 8) + c]);
+            }
+        } else {
+            for (int i = threadIdx.x; i < FA_WKEYS * DP; i += blockDim.x) {
+                int j = i / DP, d = i - j * DP;
+                buf[j * (DP + 8) + d] = k0 + j < Lk && d < D ? kb[(long long)(k0 + j) * sk + d] : zero;
+            }
         }
         __syncthreads();
         // Partial S over this warp's columns: 4 n-tiles of 8 keys.
@@ -395,9 +408,22 @@ __device__ void flash_mma_wide(FA_PARAMS(half_t)) {
                 s[j][e] = x;
             }
         __syncthreads(); // partial sums are consumed: the buffer takes V^T
-        for (int i = threadIdx.x; i < FA_WKEYS * DP; i += blockDim.x) {
-            int j = i / DP, d = i - j * DP;
-            buf[d * (FA_WKEYS + 8) + j] = k0 + j < Lk && d < D ? vb[(long long)(k0 + j) * sv + d] : zero;
+        if (vec) {
+            // Consecutive threads take consecutive keys of one 8-column
+            // chunk, so the transposing stores hit distinct banks.
+            for (int i = threadIdx.x; i < FA_WKEYS * (DP / 8); i += blockDim.x) {
+                int j = i % FA_WKEYS, c = (i / FA_WKEYS) * 8;
+                uint4 vv = make_uint4(0, 0, 0, 0);
+                if (k0 + j < Lk && c < D) copy8h((half_t*)&vv, vb + (long long)(k0 + j) * sv + c);
+                unsigned wv[4] = {vv.x, vv.y, vv.z, vv.w};
+                for (int e = 0; e < 8; e++)
+                    buf[(c + e) * (FA_WKEYS + 8) + j] = (half_t)((e & 1) ? wv[e >> 1] >> 16 : wv[e >> 1] & 0xffffu);
+            }
+        } else {
+            for (int i = threadIdx.x; i < FA_WKEYS * DP; i += blockDim.x) {
+                int j = i / DP, d = i - j * DP;
+                buf[d * (FA_WKEYS + 8) + j] = k0 + j < Lk && d < D ? vb[(long long)(k0 + j) * sv + d] : zero;
+            }
         }
         // Scale, bias and masks in log2 units, then the online softmax
         // (the same in every warp: same sums in the same order).

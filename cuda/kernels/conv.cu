@@ -55,6 +55,8 @@ extern "C" __global__ void im2col_f16(const half_t* __restrict__ x, half_t* __re
 // mma_m16n8k16 into fp32 accumulators. Not used for fp32 storage (that
 // stays on im2col + cuBLAS, the exact path).
 //
+// NVRTC 11.8 for sm_90: 55 registers, no stack frame.
+//
 // Launch (nn/cuda_conv.go, GPU.ConvAlgo = ConvImplicitGEMM): block 128
 // threads, grid (ceil(OH*OW/64), ceil(OC/64), B), static shared
 // 2*64*40*2 = 10 KB. For SD1.5 at 64x64 latents (320 channels, 3x3) that

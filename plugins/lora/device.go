@@ -17,12 +17,19 @@
 // inputs) and any tensor that comes with its original as an input takes
 // the exact fallback: the whole tensor is computed on the CPU by Apply
 // (or applyFromOriginal) from the original values and uploaded in the
-// weight's dtype. The plugin keeps plain LoRA factors on the device
-// between calls (DeviceFactors, dropped with their file); other factors
-// are uploaded per call. The SDK synchronises the device before the reply.
+// weight's dtype. An original that comes as a device input of the same
+// dtype is copied into the weight on the device (queued) and the weight
+// then merged as above: restore + patch in one call, no host traffic
+// (PatchDeviceBatch, device_batch.go, fuses both for a whole swap in one
+// launch). The
+// plugin keeps plain LoRA factors on the device between calls
+// (DeviceFactors, staged in batches by device_stage.go, dropped with their
+// file); other factors are uploaded per call. Nothing here waits for the
+// device on the plain LoRA path; the SDK synchronises once before the
+// reply. DeviceStats counts it all (budget in device_stage.go).
 //
-// It does not restore weights, hold device memory between calls, or
-// support BF16 device weights.
+// It does not restore weights by itself, and does not support BF16 device
+// weights.
 package lora
 
 import (
@@ -59,9 +66,14 @@ func (p *Plugin) deviceBLAS(dev *cuda.Device) (*cuda.BLAS, error) {
 // so swapping back and forth between LoRAs uploads each factor once. Safe
 // for concurrent use. The zero value is not usable; call NewDeviceFactors.
 type DeviceFactors struct {
-	mu    sync.Mutex
-	m     map[factorKey]*cuda.Buffer
-	bytes int64
+	mu         sync.Mutex
+	m          map[factorKey]*cuda.Buffer // views into batches
+	batches    map[*File][]*cuda.Buffer   // whole allocations, per file
+	stagers    map[*cuda.Device]*cuda.Stager
+	prefetched map[prefetchKey]bool
+	tables     map[tableKey]*cuda.Buffer // lora_batch job tables (device_batch.go)
+	bytes      int64
+	stats      DeviceStats
 }
 
 // factorKey names one uploaded factor.
@@ -75,31 +87,24 @@ type factorKey struct {
 
 // NewDeviceFactors returns an empty cache.
 func NewDeviceFactors() *DeviceFactors {
-	return &DeviceFactors{m: map[factorKey]*cuda.Buffer{}}
+	return &DeviceFactors{m: map[factorKey]*cuda.Buffer{}, batches: map[*File][]*cuda.Buffer{},
+		stagers: map[*cuda.Device]*cuda.Stager{}, prefetched: map[prefetchKey]bool{}, tables: map[tableKey]*cuda.Buffer{}}
 }
 
 // get returns the device copy of factor part of module mod of f (values x),
-// uploading it on first use.
+// staging it on first use (Prefetch usually did).
 func (c *DeviceFactors) get(dev *cuda.Device, f *File, mod string, part Part, x []float32, f16 bool) (*cuda.Buffer, error) {
 	k := factorKey{dev, f, mod, part, f16}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if b, ok := c.m[k]; ok {
+		c.stats.FactorHits++
 		return b, nil
 	}
-	sc := &deviceScratch{dev: dev}
-	up := sc.f32
-	if f16 {
-		up = sc.f16
-	}
-	b, err := up(x)
-	if err != nil {
-		sc.free()
+	if err := c.stage(dev, f, []pendingFactor{{key: k, x: x}}, f16); err != nil {
 		return nil, err
 	}
-	c.m[k] = b
-	c.bytes += int64(b.Size)
-	return b, nil
+	return c.m[k], nil
 }
 
 // Bytes is the device memory the cache holds.
@@ -109,12 +114,21 @@ func (c *DeviceFactors) Bytes() int64 { c.mu.Lock(); defer c.mu.Unlock(); return
 func (c *DeviceFactors) DropFile(f *File) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for k, b := range c.m {
+	for k := range c.m {
 		if k.file == f {
-			c.bytes -= int64(b.Size)
-			b.Free()
 			delete(c.m, k)
 		}
+	}
+	for _, b := range c.batches[f] {
+		c.bytes -= int64(b.Size)
+		b.Free() // cuMemFree waits for the queued merges reading it
+	}
+	delete(c.batches, f)
+	clear(c.prefetched) // plans naming f must stage again
+	// Job tables may point at f's factors.
+	for k, t := range c.tables {
+		t.Free()
+		delete(c.tables, k)
 	}
 }
 
@@ -144,16 +158,32 @@ func (p *Plugin) patchDevice(plan *Plan, t, orig *sdk.Tensor) error {
 	if err != nil {
 		return fmt.Errorf("lora: %w", err)
 	}
-	if orig == nil {
+	if orig == nil || orig.OnDevice() && orig.DType == t.DType && plan.onDevice(t.Name) {
 		bl, err := p.deviceBLAS(buf.Device())
 		if err != nil {
 			return err
+		}
+		if t.DType == sdk.F32 || t.DType == sdk.F16 {
+			if err := p.factors.Prefetch(buf.Device(), plan, t.DType); err != nil {
+				return err
+			}
+		}
+		if orig != nil { // restore + patch: copy the original in, merge on top
+			ob, err := orig.DeviceBuffer()
+			if err != nil {
+				return err
+			}
+			if err := buf.CopyFromAsync(ob, t.Numel()*t.DType.Size()); err != nil {
+				return fmt.Errorf("lora: restoring %q from its device original: %w", t.Name, err)
+			}
+			p.factors.count(func(s *DeviceStats) { s.DeviceRestores++ })
 		}
 		return plan.ApplyDevice(bl, t.Name, buf, t.DType, p.factors)
 	}
 	if t.DType != sdk.F32 && t.DType != sdk.F16 {
 		return fmt.Errorf("lora: device tensor %q is %s; the GPU merge takes F32 or F16 weights", t.Name, t.DType)
 	}
+	p.factors.count(func(s *DeviceStats) { s.Merges++; s.HostRoundTrips++; s.BlockingCalls += 2 })
 	w := make([]float32, t.Numel()) // [numel]
 	if orig.OnDevice() {
 		ob, err := orig.DeviceBuffer()
@@ -199,6 +229,7 @@ func (p *Plan) ApplyDevice(bl *cuda.BLAS, key string, w *cuda.Buffer, dt sdk.DTy
 		gpu = gpu && tg.Ops[i].onDevice()
 	}
 	if gpu {
+		cache.count(func(s *DeviceStats) { s.Merges++ })
 		for i := range tg.Ops {
 			if err := tg.Ops[i].applyDevice(bl, tg.Shape, w, dt, cache); err != nil {
 				return fmt.Errorf("lora: %s on the GPU: %w", key, err)
@@ -206,6 +237,7 @@ func (p *Plan) ApplyDevice(bl *cuda.BLAS, key string, w *cuda.Buffer, dt sdk.DTy
 		}
 		return nil
 	}
+	cache.count(func(s *DeviceStats) { s.Merges++; s.HostRoundTrips++; s.BlockingCalls += 2 })
 	h := make([]float32, n) // [numel]
 	if err := downloadAs(w, dt, h); err != nil {
 		return fmt.Errorf("lora: reading %q: %w", key, err)
@@ -319,7 +351,12 @@ func (o *Op) applyDevice(bl *cuda.BLAS, shape []int, w *cuda.Buffer, dt sdk.DTyp
 	}
 	dev := w.Device()
 	sc := &deviceScratch{dev: dev}
-	defer sc.free()
+	defer func() {
+		if n := len(sc.bufs); n > 0 { // each scratch upload and free waits for the stream
+			cache.count(func(s *DeviceStats) { s.BlockingCalls += 2 * n })
+		}
+		sc.free()
+	}()
 	n := numel(shape)
 	axpy := func(a float32, src []float32) error {
 		if src == nil {
@@ -330,6 +367,7 @@ func (o *Op) applyDevice(bl *cuda.BLAS, shape []int, w *cuda.Buffer, dt sdk.DTyp
 		if err != nil {
 			return err
 		}
+		cache.count(func(s *DeviceStats) { s.Kernels++ })
 		return launch(dev, "lora_axpy", dt, len(src), w, d, a, int64(len(src)))
 	}
 	if o.bias {
@@ -366,6 +404,7 @@ func (o *Op) applyDevice(bl *cuda.BLAS, shape []int, w *cuda.Buffer, dt sdk.DTyp
 		if err != nil {
 			return err
 		}
+		cache.count(func(s *DeviceStats) { s.Gemms++ })
 		return bl.GemmEx(false, false, out, in, r, alpha, ub, r, db, in, 1, w, in, typ, typ)
 	case AlgoLoHa:
 		// D1 = w1a @ w1b, D2 = w2a @ w2b (fp32), W += m·s·(D1 ⊙ D2)
@@ -388,6 +427,7 @@ func (o *Op) applyDevice(bl *cuda.BLAS, shape []int, w *cuda.Buffer, dt sdk.DTyp
 				return err
 			}
 		}
+		cache.count(func(s *DeviceStats) { s.Gemms += 2; s.Kernels++ })
 		return launch(dev, "lora_hadamard", dt, n, w, d[0], d[1], alpha, int64(n))
 	case AlgoLoKr:
 		// W [a*b, c*n2] += m·s·kron(W1 [a, c], W2 [b, n2])
@@ -404,7 +444,22 @@ func (o *Op) applyDevice(bl *cuda.BLAS, shape []int, w *cuda.Buffer, dt sdk.DTyp
 		if err != nil {
 			return err
 		}
+		cache.count(func(s *DeviceStats) { s.Kernels++ })
 		return launch(dev, "lora_kron", dt, n, w, b1, b2, alpha, a, c, b, n2)
 	}
 	return fmt.Errorf("%w: module %q: %s has no GPU path", ErrUnsupported, o.mod.Name, o.mod.Algo)
+}
+
+// onDevice reports whether every op on key has a GPU path.
+func (p *Plan) onDevice(key string) bool {
+	tg, ok := p.targets[key]
+	if !ok {
+		return false
+	}
+	for i := range tg.Ops {
+		if !tg.Ops[i].onDevice() {
+			return false
+		}
+	}
+	return true
 }

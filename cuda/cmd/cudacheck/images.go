@@ -130,8 +130,10 @@ func checkAndTimeUNet(g *nn.GPU, dts []nn.GPUDType, side, timeSide int, graphs b
 }
 
 // checkUNetGraph runs c with Graphs on: a build with the inputs of want, a
-// replay with other inputs (its result must differ), a replay with the
-// first inputs again (compared with the CPU's want).
+// replay with other inputs and timesteps (its result must differ, and
+// match the eager forward of those inputs: the same kernels and GEMMs, so
+// within 1e-6, bit for bit on the stand-ins), a replay with the first
+// inputs again (compared with the CPU's want).
 func checkUNetGraph(g *nn.GPU, c *models.UNetCUDA, d nn.GPUDType, x *nn.Tensor, ts []float32, ctx *nn.Tensor, res models.Residuals, want *nn.Tensor) {
 	name := fmt.Sprintf("sd15 unet %s CUDA graph: build, replay other inputs, replay the first again", d)
 	guard(name, func() error {
@@ -143,13 +145,21 @@ func checkUNetGraph(g *nn.GPU, c *models.UNetCUDA, d nn.GPUDType, x *nn.Tensor, 
 			return err
 		}
 		compareT(name+" (build)", first, want, modelTol(d))
-		other, err := c.Forward(randT(1, x.Shape...), []float32{900, 100}, ctx, res) // same shapes: the same graph
+		ox, ots := randT(1, x.Shape...), []float32{900, 100}
+		other, err := c.Forward(ox, ots, ctx, res) // same shapes: the same graph
 		if err != nil {
 			return err
 		}
 		if slices.Equal(other.Data, first.Data) {
 			return fmt.Errorf("a replay with other inputs returned the first result")
 		}
+		c.Graphs = false
+		eager, err := c.Forward(ox, ots, ctx, res)
+		c.Graphs = true
+		if err != nil {
+			return err
+		}
+		compareT(name+" (replay vs eager forward of the other inputs)", other, eager, 1e-6)
 		again, err := c.Forward(x, ts, ctx, res)
 		if err != nil {
 			return err

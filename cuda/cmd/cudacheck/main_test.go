@@ -66,14 +66,14 @@ func TestImageModelsChild(t *testing.T) {
 	defer g.Close()
 	p0 := passed
 	dts := []nn.GPUDType{nn.GPUF32, nn.GPUF16}
-	checkAndTimeUNet(g, dts, 8, 0, false) // the stand-in cuBLAS does not record GEMMs in graphs
+	checkAndTimeUNet(g, dts, 8, 0, true) // graphs too: the stand-in cuBLAS records GEMMs in captures
 	checkAndTimeControlNet(g, dts, 8, 0)
 	checkAndTimeVAE(g, dts, 4, 0)
 	if len(failures) != 0 {
 		t.Fatalf("image model checks failed: %q", failures)
 	}
-	if want := p0 + 2*(1+13+2); passed != want {
-		t.Fatalf("%d checks passed, want %d (per dtype: U-Net, 13 ControlNet residuals, VAE decode and encode)", passed-p0, want-p0)
+	if want := p0 + 2*(1+3+13+2); passed != want {
+		t.Fatalf("%d checks passed, want %d (per dtype: U-Net, 3 U-Net graph, 13 ControlNet residuals, VAE decode and encode)", passed-p0, want-p0)
 	}
 }
 

@@ -222,4 +222,41 @@ func timeAll(g *nn.GPU, sz sizes) {
 		})
 		return nil
 	})
+	// The fp16 conv both ways: im2col + cuBLAS (the default) against the
+	// implicit-GEMM tensor-core kernel (nn.ConvImplicitGEMM), outputs
+	// compared, so the next GPU session can pick the default.
+	for _, algo := range []struct {
+		name string
+		algo nn.ConvAlgo
+	}{{"im2col + GemmEx", nn.ConvIm2col}, {"implicit GEMM, mma.m16n8k16", nn.ConvImplicitGEMM}} {
+		guard("conv fp16 "+algo.name, func() error {
+			h := g.WithDType(nn.GPUF16)
+			if h == g { // WithDType returned g itself: copy before setting the algorithm
+				v := *g
+				h = &v
+			}
+			h.ConvAlgo = algo.algo
+			xc, wc, bc := randT(1, 2, 320, hw, hw), randT(0.05, 320, 320, 3, 3), randT(1, 320) // [2,320,hw,hw], [320,320,3,3], [320]
+			x, w, bi := up(h, xc), up(h, wc), up(h, bc)
+			for _, t := range []*nn.GPUTensor{x, w, bi} {
+				defer t.Free()
+			}
+			y, err := h.Conv2d(x, w, bi, 1, 1) // [2, 320, hw, hw]
+			if err != nil {
+				return err
+			}
+			defer y.Free()
+			want := (&nn.Conv2d{Weight: wc, Bias: bc, Stride: 1, Padding: 1}).Forward(xc) // [2, 320, hw, hw]
+			compare(fmt.Sprintf("conv3x3 fp16 [2,320,%d,%d]->320 (%s) vs CPU", hw, hw, algo.name), down(y), want.Data, 1e-2)
+			flops := float64(2 * 2 * 320 * hw * hw * 320 * 9)
+			bench(h, fmt.Sprintf("conv3x3 fp16 [2,320,%d,%d]->320 (%s)", hw, hw, algo.name), flops, 0, func() error {
+				t, err := h.Conv2d(x, w, bi, 1, 1)
+				if err == nil {
+					err = t.Free()
+				}
+				return err
+			})
+			return nil
+		})
+	}
 }

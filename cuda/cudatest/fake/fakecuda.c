@@ -13,7 +13,9 @@
  * memory is a memfd-backed MAP_SHARED mapping per allocation, so a legacy
  * IPC handle (magic, pid, fd, size) can be opened by another process of
  * the same user through /proc/<pid>/fd/<fd>. Stream capture records
- * launches, copies and memsets into a graph that cuGraphLaunch replays;
+ * launches, copies, memsets and the other stand-ins' GEMMs (through
+ * sdbFakeStreamEnqueue, fakecapture.h) into a graph that cuGraphLaunch
+ * replays;
  * synchronous calls during a capture fail with
  * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidate it, as on a GPU in
  * the global capture mode. A context must be current on the calling thread
