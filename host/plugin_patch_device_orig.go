@@ -28,8 +28,7 @@
 // The first restore of a weight uploads the host's unpatched copy once
 // into its original (pinned staging, async) and copies that into the
 // weight; the host copy is never read again. Originals come from one
-// device arena (cuda.Arena, exportable by IPC if a plugin ever needs to
-// read them). When the cap is reached or the device is short of memory
+// device arena (cuda.Arena, 64 MiB blocks). When the cap is reached or the device is short of memory
 // (cuMemGetInfo below the reserve), the weight falls back to the host
 // restore of RestoreFromHost (a synchronous pageable upload per restore),
 // and Stats says how many did.
@@ -83,7 +82,7 @@ type DeviceOriginals struct {
 // OriginalsStats counts what the restores did.
 type OriginalsStats struct {
 	Originals     int   // weights with a device original
-	OriginalBytes int64 // device bytes they hold
+	OriginalBytes int64 // device bytes they hold (aligned as the arena gives them)
 	DeviceCopies  int   // restores by device-to-device copy (queued, no sync)
 	HostUploads   int   // restores uploaded from the host (fallback)
 	HostBytes     int64 // bytes those uploads moved over PCIe
@@ -160,9 +159,10 @@ func (o *DeviceOriginals) Original(name string, dtype sdk.DType, shape []int) (r
 	return ref, err == nil, err
 }
 
-// room reports whether n more bytes of originals fit (o.mu held).
+// room reports whether n more bytes of originals fit (o.mu held), counted
+// as the arena hands them out (ArenaAlign multiples).
 func (o *DeviceOriginals) room(n int) (bool, error) {
-	if o.cap > 0 && o.bytes+int64(n) > o.cap {
+	if o.cap > 0 && o.bytes+alignUp(n) > o.cap {
 		return false, nil
 	}
 	free, _, err := o.dev.MemInfo()
@@ -234,7 +234,7 @@ func (o *DeviceOriginals) make(name string, dtype sdk.DType, host []float32) (*c
 		if o.cap > 0 {
 			block = min(block, o.cap)
 		}
-		o.arena = o.dev.NewArena(cuda.ArenaOptions{Name: "LoRA device originals", BlockSize: block, Limit: o.cap})
+		o.arena = o.dev.NewArena(cuda.ArenaOptions{Name: "LoRA device originals", BlockSize: block}) // room enforces the cap
 	}
 	if o.stager == nil {
 		if o.stager, err = o.dev.NewStager(0, 0); err != nil {
@@ -262,22 +262,42 @@ func (o *DeviceOriginals) make(name string, dtype sdk.DType, host []float32) (*c
 		return nil, fmt.Errorf("device original of %q: %w", name, err)
 	}
 	o.byName[name] = b
-	o.bytes += int64(n)
+	o.bytes += alignUp(n)
 	o.stats.Originals++
 	o.stats.StagedBytes += int64(n)
 	return b, nil
 }
 
+// alignUp is n rounded up to the arena's alignment.
+func alignUp(n int) int64 {
+	return (int64(n) + cuda.ArenaAlign - 1) / cuda.ArenaAlign * cuda.ArenaAlign
+}
+
 // originalsBySet keeps the DeviceOriginals DevicePatchTargets made for
 // each arena set, until CloseDeviceOriginals, or until the set is garbage
-// collected (a cleanup closes them then, for callers that forget).
+// collected (for callers that forget): a cleanup then queues them in
+// orphans, freed at the next DevicePatchTargets or CloseDeviceOriginals
+// (never from the GC's goroutine, which could hit a graph capture).
 var (
 	originalsMu    sync.Mutex
 	originalsBySet = map[weak.Pointer[DeviceArenaSet]]*DeviceOriginals{}
+	orphans        []*DeviceOriginals
 )
+
+// closeOrphans frees the originals of collected sets.
+func closeOrphans() {
+	originalsMu.Lock()
+	list := orphans
+	orphans = nil
+	originalsMu.Unlock()
+	for _, o := range list {
+		o.Close() // the device may be closed already: nothing left to free
+	}
+}
 
 // originalsFor returns set's originals on dev, making them on first use.
 func originalsFor(set *DeviceArenaSet, dev *cuda.Device) *DeviceOriginals {
+	closeOrphans()
 	originalsMu.Lock()
 	defer originalsMu.Unlock()
 	k := weak.Make(set)
@@ -288,12 +308,11 @@ func originalsFor(set *DeviceArenaSet, dev *cuda.Device) *DeviceOriginals {
 	originalsBySet[k] = o
 	runtime.AddCleanup(set, func(k weak.Pointer[DeviceArenaSet]) {
 		originalsMu.Lock()
-		o := originalsBySet[k]
-		delete(originalsBySet, k)
-		originalsMu.Unlock()
-		if o != nil {
-			o.Close() // the device may be closed already: nothing left to free
+		defer originalsMu.Unlock()
+		if o := originalsBySet[k]; o != nil {
+			orphans = append(orphans, o)
 		}
+		delete(originalsBySet, k)
 	}, k)
 	return o
 }
@@ -309,6 +328,7 @@ func DeviceOriginalsOf(set *DeviceArenaSet) *DeviceOriginals {
 // CloseDeviceOriginals frees the originals DevicePatchTargets kept for set
 // (call it with set.Close, before closing the device).
 func CloseDeviceOriginals(set *DeviceArenaSet) error {
+	closeOrphans()
 	originalsMu.Lock()
 	k := weak.Make(set)
 	o := originalsBySet[k]

@@ -6,7 +6,10 @@
 // weights), and the counters show where each restore came from: with room,
 // every restore is a queued device copy and nothing is uploaded from the
 // host after the one staging per weight; with a 1-byte cap, every restore
-// is a host upload (the fallback).
+// is a host upload (the fallback). A swap's restores capture into one CUDA
+// graph (no synchronising call), and the plugin's one pass from device
+// originals sent by IPC is checked too. TestDeviceOriginalsRoom covers the
+// cap and the free-memory check (cuMemGetInfo) that pick the fallback.
 package host
 
 import (
@@ -229,11 +232,12 @@ func TestLoRADeviceOriginalsSwaps(t *testing.T) {
 			}
 			st := origs.Stats()
 			t.Logf("%s: %d restores over %d swaps + reset: %s", tc.name, restores, swaps, st)
-			n, size := len(touched), int64(0) // originals are made for touched weights only
+			n, size, held := len(touched), int64(0), int64(0) // originals are made for touched weights only
 			for name := range touched {
-				size += int64(len(originals[name]) * weights[name].DType.Size())
+				b := len(originals[name]) * weights[name].DType.Size()
+				size, held = size+int64(b), held+alignUp(b)
 			}
-			wantSt := OriginalsStats{Originals: n, OriginalBytes: size, DeviceCopies: restores, StagedBytes: size}
+			wantSt := OriginalsStats{Originals: n, OriginalBytes: held, DeviceCopies: restores, StagedBytes: size}
 			if tc.fallback {
 				// Weights differ in size: check the count, and bytes only as bounds.
 				if st.HostUploads != restores || st.Fallbacks != n || st.Originals != 0 || st.DeviceCopies != 0 || st.HostBytes < size {
@@ -266,4 +270,77 @@ func toHalf(v []float32) []uint16 {
 		h[i] = safetensors.F32ToF16(x)
 	}
 	return h
+}
+
+// TestDeviceOriginalsRoom checks when a weight gets a device original: the
+// cap and the free device memory (the stand-in reports 1 GiB free) decide,
+// and every restore is bit-exact whichever way it goes.
+func TestDeviceOriginalsRoom(t *testing.T) {
+	if !cudatest.InChild() {
+		cudatest.RunChild(t, "TestDeviceOriginalsRoom", cudatest.Build(t))
+		return
+	}
+	dev, err := cuda.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	const n = 1024 // values per weight: 4096 bytes in F32, a multiple of cuda.ArenaAlign
+	cases := []struct {
+		name      string
+		capBytes  int64
+		reserve   uint64
+		originals int // of 3 weights
+	}{
+		{"no cap", 0, 1, 3},
+		{"cap fits two", 2 * 4 * n, 1, 2},
+		{"cap below one weight", 4*n - 1, 1, 0},
+		{"device short of memory (reserve above free)", 0, 2 << 30, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := NewDeviceOriginals(dev, tc.capBytes, tc.reserve)
+			defer o.Close()
+			var restores []func() error
+			var bufs []*cuda.Buffer
+			var hosts [][]float32
+			for i := range 3 {
+				host := make([]float32, n)
+				for j := range host {
+					host[j] = float32(i*n+j) * 0.37
+				}
+				b, err := dev.Alloc(4 * n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer b.Free()
+				restores = append(restores, o.Restore("w"+string(rune('0'+i)), b, sdk.F32, host))
+				bufs, hosts = append(bufs, b), append(hosts, host)
+			}
+			for round := range 2 {
+				for i, r := range restores {
+					if err := bufs[i].FillUint32(0x7fc00000, n); err != nil { // NaN
+						t.Fatal(err)
+					}
+					if err := r(); err != nil {
+						t.Fatal(err)
+					}
+					got := make([]float32, n)
+					if err := bufs[i].DownloadFloat32(got); err != nil {
+						t.Fatal(err)
+					}
+					if !slices.Equal(got, hosts[i]) {
+						t.Fatalf("round %d: weight %d not restored exactly", round, i)
+					}
+				}
+			}
+			st := o.Stats()
+			want := OriginalsStats{Originals: tc.originals, OriginalBytes: int64(tc.originals * 4 * n),
+				DeviceCopies: 2 * tc.originals, HostUploads: 2 * (3 - tc.originals), HostBytes: int64(2 * (3 - tc.originals) * 4 * n),
+				StagedBytes: int64(tc.originals * 4 * n), Fallbacks: 3 - tc.originals}
+			if st != want {
+				t.Fatalf("stats %+v\nwant %+v", st, want)
+			}
+		})
+	}
 }

@@ -39,8 +39,10 @@ func TestCudacheckChild(t *testing.T) {
 // TestImageModelsOnStandIns runs the image models' checks (the SD1.5
 // U-Net at an 8x8 latent, a ControlNet at 8x8, the VAE at 4x4; random
 // weights) through models' GPU forwards on the stand-ins, comparing each
-// with its CPU model, in fp32 and fp16. It takes about 2.5 minutes on two
-// cores, so it runs only with SDBRIDGE_CUDA_SLOW_TESTS=1.
+// with its CPU model, in fp32 and fp16, and the U-Net through CUDA graphs
+// (a replay matching the eager forward bit for bit). It takes about 6
+// minutes on two loaded cores (341 s measured, 3.5 minutes of it the
+// graph checks), so it runs only with SDBRIDGE_CUDA_SLOW_TESTS=1.
 func TestImageModelsOnStandIns(t *testing.T) {
 	if cudatest.InChild() {
 		t.Skip("in the child")
