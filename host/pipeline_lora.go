@@ -2,8 +2,10 @@
 // patched where they are used: the device copies of every model that
 // exposes them (the U-Net and the CLIP text encoder) become the LoRA plugin's patch targets
 // (DevicePatchTargets: each allocation a plugin-writable device arena,
-// restored from the host's unpatched copy), so a swap moves only the
-// factors and the touched weights never leave the GPU. A model whose CUDA
+// restored from a device copy of the original, or read from it by the
+// plugin in one pass), so a swap moves only the factors the first time and
+// the touched weights never leave the GPU; with SDBRIDGE_DEBUG=1 each swap
+// logs the originals' counters. A model whose CUDA
 // type has no per-weight view would be patched on the host and re-uploaded
 // (SyncDevice). It does not change the CPU path
 // (modelstore.go) and does not patch the VAE.
@@ -11,6 +13,7 @@ package host
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/sdbridge/sdbridge/nn"
@@ -74,6 +77,7 @@ func (l *Loaded) patchOnDevice() error {
 	if err == nil {
 		var patch *WeightPatch
 		if patch, err = NewWeightPatch(targets); err == nil {
+			patch.onSwap = func() { s.logOriginals(set) }
 			s.patch = patch
 		}
 	}
@@ -88,19 +92,37 @@ func (l *Loaded) patchOnDevice() error {
 	return nil
 }
 
+// logOriginals logs, at debug level (SDBRIDGE_DEBUG=1), what the device
+// originals of set did so far: one line after each swap.
+func (s *modelStore) logOriginals(set *DeviceArenaSet) {
+	o := DeviceOriginalsOf(set)
+	if s.sup == nil || o == nil {
+		return
+	}
+	s.sup.log.Debug("LoRA swap on the device", "originals", o.Stats().String())
+}
+
 // closePatchSet has the plugins that patched the device weights unmap
-// them, then unregisters them (before the device copies are freed).
+// them and their device originals (read by one-pass patches), then
+// unregisters the weights and frees the originals (before the device
+// copies are freed).
 func (l *Loaded) closePatchSet() error {
 	if l.device == nil || l.device.patchSet == nil {
 		return nil
 	}
-	var err error
+	set := l.device.patchSet
+	var errs []error
 	if l.store != nil && l.store.sup != nil {
-		err = l.store.sup.Unmap(context.Background(), l.device.patchSet.Arenas()...)
+		arenas := set.Arenas()
+		if o := DeviceOriginalsOf(set); o != nil {
+			arenas = append(arenas, o.Arenas()...)
+		}
+		errs = append(errs, l.store.sup.Unmap(context.Background(), arenas...))
 	}
-	l.device.patchSet.Close()
+	set.Close()
+	errs = append(errs, CloseDeviceOriginals(set))
 	l.device.patchSet = nil
-	return err
+	return errors.Join(errs...)
 }
 
 // LoRATargets counts the weights LoRAs patch on the device and on the host

@@ -27,7 +27,11 @@
 //
 // Weights on a GPU (PatchTarget.Device) take the same path with device
 // refs: the host restores them from its own copy, the plugin patches them
-// in place on the device (plugin_patch_device.go).
+// in place on the device (plugin_patch_device.go). One pass works there
+// too: once a device weight has a device original
+// (DeviceWeight.Original, plugin_patch_device_orig.go, made by its first
+// restore), a plugin that ReadsOriginals gets that original's read-only
+// device ref as the input and the host does not restore the weight first.
 //
 // It does not parse adapters (the plugin does) and does not lock out
 // generations: never patch while a generation reads the weights.
@@ -60,7 +64,7 @@ type PatchTarget struct {
 	// Device, when set, makes the target the weight's copy on a GPU (in a
 	// registered device arena, plugin_patch_device.go): the plugin patches
 	// it there, Device.Restore restores it, and Data and Restore above may
-	// be nil. Original is then not used (no one-pass).
+	// be nil. Original is then not used (Device.Original is).
 	Device *DeviceWeight
 }
 
@@ -74,6 +78,10 @@ type WeightPatch struct {
 	// last is the patch in place, replayed after a failed Apply.
 	lastPlugin *Plugin
 	lastParams sdk.Params
+
+	// onSwap, when set, runs after each successful Apply and Reset (the
+	// GPU pipeline logs its device originals' counters there).
+	onSwap func()
 }
 
 // NewWeightPatch checks every target lies in a plugin-writable arena.
@@ -136,6 +144,9 @@ func (w *WeightPatch) Apply(ctx context.Context, p *Plugin, params sdk.Params) (
 	rep, wrote, err := w.apply(ctx, p, params)
 	if err == nil {
 		w.lastPlugin, w.lastParams = p, params
+		if w.onSwap != nil {
+			w.onSwap()
+		}
 		return rep, nil
 	}
 	if !wrote || w.lastPlugin == nil {
@@ -179,17 +190,16 @@ func (w *WeightPatch) apply(ctx context.Context, p *Plugin, params sdk.Params) (
 	first := union
 	if plan.ReadsOriginals {
 		for _, n := range plan.Touched {
-			o := w.targets[n].Original
-			if o == nil || w.targets[n].Device != nil {
-				continue
-			}
-			if err := checkOriginal(*o); err != nil {
+			in, ok, err := w.targets[n].original()
+			if err != nil {
 				return nil, false, fmt.Errorf("patch target %q: %w", n, err)
+			}
+			if !ok {
+				continue
 			}
 			if len(req.Inputs) == 0 {
 				first = maps.Clone(union)
 			}
-			in := *o
 			in.Name = n
 			req.Inputs = append(req.Inputs, sdk.Ref(in))
 			delete(first, n)
@@ -215,6 +225,36 @@ func (w *WeightPatch) apply(ctx context.Context, p *Plugin, params sdk.Params) (
 	return &PatchReport{Touched: append([]string(nil), plan.Touched...), Restored: len(first), OnePass: len(req.Inputs), Warnings: plan.Warnings}, true, nil
 }
 
+// original returns the read-only ref of t's original values for a one-pass
+// patch: the file-backed Original of a host target, or the device original
+// of a device target once its first restore made one (ok false: restore
+// first).
+func (t *PatchTarget) original() (ref sdk.TensorRef, ok bool, err error) {
+	if t.Device != nil {
+		if t.Device.Original == nil {
+			return sdk.TensorRef{}, false, nil
+		}
+		ref, ok, err = t.Device.Original()
+		if err != nil || !ok {
+			return sdk.TensorRef{}, false, err
+		}
+		if ref.Writable || ref.DType != t.Device.DType || sdk.Numel(ref.Shape) != sdk.Numel(t.Shape) {
+			return sdk.TensorRef{}, false, fmt.Errorf("device original %s %v (writable=%v) does not match the weight's %s %v", ref.DType, ref.Shape, ref.Writable, t.Device.DType, t.Shape)
+		}
+		if err := checkOriginal(ref); err != nil {
+			return sdk.TensorRef{}, false, err
+		}
+		return ref, true, nil
+	}
+	if t.Original == nil {
+		return sdk.TensorRef{}, false, nil
+	}
+	if err := checkOriginal(*t.Original); err != nil {
+		return sdk.TensorRef{}, false, err
+	}
+	return *t.Original, true, nil
+}
+
 // checkOriginal checks an original's arena is live and, for a file arena,
 // that the file did not shrink under its mapping.
 func checkOriginal(o sdk.TensorRef) error {
@@ -235,6 +275,9 @@ func (w *WeightPatch) Reset() error {
 	}
 	w.patched = map[string]bool{}
 	w.lastPlugin, w.lastParams = nil, nil
+	if w.onSwap != nil {
+		w.onSwap()
+	}
 	return nil
 }
 

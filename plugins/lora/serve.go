@@ -6,8 +6,10 @@
 // in one pass, from the original stored bytes the host passes as a
 // read-only input of the same name (ReadsOriginals; read under
 // debug.SetPanicOnFault, since that input may be a mapped checkpoint file).
-// Tensors in device arenas (weights on the GPU) are merged there
-// (device.go).
+// Tensors in device arenas (weights on the GPU) are merged there: the
+// plain LoRA ones of a call in one kernel launch (PatchDeviceBatch,
+// device_batch.go; W = W_orig + delta when the original comes as a device
+// input), the others one by one (device.go).
 //
 // Parameters, in order (each "lora" starts an adapter; the strength
 // parameters after it apply to it):
@@ -313,14 +315,12 @@ func (p *Plugin) PatchWeights(ctx context.Context, req *sdk.PatchWeightsRequest)
 		work <- t
 	}
 	close(work)
-	// Device tensors: one at a time from here (the device has one stream).
-	for _, t := range onDev {
-		if ctx.Err() != nil {
-			break
-		}
-		if err := p.patchDevice(plan, t, origs[t.Name]); err != nil {
+	// Device tensors, queued from here on the device's one stream: the
+	// plain LoRA ones in one lora_batch launch per dtype (restore from a
+	// device original fused in), the others one by one (device_batch.go).
+	if len(onDev) > 0 && ctx.Err() == nil {
+		if err := p.PatchDeviceBatch(plan, onDev, origs); err != nil {
 			errs <- err
-			break
 		}
 	}
 	wg.Wait()
