@@ -213,15 +213,6 @@ func (p *pool) alloc(n int64) (uint64, error) {
 	return addr, nil
 }
 
-// sizeOf returns the rounded size of the live allocation at addr.
-func (p *pool) sizeOf(addr uint64) (int64, bool) {
-	s, ok := p.live[addr]
-	if !ok {
-		return 0, false
-	}
-	return s.size, true
-}
-
 // free returns the allocation at addr; requested is what alloc was asked
 // for (for the Requested statistic).
 func (p *pool) free(addr uint64, requested int64) error {

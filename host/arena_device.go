@@ -17,7 +17,6 @@ import (
 	"fmt"
 
 	"github.com/sdbridge/sdbridge/cuda"
-	"github.com/sdbridge/sdbridge/nn"
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 )
 
@@ -176,16 +175,4 @@ func (s *DeviceArenaSet) Close() {
 		a.Close()
 		delete(s.byPtr, p)
 	}
-}
-
-// GPURefOf is DeviceRefOf for an nn GPU tensor (its dtype and shape).
-func GPURefOf(name string, t *nn.GPUTensor, writable bool) (sdk.TensorRef, error) {
-	if t == nil {
-		return sdk.TensorRef{}, fmt.Errorf("tensor %q: no device tensor", name)
-	}
-	dt := sdk.F32
-	if t.DType == nn.GPUF16 {
-		dt = sdk.F16
-	}
-	return DeviceRefOf(name, t.Buf, dt, t.Shape, writable)
 }

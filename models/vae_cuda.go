@@ -269,16 +269,6 @@ func (r *imageRun) vaeAttn(a *VAEAttnBlock, x *nn.GPUTensor) *nn.GPUTensor {
 	return x
 }
 
-// view returns elements [off, off+numel(shape)) of t as a tensor of shape.
-func (r *imageRun) view(t *nn.GPUTensor, off int, shape ...int) *nn.GPUTensor {
-	if r.err != nil {
-		return nil
-	}
-	v, err := t.View(off, shape...)
-	r.do(err)
-	return v
-}
-
 // groupNormInPlace is silu(norm(x)) written over x.
 func (r *imageRun) groupNormInPlace(x *nn.GPUTensor, n *nn.GroupNorm) {
 	if r.err != nil {

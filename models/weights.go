@@ -117,14 +117,6 @@ func (w *Weights) Tensor(key string, shape ...int) *nn.Tensor {
 	return nn.From(data, t.Shape...)
 }
 
-// Optional binds key if present, else returns nil without error.
-func (w *Weights) Optional(key string, shape ...int) *nn.Tensor {
-	if !w.Has(key) {
-		return nil
-	}
-	return w.Tensor(key, shape...)
-}
-
 // Linear binds key.weight [out, in] and key.bias [out] (when bias is true).
 func (w *Weights) Linear(key string, in, out int, bias bool) *nn.Linear {
 	l := &nn.Linear{Weight: w.Tensor(key+".weight", out, in)}

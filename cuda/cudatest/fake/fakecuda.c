@@ -52,6 +52,43 @@ enum {
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* ---- per-call counters (for budget tests; not CUDA entry points) ----
+ * Calls made by this process since it loaded the library, counted when
+ * issued (a launch or copy recorded into a capture counts once, at
+ * capture; a graph replay counts as one graph launch). Order is the
+ * contract with cuda/cudatest/counters.go. */
+enum {
+    CNT_STREAM_SYNC, CNT_CTX_SYNC, CNT_EVENT_SYNC, CNT_HTOD_CALLS, CNT_HTOD_BYTES, CNT_DTOH_CALLS,
+    CNT_DTOH_BYTES, CNT_DTOD_CALLS, CNT_DTOD_BYTES, CNT_MEMSETS, CNT_LAUNCHES, CNT_GRAPH_LAUNCHES,
+    CNT_HOST_WORK, CNT_ALLOCS, CNT_FREES, CNT_N
+};
+static unsigned long long counters[CNT_N];
+#define COUNT(i, v) __atomic_fetch_add(&counters[i], (unsigned long long)(v), __ATOMIC_RELAXED)
+
+/* sdbFakeCounters copies up to n counters into out and returns how many
+ * this library keeps. */
+int sdbFakeCounters(unsigned long long *out, int n) {
+    for (int i = 0; i < n && i < CNT_N; i++) out[i] = __atomic_load_n(&counters[i], __ATOMIC_RELAXED);
+    return CNT_N;
+}
+
+/* dumpCounters writes the counters to $SDBRIDGE_FAKE_COUNTERS_DIR/<pid>
+ * (one line of CNT_N numbers, replaced atomically) when that is set; the
+ * syncs call it, so another process (a plugin) reports its counts as of
+ * its last synchronisation. */
+static void dumpCounters(void) {
+    const char *dir = getenv("SDBRIDGE_FAKE_COUNTERS_DIR");
+    if (!dir || !*dir) return;
+    char tmp[4096], dst[4096];
+    snprintf(dst, sizeof dst, "%s/%d", dir, (int)getpid());
+    snprintf(tmp, sizeof tmp, "%s/.%d.tmp", dir, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return;
+    for (int i = 0; i < CNT_N; i++) fprintf(f, i ? " %llu" : "%llu", __atomic_load_n(&counters[i], __ATOMIC_RELAXED));
+    fputc('\n', f);
+    if (fclose(f) == 0) rename(tmp, dst);
+}
+
 /* ---- device, context ---- */
 int cuInit(unsigned f) { return f == 0 ? 0 : 1; }
 int cuDriverGetVersion(int *v) { *v = 13000; return 0; }
@@ -135,6 +172,8 @@ static void addNode(struct stream *st, struct node n) {
 
 int cuStreamSynchronize(void *s) {
     NEEDCTX;
+    COUNT(CNT_STREAM_SYNC, 1);
+    dumpCounters();
     struct stream *st = s;
     if (st && st->capturing) {
         st->invalid = 1;
@@ -142,7 +181,7 @@ int cuStreamSynchronize(void *s) {
     }
     return syncCall();
 }
-int cuCtxSynchronize(void) { NEEDCTX; return syncCall(); }
+int cuCtxSynchronize(void) { NEEDCTX; COUNT(CNT_CTX_SYNC, 1); dumpCounters(); return syncCall(); }
 
 int cuStreamBeginCapture_v2(void *s, int mode) {
     NEEDCTX;
@@ -224,6 +263,7 @@ static void delAlloc(int i) {
 int cuMemAlloc_v2(CUdeviceptr *p, size_t n) {
     NEEDCTX;
     if (n == 0) return INVALID_VALUE;
+    COUNT(CNT_ALLOCS, 1);
     size_t mapped = (n + 4095) & ~(size_t)4095;
     int fd = memfd_create("sdb-fake-device-memory", MFD_CLOEXEC);
     void *m;
@@ -255,6 +295,7 @@ int cuMemAlloc_v2(CUdeviceptr *p, size_t n) {
 }
 int cuMemFree_v2(CUdeviceptr p) {
     NEEDCTX;
+    COUNT(CNT_FREES, 1);
     pthread_mutex_lock(&mu);
     int i = findAlloc(p);
     if (i < 0 || allocs[i].base != p || allocs[i].imported) {
@@ -285,36 +326,44 @@ int cuMemGetInfo_v2(size_t *f, size_t *t) { NEEDCTX; *f = 1ull << 30; *t = 80ull
 static void doMemset32(CUdeviceptr d, unsigned v, size_t n) {
     for (size_t i = 0; i < n; i++) ((unsigned *)d)[i] = v;
 }
-int cuMemcpyHtoD_v2(CUdeviceptr d, const void *s, size_t n) { NEEDCTX; if (syncCall()) return syncCall(); memcpy((void *)d, s, n); return 0; }
-int cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { NEEDCTX; if (syncCall()) return syncCall(); memcpy(d, (void *)s, n); return 0; }
-int cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) { NEEDCTX; if (syncCall()) return syncCall(); memmove((void *)d, (void *)s, n); return 0; }
-int cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { NEEDCTX; if (syncCall()) return syncCall(); memset((void *)d, v, n); return 0; }
-int cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) { NEEDCTX; if (syncCall()) return syncCall(); doMemset32(d, v, n); return 0; }
+int cuMemcpyHtoD_v2(CUdeviceptr d, const void *s, size_t n) { NEEDCTX; COUNT(CNT_HTOD_CALLS, 1); COUNT(CNT_HTOD_BYTES, n); if (syncCall()) return syncCall(); memcpy((void *)d, s, n); return 0; }
+int cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { NEEDCTX; COUNT(CNT_DTOH_CALLS, 1); COUNT(CNT_DTOH_BYTES, n); if (syncCall()) return syncCall(); memcpy(d, (void *)s, n); return 0; }
+int cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) { NEEDCTX; COUNT(CNT_DTOD_CALLS, 1); COUNT(CNT_DTOD_BYTES, n); if (syncCall()) return syncCall(); memmove((void *)d, (void *)s, n); return 0; }
+int cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { NEEDCTX; COUNT(CNT_MEMSETS, 1); if (syncCall()) return syncCall(); memset((void *)d, v, n); return 0; }
+int cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) { NEEDCTX; COUNT(CNT_MEMSETS, 1); if (syncCall()) return syncCall(); doMemset32(d, v, n); return 0; }
 
 /* asyncOp runs n at once, or records it when s is capturing. */
 static int asyncOp(void *s, struct node n);
 int cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void *src, size_t n, void *s) {
     NEEDCTX;
+    COUNT(CNT_HTOD_CALLS, 1);
+    COUNT(CNT_HTOD_BYTES, n);
     struct node x = {.kind = 1, .dst = d, .src = src, .n = n};
     return asyncOp(s, x);
 }
 int cuMemcpyDtoHAsync_v2(void *d, CUdeviceptr src, size_t n, void *s) {
     NEEDCTX;
+    COUNT(CNT_DTOH_CALLS, 1);
+    COUNT(CNT_DTOH_BYTES, n);
     struct node x = {.kind = 1, .hdst = d, .src = (const void *)src, .n = n};
     return asyncOp(s, x);
 }
 int cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void *s) {
     NEEDCTX;
+    COUNT(CNT_DTOD_CALLS, 1);
+    COUNT(CNT_DTOD_BYTES, n);
     struct node x = {.kind = 1, .dst = d, .src = (const void *)src, .n = n};
     return asyncOp(s, x);
 }
 int cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void *s) {
     NEEDCTX;
+    COUNT(CNT_MEMSETS, 1);
     struct node x = {.kind = 2, .dst = d, .v = v, .n = n};
     return asyncOp(s, x);
 }
 int cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, void *s) {
     NEEDCTX;
+    COUNT(CNT_MEMSETS, 1);
     struct node x = {.kind = 3, .dst = d, .v = v, .n = n};
     return asyncOp(s, x);
 }
@@ -404,6 +453,8 @@ int cuEventRecord(void *e, void *s) {
 int cuEventSynchronize(void *e) {
     NEEDCTX;
     if (!e) return INVALID_HANDLE;
+    COUNT(CNT_EVENT_SYNC, 1);
+    dumpCounters();
     return syncCall();
 }
 int cuEventElapsedTime(float *ms, void *a, void *b) {
@@ -663,6 +714,7 @@ int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
     struct function *fn = f;
     if (!fn) return INVALID_HANDLE;
     if (extra != NULL) return INVALID_VALUE;
+    COUNT(CNT_LAUNCHES, 1);
     struct node x = {.kind = 0, .fn = fn, .dims = {gx, gy, gz, bx, by, bz, sh}};
     struct stream *st = stream;
     if (st && st->capturing) {
@@ -739,6 +791,7 @@ int sdbFakeStreamEnqueue(void *s, int (*run)(void *), void (*release)(void *), v
     struct stream *st = s;
     *captured = 0;
     if (!run) return INVALID_VALUE;
+    COUNT(CNT_HOST_WORK, 1);
     if (st && st->capturing) {
         struct hostwork *w = calloc(1, sizeof *w);
         if (!w) return OUT_OF_MEMORY;
@@ -777,6 +830,7 @@ int cuGraphLaunch(void *e, void *s) {
     struct stream *st = s;
     if (!x) return INVALID_HANDLE;
     if ((st && st->capturing) || (!st && anyCapture)) return CAPTURE_UNSUPPORTED;
+    COUNT(CNT_GRAPH_LAUNCHES, 1);
     for (int i = 0; i < x->n; i++) {
         int rc = runNode(&x->nodes[i]);
         if (rc) return rc;
