@@ -96,6 +96,7 @@ type BLAS struct {
 	api     *cublasAPI
 	h       uintptr
 	ws      *Buffer // fixed workspace (FixWorkspace), nil before
+	unhook  func()  // removes the FixOnCapture hook
 	Path    string
 	Version int
 }
@@ -138,6 +139,9 @@ func (d *Device) NewBLAS() (*BLAS, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Every handle is safe in graph captures: a Capture on d fixes its
+	// workspace first (graph.go).
+	b.unhook = b.FixOnCapture()
 	return b, nil
 }
 
@@ -217,6 +221,10 @@ func (bl *BLAS) Workspace() int {
 
 // Close destroys the handle and frees its fixed workspace.
 func (b *BLAS) Close() error {
+	if b.unhook != nil {
+		b.unhook()
+		b.unhook = nil
+	}
 	err := b.dev.Do(func() error { return cublasCheck("cublasDestroy", b.api.cublasDestroy(b.h)) })
 	if b.ws != nil {
 		err = errors.Join(err, b.ws.Free())

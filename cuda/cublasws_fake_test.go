@@ -64,6 +64,8 @@ func TestFixWorkspaceChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
+	other.unhook() // a handle without NewBLAS's capture hook: fixing it mid-capture is refused
+	other.unhook = nil
 	g, err := d.Capture(func() error {
 		if err := other.FixWorkspace(); !errors.Is(err, ErrCapturing) {
 			t.Errorf("FixWorkspace during a capture = %v, want ErrCapturing", err)

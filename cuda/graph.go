@@ -42,7 +42,11 @@
 // so set it after the stream); the workspace must outlive every graph that
 // captured it, and graphs captured from one handle must not replay
 // concurrently on different streams (they share the workspace).
-// UNetCUDA's graph build calls FixWorkspace. cuBLASLt takes its workspace
+// NewBLAS registers every handle with BLAS.FixOnCapture: every later
+// Capture on its device fixes its workspace first, before the stream
+// starts capturing (Device.BeforeCapture is the general hook; a cuBLAS
+// without cublasSetWorkspace_v2 keeps its own workspace, as before);
+// UNetCUDA's graph build also calls FixWorkspace itself. cuBLASLt takes its workspace
 // per call: Lt passes one fixed buffer allocated at NewLt (or none), as
 // capture needs. The stand-in cuBLAS/cuBLASLt record GEMMs into the
 // capture and replay them (cudatest/fake/README.md), and accept the
@@ -52,6 +56,7 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 )
 
@@ -98,15 +103,93 @@ type Graph struct {
 var graphSyms = []string{"cuStreamBeginCapture_v2", "cuStreamEndCapture", "cuStreamIsCapturing",
 	"cuGraphInstantiateWithFlags", "cuGraphLaunch", "cuGraphExecDestroy", "cuGraphDestroy"}
 
+// captureHooks holds, per device, what Capture runs before the stream
+// starts capturing (BeforeCapture).
+var captureHooks sync.Map // *Device -> *hookList
+
+// hookList is one device's BeforeCapture functions, by registration.
+type hookList struct {
+	mu   sync.Mutex
+	next int
+	fns  map[int]func() error
+}
+
+// BeforeCapture registers fn to run at the start of every later Capture
+// on d, on the caller's goroutine before the stream begins capturing (so
+// it may allocate and synchronise), in registration order; a failing fn
+// fails that Capture. remove unregisters it (call it before whatever fn
+// uses is freed); removing twice is a no-op.
+func (d *Device) BeforeCapture(fn func() error) (remove func()) {
+	v, _ := captureHooks.LoadOrStore(d, &hookList{fns: map[int]func() error{}})
+	l := v.(*hookList)
+	l.mu.Lock()
+	id := l.next
+	l.next++
+	l.fns[id] = fn
+	l.mu.Unlock()
+	return func() {
+		l.mu.Lock()
+		delete(l.fns, id)
+		l.mu.Unlock()
+	}
+}
+
+// runCaptureHooks runs d's BeforeCapture functions.
+func (d *Device) runCaptureHooks() error {
+	v, ok := captureHooks.Load(d)
+	if !ok {
+		return nil
+	}
+	l := v.(*hookList)
+	l.mu.Lock()
+	ids := make([]int, 0, len(l.fns))
+	for id := range l.fns {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	fns := make([]func() error, len(ids))
+	for i, id := range ids {
+		fns[i] = l.fns[id]
+	}
+	l.mu.Unlock()
+	for _, fn := range fns {
+		if err := fn(); err != nil {
+			return fmt.Errorf("cuda: before graph capture: %w", err)
+		}
+	}
+	return nil
+}
+
+// FixOnCapture makes bl safe to capture by default: every later Capture
+// on bl's device first gives it its fixed workspace (FixWorkspace, once;
+// without cublasSetWorkspace_v2 cuBLAS keeps its own and the capture goes
+// on). NewBLAS registers each handle and Close removes it; a handle
+// built otherwise can register itself. Call remove before bl.Close.
+func (bl *BLAS) FixOnCapture() (remove func()) {
+	return bl.dev.BeforeCapture(func() error {
+		if err := bl.FixWorkspace(); err != nil && !errors.Is(err, ErrMissingSymbol) {
+			return fmt.Errorf("cuBLAS workspace: %w", err)
+		}
+		return nil
+	})
+}
+
 // Capture records the work fn queues on d's stream into a Graph, without
 // running it. fn is called on the caller's goroutine and uses the ordinary
 // API (Function.Launch, BLAS, Lt, async copies); it must not call
 // anything synchronous (see the file comment). Other goroutines must not
 // use d while Capture runs: their work would join the graph or break it.
 // If fn fails, or made a call that broke the capture, Capture returns the
-// reason and no graph.
+// reason and no graph. The BeforeCapture functions of d (FixOnCapture's
+// cuBLAS workspaces) run first.
 func (d *Device) Capture(fn func() error) (*Graph, error) {
 	if err := need(d.api, graphSyms...); err != nil {
+		return nil, err
+	}
+	if d.capturing() {
+		return nil, fmt.Errorf("%w: nested Capture", ErrCapturing)
+	}
+	if err := d.runCaptureHooks(); err != nil {
 		return nil, err
 	}
 	if _, loaded := captures.LoadOrStore(d, struct{}{}); loaded {

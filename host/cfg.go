@@ -4,7 +4,8 @@
 // log-sigma interpolation, denoised = x - sigma*eps) and one batched U-Net
 // call on [uncond, cond] (batch 2B) combined as u + cfg*(c - u). The per-step
 // plugin hooks (a Conditioner that replaces the context, a ResidualSource
-// that adds named residuals) are consumed here; on a GPU the residuals may
+// that adds named residuals) are consumed here, and ScheduleTimesteps
+// tells a ScheduleConditioner the timesteps ahead of sampling; on a GPU the residuals may
 // stay in device memory (cfg_device.go). It does not encode prompts or
 // draw noise.
 package host
@@ -13,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/sdbridge/sdbridge/models"
 	"github.com/sdbridge/sdbridge/nn"
@@ -30,6 +32,16 @@ type EpsModel interface {
 // half at U-Net timestep t.
 type Conditioner interface {
 	Context(ctx context.Context, t float32, cond bool) (*nn.Tensor, error)
+}
+
+// ScheduleConditioner is a Conditioner that can compute the contexts of
+// a whole schedule before sampling (ELLA: one batched connector call per
+// half). The pipeline passes the U-Net timesteps its sampler will use
+// (CFGDenoiser.ScheduleTimesteps) and whether the uncond half is needed;
+// Context must still answer at any other timestep.
+type ScheduleConditioner interface {
+	Conditioner
+	PrepareSchedule(ctx context.Context, ts []float32, uncond bool) error
 }
 
 // ResidualSource gives residuals at every step (ControlNet). It sees exactly
@@ -63,7 +75,7 @@ func (c *CFGDenoiser) Denoise(x *nn.Tensor, sigma float64) (*nn.Tensor, error) {
 		return nil, err
 	}
 	b := x.Shape[0]
-	t := float32(c.Schedule.SigmaToT(sigma))
+	t := c.timestep(sigma)
 	cond, uncond, err := c.contexts(ctx, t, b)
 	if err != nil {
 		return nil, err
@@ -106,6 +118,28 @@ func (c *CFGDenoiser) Denoise(x *nn.Tensor, sigma float64) (*nn.Tensor, error) {
 		out.Data[i] = float32(float64(x.Data[i]) - sigma*e)
 	}
 	return out, nil
+}
+
+// timestep is the U-Net timestep of sigma (CompVisDenoiser's continuous
+// t), exactly as Denoise passes it to the model and the Conditioner.
+func (c *CFGDenoiser) timestep(sigma float64) float32 {
+	return float32(c.Schedule.SigmaToT(sigma))
+}
+
+// ScheduleTimesteps lists the timesteps Denoise uses at the positive
+// sigmas of a schedule (the points every sampler evaluates; sigma 0 is
+// never evaluated), in order, without repeats.
+func (c *CFGDenoiser) ScheduleTimesteps(sigmas []float64) []float32 {
+	var ts []float32 // [S]
+	for _, s := range sigmas {
+		if !(s > 0) {
+			continue
+		}
+		if t := c.timestep(s); !slices.Contains(ts, t) {
+			ts = append(ts, t)
+		}
+	}
+	return ts
 }
 
 // contexts returns the cond and uncond contexts for this step, repeated to

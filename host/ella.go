@@ -2,10 +2,14 @@
 // CFG denoiser calls every step: at construction it has the ella plugin (a
 // separate process) load T5 + the connector, check them against the U-Net's
 // context dim, and encode the prompt and the negative prompt once each
-// (EncodePrompt); per step it asks for the connector's output at the
-// U-Net's timestep (Conditioning), written in place into one of two context
-// buffers (cond, uncond) the host allocated in a plugin-writable shared
-// arena, and hands that buffer to the pipeline without copying.
+// (EncodePrompt). Before sampling the pipeline may hand it the schedule's
+// timesteps (PrepareSchedule, ella_schedule.go): one batched plugin call
+// per half then computes every step's context and the steps are served
+// from memory. A step at any other timestep asks the plugin for the
+// connector's output at the U-Net's timestep (Conditioning), written in
+// place into one of two context buffers (cond, uncond) the host allocated
+// in a plugin-writable shared arena, and hands that buffer to the pipeline
+// without copying.
 //
 // Modes (spec §6): "flexible" (default) and "fixed" are the plugin's T5
 // length modes; "concat" ("ELLA + CLIP") runs flexible ELLA and appends the
@@ -99,11 +103,14 @@ type ConditionerPlugin interface {
 
 // ELLAStats count the adapter's work.
 type ELLAStats struct {
-	EncodeTime time.Duration // EncodePrompt calls (T5 once per prompt)
-	Calls      int           // plugin Conditioning calls
-	Reencoded  int           // prompts encoded again after a plugin restart
-	Reused     int           // Context calls answered from the last step's buffer
-	PluginTime time.Duration // wall time inside Conditioning calls
+	EncodeTime    time.Duration // EncodePrompt calls (T5 once per prompt)
+	Calls         int           // plugin Conditioning calls (ScheduleCalls + StepCalls)
+	ScheduleCalls int           // batched calls for a whole schedule (PrepareSchedule)
+	StepCalls     int           // per-step calls (timesteps outside the schedule)
+	Scheduled     int           // Context calls served from the precomputed schedule
+	Reencoded     int           // prompts encoded again after a plugin restart
+	Reused        int           // Context calls answered from the last step's buffer
+	PluginTime    time.Duration // wall time inside Conditioning calls
 }
 
 // ELLAConditioner is a Conditioner backed by the ella plugin.
@@ -124,10 +131,12 @@ type ellaHalf struct {
 	starts int           // plugin process starts when encoded (-1: unknown)
 	ref    sdk.TensorRef // [1, Q, D] in the arena, plugin-writable
 	buf    []float32     // the same memory, host view
+	view   *nn.Tensor    // [1, Q, D] tensor over buf
 	clip   *nn.Tensor    // [1, 77k, D] concat mode only
 	out    *nn.Tensor    // [1, Q(+77k), D] returned context
 	lastT  float32
 	valid  bool
+	sched  *ellaSchedule // the precomputed schedule (ella_schedule.go), or nil
 
 	// Device mode (ella_device.go): the whole context [1, Q(+77k), D] on
 	// the GPU, the plugin writing its first Q rows (ref); buf is nil and
@@ -247,7 +256,8 @@ func (e *ELLAConditioner) newHalf(ctx context.Context, text string, cond bool) (
 		e.plugin.ReleasePrompt(ctx, resp.Handle)
 		return nil, fmt.Errorf("ella: %w", err)
 	}
-	h.out = nn.From(h.buf, s...) // [1, Q, D] view of the arena
+	h.view = nn.From(h.buf, s...) // [1, Q, D] view of the arena
+	h.out = h.view
 	if e.opt.Mode == ELLAConcat {
 		clip, err := e.opt.CLIP.EncodePrompt(ctx, text) // [1, 77k, D]
 		if err != nil {
@@ -303,37 +313,62 @@ func (e *ELLAConditioner) step(ctx context.Context, t float32, cond bool) (*ella
 		return h, nil
 	}
 	h.valid, h.fresh = false, false
-	if st := e.pluginStarts(); st >= 0 && st != h.starts {
-		// The plugin restarted since this prompt was encoded: its handle is gone.
-		if err := e.reencode(ctx, h); err != nil {
-			return nil, err
+	if ok, err := e.fromSchedule(h, t); err != nil || ok {
+		if err != nil {
+			return nil, fmt.Errorf("ella: %w", err)
 		}
+		h.lastT, h.valid = t, true
+		return h, nil
 	}
-	err := e.conditioning(ctx, h, t)
-	if errors.Is(err, ErrCrashed) && ctx.Err() == nil {
-		// One retry on a fresh process (it loads the models again).
-		if err = e.reencode(ctx, h); err == nil {
-			err = e.conditioning(ctx, h, t)
-		}
-	}
-	if err != nil {
+	if err := e.callPlugin(ctx, h, []float32{t}, h.ref, false); err != nil {
 		return nil, fmt.Errorf("ella: %w", err)
 	}
-	if h.clip != nil && h.gpu == nil {
-		copy(h.out.Data, h.buf) // [1, Q, D] before the CLIP tokens
+	if h.gpu == nil {
+		if h.clip != nil {
+			copy(h.out.Data, h.buf) // [1, Q, D] before the CLIP tokens
+		} else {
+			h.out = h.view // [1, Q, D]
+		}
 	}
 	h.lastT, h.valid = t, true
 	return h, nil
 }
 
-// conditioning has the plugin write h's context at t into h.buf.
-func (e *ELLAConditioner) conditioning(ctx context.Context, h *ellaHalf, t float32) error {
+// callPlugin has the plugin write h's contexts at ts into out [len(ts), Q,
+// D], encoding h's prompt again first if the plugin restarted since, and
+// retrying once on a fresh process if it crashes. batched counts the call
+// as a schedule call rather than a step call.
+func (e *ELLAConditioner) callPlugin(ctx context.Context, h *ellaHalf, ts []float32, out sdk.TensorRef, batched bool) error {
+	if st := e.pluginStarts(); st >= 0 && st != h.starts {
+		// The plugin restarted since this prompt was encoded: its handle is gone.
+		if err := e.reencode(ctx, h); err != nil {
+			return err
+		}
+	}
+	err := e.conditioning(ctx, h, ts, out, batched)
+	if errors.Is(err, ErrCrashed) && ctx.Err() == nil {
+		// One retry on a fresh process (it loads the models again).
+		if err = e.reencode(ctx, h); err == nil {
+			err = e.conditioning(ctx, h, ts, out, batched)
+		}
+	}
+	return err
+}
+
+// conditioning has the plugin write h's contexts at ts into out [len(ts),
+// Q, D] (one plugin call).
+func (e *ELLAConditioner) conditioning(ctx context.Context, h *ellaHalf, ts []float32, out sdk.TensorRef, batched bool) error {
 	t0 := time.Now()
 	_, err := e.plugin.Conditioning(ctx, &sdk.ConditioningRequest{
-		Handle: h.handle, Timesteps: []float32{t}, Out: sdk.Ref(h.ref),
+		Handle: h.handle, Timesteps: ts, Out: sdk.Ref(out),
 	})
 	e.stats.PluginTime += time.Since(t0)
 	e.stats.Calls++
+	if batched {
+		e.stats.ScheduleCalls++
+	} else {
+		e.stats.StepCalls++
+	}
 	return err
 }
 
@@ -371,10 +406,7 @@ func (e *ELLAConditioner) Stats() ELLAStats { return e.stats }
 // returned earlier must not be used afterwards.
 func (e *ELLAConditioner) Close() error {
 	var errs []error
-	running := true
-	if pp, ok := e.plugin.(interface{ Pid() int }); ok {
-		running = pp.Pid() != 0
-	}
+	running := e.pluginRunning()
 	for i, h := range e.halves {
 		// A handle from an earlier or dead process is gone with it (and
 		// releasing it would start a new one).
@@ -382,7 +414,7 @@ func (e *ELLAConditioner) Close() error {
 			errs = append(errs, e.plugin.ReleasePrompt(context.Background(), h.handle))
 		}
 		if h != nil {
-			errs = append(errs, e.closeDeviceHalf(h, running))
+			errs = append(errs, e.closeSchedule(h, running), e.closeDeviceHalf(h, running))
 		}
 		e.halves[i] = nil
 	}

@@ -18,12 +18,13 @@ import (
 	"github.com/sdbridge/sdbridge/plugins/sdk"
 )
 
-// fakeELLA fills the context with t + 1000*(cond? 1 : 0).
+// fakeELLA fills row i of the output with Timesteps[i] + 1000*(cond? 1 : 0).
 type fakeELLA struct {
 	shape    []int
 	encoded  []string
 	released []string
-	calls    []float32
+	calls    []float32   // first timestep of each Conditioning call
+	batches  [][]float32 // all timesteps of each call
 }
 
 func (f *fakeELLA) Name() string { return "fake-ella" }
@@ -46,16 +47,23 @@ func (f *fakeELLA) Conditioning(_ context.Context, req *sdk.ConditioningRequest)
 	if !ok || !req.Out.Writable {
 		return nil, fmt.Errorf("output not in a writable arena")
 	}
-	n := sdk.Numel(req.Out.Shape)
-	out := unsafe.Slice((*float32)(unsafe.Pointer(&a.Bytes()[req.Out.Offset])), n)
-	v := req.Timesteps[0]
-	if req.Handle == "cond" {
-		v += 1000
+	if req.Out.Shape[0] != len(req.Timesteps) {
+		return nil, fmt.Errorf("output %v for %d timesteps", req.Out.Shape, len(req.Timesteps))
 	}
-	for i := range out {
-		out[i] = v
+	n := sdk.Numel(req.Out.Shape)
+	out := unsafe.Slice((*float32)(unsafe.Pointer(&a.Bytes()[req.Out.Offset])), n) // [T, Q, D]
+	row := n / len(req.Timesteps)
+	for r, t := range req.Timesteps {
+		v := t
+		if req.Handle == "cond" {
+			v += 1000
+		}
+		for i := range out[r*row : (r+1)*row] {
+			out[r*row+i] = v
+		}
 	}
 	f.calls = append(f.calls, req.Timesteps[0])
+	f.batches = append(f.batches, append([]float32(nil), req.Timesteps...))
 	return &sdk.ConditioningResponse{Written: req.Out.TensorRef}, nil
 }
 

@@ -1,5 +1,6 @@
 // pipeline.go is txt2img: prompt and negative prompt -> contexts (once per
-// generation) -> sigma schedule -> initial latent (noise * sigmas[0]) ->
+// generation; a ScheduleConditioner prepares every step's context at
+// once) -> sigma schedule -> initial latent (noise * sigmas[0]) ->
 // sampler loop over the CFG denoiser (plugin hooks per step, progress
 // callback) -> VAE decode -> image in [-1, 1]. It validates a request before
 // any model work. It does not load files (LoadPipeline in pipeline_load.go
@@ -130,6 +131,13 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 	// Contexts, once per generation (a Conditioner supplies them per step).
 	den := &CFGDenoiser{Model: p.UNet, Schedule: p.Schedule, Scale: req.CFG,
 		Conditioner: req.Conditioner, Residuals: req.Residuals, Ctx: ctx}
+	if sc, ok := req.Conditioner.(ScheduleConditioner); ok {
+		// The whole schedule's contexts in one batched call per half;
+		// other timesteps still go through Context.
+		if err := sc.PrepareSchedule(ctx, den.ScheduleTimesteps(sigmas), req.CFG != 1); err != nil {
+			return nil, fmt.Errorf("conditioning schedule: %w", err)
+		}
+	}
 	if req.Conditioner == nil {
 		if den.Cond, err = p.Prompts.EncodePrompt(ctx, req.Prompt); err != nil {
 			return nil, fmt.Errorf("prompt: %w", err)

@@ -7,9 +7,11 @@
 // original kept on the device (plugin_patch_device_orig.go: one queued
 // device-to-device copy per weight, the swap budget is written there),
 // falling back to an upload of the host's copy when the device is short of
-// memory. The plugin must take device arenas (protocol minor 2); an older
-// one fails the patch with an error saying so, and the weights stay as
-// they were.
+// memory; once a weight has its device original, a plugin that reads
+// originals gets it as an input and writes the weight in one pass
+// (plugin_patch.go), so the host restores nothing. The plugin must take
+// device arenas (protocol minor 2); an older one fails the patch with an
+// error saying so, and the weights stay as they were.
 //
 // It does not allocate or free device weights (the model's GPU copy owns
 // them).
@@ -83,7 +85,8 @@ func RestoreFromHost(buf *cuda.Buffer, dtype sdk.DType, host []float32) func() e
 // PCIe). The host copies must then stay unpatched (patch the device or the
 // host, not both). Targets without a device copy are returned as they are.
 // Before freeing the device weights, Unmap set.Arenas() from every plugin
-// that patched them, then Close the set and CloseDeviceOriginals(set).
+// that patched them, with DeviceOriginalsOf(set).Arenas() (the originals
+// those plugins read), then Close the set and CloseDeviceOriginals(set).
 func DevicePatchTargets(targets []*PatchTarget, set *DeviceArenaSet, weight func(t *PatchTarget) *nn.GPUTensor) ([]*PatchTarget, error) {
 	out, err := DevicePatchTargetsWith(targets, set, weight, func(dev *cuda.Device) *DeviceOriginals {
 		origs := originalsFor(set, dev)

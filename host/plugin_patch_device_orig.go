@@ -4,10 +4,13 @@
 //
 // Budget of one swap (restore + patch of the union of the old and new
 // patch's weights; SD1.5 attention LoRA at rank 32: 192 modules, ~200 MB
-// of F16 weights). Counts, checked on the stand-ins; times are estimates
-// from H100 bandwidth (3.35 TB/s), not measured on a GPU yet.
+// of F16 weights). Counts, checked on the stand-ins (the one-pass ones by
+// the stand-in driver's own per-process counters:
+// TestLoRADeviceSwapBudget); times are estimates from H100 bandwidth
+// (3.35 TB/s), not measured on a GPU yet.
 //
-//   - Today (restore here, patch in the plugin), per swap:
+//   - Restore here, patch in the plugin (a weight's first patch, and
+//     plugins that do not read originals), per swap:
 //     host: 192 cuMemcpyDtoDAsync (2 x |W| = ~400 MB of device traffic,
 //     0 bytes over PCIe, 0 syncs: the restores of a swap capture into one
 //     CUDA graph), then 1 cuStreamSynchronize (SyncForPlugin) and the
@@ -18,8 +21,8 @@
 //     In all 384 queued operations, 2 stream syncs (one per process),
 //     2 RPCs, ~800 MB (~0.25 ms of bandwidth); the ~384 launches (a few
 //     microseconds each on the host) dominate: ~1.5-2.5 ms estimated.
-//   - One pass (needs plugin_patch.go to send DeviceWeight.Original as
-//     inputs and the LoRA plugin's serve.go to call PatchDeviceBatch):
+//   - One pass (every later swap: plugin_patch.go sends DeviceWeight.Original
+//     as inputs, the LoRA plugin's serve.go calls PatchDeviceBatch):
 //     host: 0 restores for touched weights, 1 sync, 2 RPCs; plugin: 1
 //     lora_batch launch reading W_orig and writing W (~400 MB), 0 uploads
 //     (job table resident after the first swap), the SDK's 1 sync.
@@ -37,8 +40,8 @@
 // (Arenas, to Unmap from plugins before Close) and DeviceWeight.Original
 // gives its ref, so a plugin can read the original itself and write
 // W = W_orig + delta in one pass (plugins/lora/device_batch.go: one launch
-// per swap; wiring it needs plugin_patch.go to send device originals as
-// inputs, as it does for file-backed ones).
+// per swap; plugin_patch.go sends device originals as inputs, as it does
+// file-backed ones).
 //
 // It does not evict originals (a weight that got one keeps it until
 // Close).

@@ -1,10 +1,12 @@
 // Package ella is the sdbridge ELLA plugin (a Conditioner): it loads the
 // FLAN-T5 encoder, its SentencePiece tokenizer and the ELLA connector (TSC),
 // encodes each prompt once (EncodePrompt: tokens, T5, the connector's text
-// projection; cached by prompt in a small LRU) and at every sampler step
-// writes the connector's output for the U-Net's timestep(s) into the
-// context buffer the host allocated in a shared arena (Conditioning:
-// [B, 64, W], replacing CLIP's [B, 77, W]).
+// projection; cached by prompt in a small LRU) and writes the connector's
+// output for the U-Net's timesteps into the buffer the host allocated in a
+// shared arena (Conditioning: [len(Timesteps), 64, W], replacing CLIP's
+// [B, 77, W]) in one batched run: the host asks for a whole schedule at
+// once before sampling (host/ella_schedule.go), and for one timestep at a
+// step outside it.
 //
 // Length modes (spec §5.4, §6): "flexible" (default, the authors'
 // recommendation) feeds the prompt's pieces + EOS unpadded; "fixed" feeds
