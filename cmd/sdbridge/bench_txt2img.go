@@ -100,8 +100,14 @@ type txt2imgPhases struct {
 	TotalSec           float64 `json:"total_s"` // load to PNG, the files' write excluded
 	// Plugin work during sampling: calls and wall time inside them
 	// (compute + round trip), the ControlNet's host hand-off, and the
-	// weights the LoRA patched on the device and on the host.
+	// weights the LoRA patched on the device and on the host. ELLA's
+	// calls are the batched whole-schedule ones plus per-step ones (for
+	// timesteps off the schedule); ella_scheduled counts the steps served
+	// from the batched output.
 	ELLACalls           int     `json:"ella_calls"`
+	ELLAScheduleCalls   int     `json:"ella_schedule_calls"`
+	ELLAStepCalls       int     `json:"ella_step_calls"`
+	ELLAScheduled       int     `json:"ella_scheduled"`
 	ELLAPluginMillis    float64 `json:"ella_plugin_ms"`
 	ControlNetCalls     int     `json:"controlnet_calls"`
 	ControlNetMillis    float64 `json:"controlnet_plugin_ms"`
@@ -366,6 +372,7 @@ func benchTxt2Img(b *bench) (res benchResult, err error) {
 	ph.PNGBytes = png.Len()
 	es, cs := cond.Stats(), src.Stats()
 	ph.ELLACalls, ph.ELLAPluginMillis = es.Calls, millis(es.PluginTime)
+	ph.ELLAScheduleCalls, ph.ELLAStepCalls, ph.ELLAScheduled = es.ScheduleCalls, es.StepCalls, es.Scheduled
 	ph.ControlNetCalls, ph.ControlNetMillis, ph.ControlNetHandOffMs = cs.Calls, millis(cs.PluginTime), millis(cs.HandOff)
 	ph.LoRADeviceTargets, ph.LoRAHostTargets = p.LoRATargets()
 	if ph.PixelStd, err = rgbStd(rgba.Pix); err != nil {

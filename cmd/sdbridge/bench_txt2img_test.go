@@ -59,9 +59,12 @@ func runTxt2Img(t *testing.T, b *bench, device string) (benchResult, []byte) {
 	if ph.StepMeanMillis*float64(ph.Steps) > ph.SamplingMillis+1e-6 {
 		t.Errorf("step mean %.2f ms x %d steps exceeds sampling %.2f ms", ph.StepMeanMillis, ph.Steps, ph.SamplingMillis)
 	}
-	if ph.ELLACalls < ph.Steps || ph.ControlNetCalls < ph.Steps || ph.LoRADeviceTargets+ph.LoRAHostTargets == 0 {
-		t.Errorf("ella calls %d, controlnet calls %d, LoRA targets %d+%d: want every plugin at work in %d steps",
-			ph.ELLACalls, ph.ControlNetCalls, ph.LoRADeviceTargets, ph.LoRAHostTargets, ph.Steps)
+	if ph.ELLAScheduleCalls < 1 || ph.ELLAScheduled+ph.ELLAStepCalls < ph.Steps || ph.ControlNetCalls < ph.Steps || ph.LoRADeviceTargets+ph.LoRAHostTargets == 0 {
+		t.Errorf("ella schedule calls %d serving %d steps (+%d per-step calls), controlnet calls %d, LoRA targets %d+%d: want every plugin at work in %d steps",
+			ph.ELLAScheduleCalls, ph.ELLAScheduled, ph.ELLAStepCalls, ph.ControlNetCalls, ph.LoRADeviceTargets, ph.LoRAHostTargets, ph.Steps)
+	}
+	if ph.ELLACalls != ph.ELLAScheduleCalls+ph.ELLAStepCalls {
+		t.Errorf("ella calls %d, want schedule %d + per-step %d", ph.ELLACalls, ph.ELLAScheduleCalls, ph.ELLAStepCalls)
 	}
 	if !(ph.ELLAPluginMillis > 0 && ph.ControlNetMillis > 0) || ph.ELLAPluginMillis+ph.ControlNetMillis > ph.SamplingMillis {
 		t.Errorf("plugin time ella %.2f + controlnet %.2f ms, want positive and within sampling %.2f ms",
