@@ -8,7 +8,10 @@
 // All work runs on the device's one stream, so memory freed to the arena
 // can be handed out again at once: later kernels are queued after the ones
 // that used it. Reading a piece back on the host still goes through the
-// usual (synchronising) downloads. During graph capture the arena hands
+// usual (synchronising) downloads. When the driver has no room for a new
+// block, the arena returns its empty blocks and tries a block of just the
+// size needed before giving up with the driver's *OutOfMemoryError.
+// During graph capture the arena hands
 // out pieces of blocks it already holds but cannot grow (Reserve first).
 // Export gives the IPC handle of the block holding a piece, or a view
 // inside a piece, plus its offset (plugins map device tensors that way). It does not use VMM
@@ -91,12 +94,36 @@ func (a *Arena) Alloc(n int) (*Buffer, error) {
 	if a.closed {
 		return nil, fmt.Errorf("cuda: %s is closed", a.name)
 	}
-	p, err := a.p.alloc(int64(n))
+	var p uint64
+	err := a.tight(func() (err error) { p, err = a.p.alloc(int64(n)); return err })
 	if err != nil {
 		return nil, fmt.Errorf("cuda: %s: alloc %d bytes: %w", a.name, n, err)
 	}
 	a.asked[p] = n
 	return &Buffer{dev: a.dev, Ptr: p, Size: n, view: true}, nil
+}
+
+// tight runs take (an alloc or reserve of the pool, a.mu held) and, when
+// the driver is out of memory for a new block, tries again after giving
+// the empty blocks back, then with a block of only the size needed
+// (rounded to 2 MiB) instead of BlockSize: a card with little free memory
+// still fits what it can hold. The error of the last try is returned (an
+// *OutOfMemoryError when the memory is really not there).
+func (a *Arena) tight(take func() error) error {
+	err := take()
+	var oom *OutOfMemoryError
+	if !errors.As(err, &oom) {
+		return err
+	}
+	if released, terr := a.p.trim(); terr == nil && released > 0 {
+		if err = take(); !errors.As(err, &oom) {
+			return err
+		}
+	}
+	blockSize := a.p.blockSize
+	a.p.blockSize = growAlign
+	defer func() { a.p.blockSize = blockSize }()
+	return take()
 }
 
 // Free gives b (returned by Alloc, not a Slice of it) back to the arena.
@@ -140,7 +167,7 @@ func (a *Arena) Reserve(n int) error {
 	if a.closed {
 		return fmt.Errorf("cuda: %s is closed", a.name)
 	}
-	if err := a.p.reserve(int64(n)); err != nil {
+	if err := a.tight(func() error { return a.p.reserve(int64(n)) }); err != nil {
 		return fmt.Errorf("cuda: %s: reserve %d bytes: %w", a.name, n, err)
 	}
 	return nil

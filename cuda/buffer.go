@@ -27,12 +27,56 @@ func (d *Device) Alloc(n int) (*Buffer, error) {
 	}
 	b := &Buffer{dev: d, Size: n}
 	err := d.Do(func() error {
-		return check(fmt.Sprintf("cuMemAlloc(%d bytes)", n), d.api.cuMemAlloc(&b.Ptr, uint64(n)))
+		err := check(fmt.Sprintf("cuMemAlloc(%d bytes)", n), d.api.cuMemAlloc(&b.Ptr, uint64(n)))
+		if e, ok := err.(*Error); ok && e.Code == resultOutOfMemory {
+			oom := &OutOfMemoryError{Requested: uint64(n), Err: e}
+			if d.api.cuMemGetInfo(&oom.Free, &oom.Total) != 0 {
+				oom.Free, oom.Total = 0, d.TotalMem
+			}
+			return oom
+		}
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	return b, nil
+}
+
+// resultOutOfMemory is CUDA_ERROR_OUT_OF_MEMORY.
+const resultOutOfMemory Result = 2
+
+// OutOfMemoryError is a device allocation the GPU had no room for: the
+// bytes asked for and the device's free and total memory right after the
+// refusal. Callers add what was being allocated; errors.As finds it
+// through their wrapping.
+type OutOfMemoryError struct {
+	Requested   uint64
+	Free, Total uint64
+	Err         *Error // the driver's CUDA_ERROR_OUT_OF_MEMORY
+}
+
+func (e *OutOfMemoryError) Error() string {
+	return fmt.Sprintf("cuda: out of GPU memory: cuMemAlloc of %s refused with %s free of %s",
+		FormatBytes(e.Requested), FormatBytes(e.Free), FormatBytes(e.Total))
+}
+
+// Unwrap gives the driver's error.
+func (e *OutOfMemoryError) Unwrap() error { return e.Err }
+
+// FormatBytes writes a byte count with its binary unit and the exact
+// count ("12.5 MiB (13107200 bytes)").
+func FormatBytes(n uint64) string {
+	units := []string{"KiB", "MiB", "GiB", "TiB"}
+	if n < 1024 {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	v, u := float64(n)/1024, 0
+	for v >= 1024 && u < len(units)-1 {
+		v /= 1024
+		u++
+	}
+	return fmt.Sprintf("%.1f %s (%d bytes)", v, units[u], n)
 }
 
 // Device returns the device owning b.

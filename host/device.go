@@ -10,6 +10,7 @@
 package host
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -238,3 +239,32 @@ func setGPUDType(g *nn.GPU, dt string) error {
 	}
 	return nil
 }
+
+// explainOOM turns a device allocation the GPU had no room for (a
+// *cuda.OutOfMemoryError anywhere in err's chain) into one message saying
+// so: what was being allocated (what, e.g. "the u-net's activations at
+// latents [2 4 32 32]"), the bytes asked for, the free and total device
+// memory, and what to try. Other errors come back as they are.
+func explainOOM(err error, what string) error {
+	var oom *cuda.OutOfMemoryError
+	if !errors.As(err, &oom) {
+		return err
+	}
+	return &deviceOOMError{what: what, oom: oom, err: err}
+}
+
+// deviceOOMError is explainOOM's error; errors.As still finds the
+// *cuda.OutOfMemoryError through it.
+type deviceOOMError struct {
+	what string
+	oom  *cuda.OutOfMemoryError
+	err  error // the whole chain, from the caller's wrapping to the driver
+}
+
+func (e *deviceOOMError) Error() string {
+	return fmt.Sprintf("out of GPU memory %s: %s requested, %s free of %s; try --cuda-dtype f16 (half of f32's bytes) if not already, "+
+		"a smaller --width/--height or --batch, or --device cpu (%v)",
+		e.what, cuda.FormatBytes(e.oom.Requested), cuda.FormatBytes(e.oom.Free), cuda.FormatBytes(e.oom.Total), e.err)
+}
+
+func (e *deviceOOMError) Unwrap() error { return e.err }

@@ -47,8 +47,9 @@ type modelStore struct {
 	views   map[*PatchTarget]safetensors.Tensor
 	targets []*PatchTarget
 	patch   *WeightPatch
-	sup     *Supervisor // the supervisor of the last ApplyLoRAs (unmapped on Close)
-	loras   []LoRASpec  // the adapters in place
+	sup     *Supervisor   // the supervisor of the last ApplyLoRAs (unmapped on Close)
+	loras   []LoRASpec    // the adapters in place
+	layers  []*patchLayer // third-party weight patches on top (plugin_generic_patch.go)
 }
 
 // recordingSource passes a checkpoint through to models.Weights and pairs
@@ -195,11 +196,20 @@ func loraParams(loras []LoRASpec) sdk.Params {
 // a LoRA for SDXL, a crashed plugin) the weights are as before the call.
 // The pipeline must have been loaded with LoadOptions.Patchable; pass the
 // same sup every time (Close has its plugins unmap the arenas).
-func (l *Loaded) ApplyLoRAs(ctx context.Context, sup *Supervisor, loras []LoRASpec) error {
+func (l *Loaded) ApplyLoRAs(ctx context.Context, sup *Supervisor, loras []LoRASpec) (err error) {
 	s := l.store
 	if s == nil {
 		return errors.New("apply LoRAs: the pipeline was not loaded with LoadOptions.Patchable")
 	}
+	// Plugin patch layers sit on top: take them off, put them back after.
+	if err := s.resetLayers(); err != nil {
+		return fmt.Errorf("apply LoRAs: %w", err)
+	}
+	defer func() {
+		if rerr := s.reapplyLayers(context.WithoutCancel(ctx)); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("apply LoRAs: %w", rerr))
+		}
+	}()
 	if len(loras) == 0 {
 		if err := s.patch.Reset(); err != nil {
 			return fmt.Errorf("restoring the checkpoint's weights: %w", err)

@@ -62,6 +62,9 @@ func (l *Loaded) toDevice(d *Device, unet *models.UNet, vae *models.VAE, clip *m
 	l.device = &onDevice{dev: d, onDevicePatch: map[int]bool{}}
 	if err := l.moveParts(d, unet, vae, clip); err != nil {
 		l.closeDevice()
+		if oe := explainOOM(err, "uploading the weights to "+d.String()); oe != err {
+			return oe
+		}
 		return fmt.Errorf("moving the models to %s: %w", d, err)
 	}
 	return nil
@@ -206,18 +209,65 @@ func (l *Loaded) moveParts(d *Device, unet *models.UNet, vae *models.VAE, clip *
 		return fmt.Errorf("u-net: %w", err)
 	}
 	o.track(u, unet)
-	o.eps = deviceUNet{UNetCUDA: u, g: d.GPU}
+	o.eps = oomUNet{deviceUNet{UNetCUDA: u, g: d.GPU}}
 	v, err := models.NewVAEDecoderCUDA(d.GPU, vae)
 	if err != nil {
 		return fmt.Errorf("vae decoder: %w", err)
 	}
 	o.track(v, vae)
-	o.dec = v
+	o.dec = oomDecoder{v}
 	c, err := models.NewCLIPCUDA(d.GPU, clip)
 	if err != nil {
 		return fmt.Errorf("clip text encoder: %w", err)
 	}
 	o.track(c, clip)
-	o.enc = c
+	o.enc = oomTextEncoder{c}
 	return nil
+}
+
+// oomUNet is the device U-Net whose out-of-memory errors name the
+// activations' shape (explainOOM); the weights are already on the device.
+type oomUNet struct{ deviceUNet }
+
+// Forward implements EpsModel: x [N, C, H, W], ctx [N, L, D].
+func (u oomUNet) Forward(x *nn.Tensor, ts []float32, ctx *nn.Tensor, res models.Residuals) (*nn.Tensor, error) {
+	eps, err := u.deviceUNet.Forward(x, ts, ctx, res) // [N, C, H, W]
+	return eps, explainOOM(err, activationsAt("the u-net", x))
+}
+
+// forwardGPUResiduals implements gpuResidualModel (cfg_device.go).
+func (u oomUNet) forwardGPUResiduals(x *nn.Tensor, ts []float32, ctx *nn.Tensor, res models.GPUResiduals) (*nn.Tensor, error) {
+	eps, err := u.deviceUNet.forwardGPUResiduals(x, ts, ctx, res) // [N, C, H, W]
+	return eps, explainOOM(err, activationsAt("the u-net", x))
+}
+
+// oomDecoder is the device VAE decoder with explainOOM's errors.
+type oomDecoder struct{ ImageDecoder }
+
+// Decode implements ImageDecoder: latent [B, 4, h, w] to [B, 3, 8h, 8w].
+func (d oomDecoder) Decode(latent *nn.Tensor) (*nn.Tensor, error) {
+	img, err := d.ImageDecoder.Decode(latent) // [B, 3, 8h, 8w]
+	return img, explainOOM(err, activationsAt("the vae decoder", latent))
+}
+
+// oomTextEncoder is the device CLIP text encoder with explainOOM's errors.
+type oomTextEncoder struct{ TextEncoder }
+
+// EncodeSkip implements TextEncoder: ids [B, L] to [B, L, D].
+func (e oomTextEncoder) EncodeSkip(ids [][]int, skip int) (*nn.Tensor, error) {
+	out, err := e.TextEncoder.EncodeSkip(ids, skip) // [B, L, D]
+	l := 0
+	if len(ids) > 0 {
+		l = len(ids[0])
+	}
+	return out, explainOOM(err, fmt.Sprintf("for the clip text encoder's activations at ids [%d %d]", len(ids), l))
+}
+
+// activationsAt names the activations of model run on latents x [N, C, h,
+// w]: their shape and the image size they stand for.
+func activationsAt(model string, x *nn.Tensor) string {
+	if x == nil || len(x.Shape) != 4 {
+		return "for " + model + "'s activations"
+	}
+	return fmt.Sprintf("for %s's activations at latents %v (%dx%d pixels)", model, x.Shape, 8*x.Shape[3], 8*x.Shape[2])
 }

@@ -53,6 +53,7 @@ type generateOptions struct {
 	loras                     []host.LoRASpec
 	controlnet                *controlNetOpts
 	ella                      *ellaOpts
+	thirdParty                *pluginOpts // --plugin (generate_plugins.go)
 	device                    *deviceFlags
 	// plugins, when set (tests), runs the plugins under this supervisor
 	// instead of a fresh one closed at the end.
@@ -91,6 +92,7 @@ func parseGenerateFlags(args []string, stderr io.Writer) (*generateOptions, erro
 	})
 	o.controlnet = controlNetFlags(fs)
 	o.ella = ellaFlags(fs)
+	o.thirdParty = pluginFlags(fs)
 	o.device = addDeviceFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: sdbridge generate --model FILE --prompt TEXT [flags]")
@@ -231,12 +233,16 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 	}()
 
 	sup := o.plugins
-	if sup == nil && (len(o.loras) > 0 || o.controlnet.enabled() || o.ella.enabled()) {
+	if sup == nil && (len(o.loras) > 0 || o.controlnet.enabled() || o.ella.enabled() || o.thirdParty.enabled()) {
 		var err error
 		if sup, err = host.NewSupervisor(host.Options{LogOutput: stderr}); err != nil {
 			return err
 		}
 		defer sup.Close() // last: after the hooks and the model arenas
+	}
+
+	if err := o.thirdParty.start(ctx, sup); err != nil { // before loading: parameter errors come fast
+		return err
 	}
 
 	dev := host.CPUDevice()
@@ -255,7 +261,7 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 	}
 	p, err := host.LoadPipeline(o.model, host.LoadOptions{
 		VAEPath: o.vae, CLIPTokenizerDir: o.clipTokenizer, ClipSkip: o.clipSkip, PromptMode: mode,
-		Patchable: len(o.loras) > 0, Device: dev,
+		Patchable: len(o.loras) > 0 || o.thirdParty.patches(), Device: dev,
 	})
 	if err != nil {
 		return err
@@ -271,6 +277,11 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 	}
 	cleanup, err := o.installPlugins(ctx, sup, p, &req, stderr)
 	defer cleanup()
+	if err != nil {
+		return err
+	}
+	cleanup3p, err := o.thirdParty.install(ctx, sup, p, &req, stderr)
+	defer cleanup3p()
 	if err != nil {
 		return err
 	}
@@ -294,6 +305,7 @@ func generate(ctx context.Context, o *generateOptions, stderr io.Writer) error {
 	if err := o.pluginInfotext(&params); err != nil {
 		return err
 	}
+	o.thirdParty.infotext(&params)
 	for i, path := range o.outputPaths() {
 		img, err := host.ToRGBA(res.Image, i)
 		if err != nil {

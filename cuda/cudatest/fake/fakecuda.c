@@ -109,7 +109,8 @@ int cuDeviceGetAttribute(int *v, int a, int d) {
     }
     return 0;
 }
-int cuDeviceTotalMem_v2(size_t *b, int d) { *b = 80ull << 30; return 0; }
+static size_t memLimit(void);
+int cuDeviceTotalMem_v2(size_t *b, int d) { size_t l = memLimit(); *b = l ? l : 80ull << 30; return 0; }
 int cuDevicePrimaryCtxRetain(void **c, int d) { *c = (void *)0x1234; return 0; }
 int cuDevicePrimaryCtxRelease_v2(int d) { return 0; }
 int cuCtxSetCurrent(void *c) { cur = c; return 0; }
@@ -260,11 +261,69 @@ static void delAlloc(int i) {
     nallocs--;
 }
 
+static int fakeMap(CUdeviceptr *p, size_t n, size_t mapped);
+
+/* ---- device memory limit ----
+ * SDBRIDGE_FAKE_CUDA_MEM_LIMIT=<bytes> (read at each call) or
+ * sdbFakeSetMemLimit (from Go through purego; wins over the variable while
+ * set) makes a device of that size: cuMemAlloc_v2 past it returns
+ * CUDA_ERROR_OUT_OF_MEMORY, cuMemGetInfo_v2 and cuDeviceTotalMem_v2 report
+ * it. Allocations count in whole 4 KiB pages; IPC imports and pinned host
+ * memory do not count (each process has its own device). */
+static size_t memUsed;          /* bytes of live cuMemAlloc_v2 allocations (mu held) */
+static size_t memPeak;          /* the most memUsed reached since the last sdbFakeMemPeak(1) */
+static long long memLimitSet = -1; /* sdbFakeSetMemLimit's value; -1: the variable */
+static size_t memLimit(void) {  /* 0: no limit */
+    long long set = __atomic_load_n(&memLimitSet, __ATOMIC_RELAXED);
+    if (set >= 0) return (size_t)set;
+    const char *v = getenv("SDBRIDGE_FAKE_CUDA_MEM_LIMIT");
+    return v && *v ? (size_t)strtoull(v, NULL, 10) : 0;
+}
+/* sdbFakeSetMemLimit sets the device size in bytes (0: unlimited; negative:
+ * back to SDBRIDGE_FAKE_CUDA_MEM_LIMIT). It returns the bytes in use. */
+unsigned long long sdbFakeSetMemLimit(long long n) {
+    __atomic_store_n(&memLimitSet, n < 0 ? -1 : n, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&mu);
+    size_t used = memUsed;
+    pthread_mutex_unlock(&mu);
+    return used;
+}
+
+/* sdbFakeMemPeak returns the most device memory in use at once since the
+ * last reset (reset != 0: start again from what is in use now). */
+unsigned long long sdbFakeMemPeak(int reset) {
+    pthread_mutex_lock(&mu);
+    size_t peak = memPeak;
+    if (reset) memPeak = memUsed;
+    pthread_mutex_unlock(&mu);
+    return peak;
+}
+
 int cuMemAlloc_v2(CUdeviceptr *p, size_t n) {
     NEEDCTX;
     if (n == 0) return INVALID_VALUE;
     COUNT(CNT_ALLOCS, 1);
     size_t mapped = (n + 4095) & ~(size_t)4095;
+    size_t limit = memLimit();
+    pthread_mutex_lock(&mu);
+    if (limit && (mapped > limit || memUsed > limit - mapped)) {
+        pthread_mutex_unlock(&mu);
+        return OUT_OF_MEMORY;
+    }
+    memUsed += mapped; /* taken back below if the mapping fails */
+    if (memUsed > memPeak) memPeak = memUsed;
+    pthread_mutex_unlock(&mu);
+    int r = fakeMap(p, n, mapped);
+    if (r) {
+        pthread_mutex_lock(&mu);
+        memUsed -= mapped;
+        pthread_mutex_unlock(&mu);
+    }
+    return r;
+}
+/* fakeMap makes the memory of one allocation of n bytes (mapped: n rounded
+ * to pages) and records it. */
+static int fakeMap(CUdeviceptr *p, size_t n, size_t mapped) {
     int fd = memfd_create("sdb-fake-device-memory", MFD_CLOEXEC);
     void *m;
     if (fd < 0) {
@@ -304,6 +363,7 @@ int cuMemFree_v2(CUdeviceptr p) {
     }
     struct alloc a = allocs[i];
     delAlloc(i);
+    memUsed -= a.mapped;
     pthread_mutex_unlock(&mu);
     munmap((void *)a.base, a.mapped);
     if (a.fd >= 0) close(a.fd);
@@ -320,7 +380,20 @@ int cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr p) {
     pthread_mutex_unlock(&mu);
     return i < 0 ? NOT_FOUND : 0;
 }
-int cuMemGetInfo_v2(size_t *f, size_t *t) { NEEDCTX; *f = 1ull << 30; *t = 80ull << 30; return 0; }
+int cuMemGetInfo_v2(size_t *f, size_t *t) {
+    NEEDCTX;
+    size_t limit = memLimit();
+    if (!limit) {
+        *f = 1ull << 30;
+        *t = 80ull << 30;
+        return 0;
+    }
+    pthread_mutex_lock(&mu);
+    *f = memUsed < limit ? limit - memUsed : 0;
+    *t = limit;
+    pthread_mutex_unlock(&mu);
+    return 0;
+}
 
 /* ---- copies and memsets ---- */
 static void doMemset32(CUdeviceptr d, unsigned v, size_t n) {
