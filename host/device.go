@@ -4,7 +4,8 @@
 // line saying why). The choice comes from a --device flag or, for the
 // golden runner and as the flags' default, from SDBRIDGE_DEVICE; the GPU's
 // activation dtype from SDBRIDGE_CUDA_DTYPE (f16, the default, or f32 for
-// exactness checks). It opens the GPU once (nn.OpenGPU); it does not move
+// exactness checks). It opens the GPU once (nn.OpenGPU) and words the
+// out-of-GPU-memory errors of the models on it (explainOOM); it does not move
 // any model there (pipeline_device.go does) and does not pick among
 // several GPUs (always ordinal 0).
 package host
@@ -242,29 +243,33 @@ func setGPUDType(g *nn.GPU, dt string) error {
 
 // explainOOM turns a device allocation the GPU had no room for (a
 // *cuda.OutOfMemoryError anywhere in err's chain) into one message saying
-// so: what was being allocated (what, e.g. "the u-net's activations at
-// latents [2 4 32 32]"), the bytes asked for, the free and total device
-// memory, and what to try. Other errors come back as they are.
-func explainOOM(err error, what string) error {
+// so: what was being allocated (what, e.g. "for the u-net's activations
+// at latents [2 4 32 32] (256x256 pixels)"), the bytes asked for, the
+// free and total device memory, and what to try given the activation
+// dtype (DTypeF16 or DTypeF32). Other errors come back as they are.
+func explainOOM(err error, what, dtype string) error {
 	var oom *cuda.OutOfMemoryError
 	if !errors.As(err, &oom) {
 		return err
 	}
-	return &deviceOOMError{what: what, oom: oom, err: err}
+	return &deviceOOMError{what: what, dtype: dtype, oom: oom, err: err}
 }
 
 // deviceOOMError is explainOOM's error; errors.As still finds the
 // *cuda.OutOfMemoryError through it.
 type deviceOOMError struct {
-	what string
-	oom  *cuda.OutOfMemoryError
-	err  error // the whole chain, from the caller's wrapping to the driver
+	what, dtype string
+	oom         *cuda.OutOfMemoryError
+	err         error // the whole chain, from the caller's wrapping to the driver
 }
 
 func (e *deviceOOMError) Error() string {
-	return fmt.Sprintf("out of GPU memory %s: %s requested, %s free of %s; try --cuda-dtype f16 (half of f32's bytes) if not already, "+
-		"a smaller --width/--height or --batch, or --device cpu (%v)",
-		e.what, cuda.FormatBytes(e.oom.Requested), cuda.FormatBytes(e.oom.Free), cuda.FormatBytes(e.oom.Total), e.err)
+	hint := "try --cuda-dtype f16 (half the bytes of f32), a smaller --width/--height or --batch, or --device cpu"
+	if e.dtype != DTypeF32 {
+		hint = "try a smaller --width/--height or --batch, or --device cpu (already at --cuda-dtype f16)"
+	}
+	return fmt.Sprintf("out of GPU memory %s: %s requested, %s free of %s; %s (%v)",
+		e.what, cuda.FormatBytes(e.oom.Requested), cuda.FormatBytes(e.oom.Free), cuda.FormatBytes(e.oom.Total), hint, e.err)
 }
 
 func (e *deviceOOMError) Unwrap() error { return e.err }

@@ -3,8 +3,10 @@
 // CUDA types (models.*CUDA: CPU tensors in and out, weights uploaded once
 // in the device's dtype). LoRAs patch the device copies that expose their
 // weights in place (pipeline_lora.go); the others are patched on the host
-// and SyncDevice re-uploads them. It does not open the device (device.go)
-// or choose where plugins compute (their options do).
+// and SyncDevice re-uploads them. The device copies' out-of-memory errors
+// name the model and the shape it ran at (explainOOM). It does not open
+// the device (device.go) or choose where plugins compute (their options
+// do).
 package host
 
 import (
@@ -62,7 +64,7 @@ func (l *Loaded) toDevice(d *Device, unet *models.UNet, vae *models.VAE, clip *m
 	l.device = &onDevice{dev: d, onDevicePatch: map[int]bool{}}
 	if err := l.moveParts(d, unet, vae, clip); err != nil {
 		l.closeDevice()
-		if oe := explainOOM(err, "uploading the weights to "+d.String()); oe != err {
+		if oe := explainOOM(err, "uploading the weights to "+d.GPU.Dev.String(), d.DType); oe != err {
 			return oe
 		}
 		return fmt.Errorf("moving the models to %s: %w", d, err)
@@ -209,49 +211,58 @@ func (l *Loaded) moveParts(d *Device, unet *models.UNet, vae *models.VAE, clip *
 		return fmt.Errorf("u-net: %w", err)
 	}
 	o.track(u, unet)
-	o.eps = oomUNet{deviceUNet{UNetCUDA: u, g: d.GPU}}
+	o.eps = oomUNet{deviceUNet{UNetCUDA: u, g: d.GPU}, d.DType}
 	v, err := models.NewVAEDecoderCUDA(d.GPU, vae)
 	if err != nil {
 		return fmt.Errorf("vae decoder: %w", err)
 	}
 	o.track(v, vae)
-	o.dec = oomDecoder{v}
+	o.dec = oomDecoder{v, d.DType}
 	c, err := models.NewCLIPCUDA(d.GPU, clip)
 	if err != nil {
 		return fmt.Errorf("clip text encoder: %w", err)
 	}
 	o.track(c, clip)
-	o.enc = oomTextEncoder{c}
+	o.enc = oomTextEncoder{c, d.DType}
 	return nil
 }
 
 // oomUNet is the device U-Net whose out-of-memory errors name the
 // activations' shape (explainOOM); the weights are already on the device.
-type oomUNet struct{ deviceUNet }
+type oomUNet struct {
+	deviceUNet
+	dtype string // the activations' (DTypeF16 or DTypeF32)
+}
 
 // Forward implements EpsModel: x [N, C, H, W], ctx [N, L, D].
 func (u oomUNet) Forward(x *nn.Tensor, ts []float32, ctx *nn.Tensor, res models.Residuals) (*nn.Tensor, error) {
 	eps, err := u.deviceUNet.Forward(x, ts, ctx, res) // [N, C, H, W]
-	return eps, explainOOM(err, activationsAt("the u-net", x))
+	return eps, explainOOM(err, activationsAt("the u-net", x), u.dtype)
 }
 
 // forwardGPUResiduals implements gpuResidualModel (cfg_device.go).
 func (u oomUNet) forwardGPUResiduals(x *nn.Tensor, ts []float32, ctx *nn.Tensor, res models.GPUResiduals) (*nn.Tensor, error) {
 	eps, err := u.deviceUNet.forwardGPUResiduals(x, ts, ctx, res) // [N, C, H, W]
-	return eps, explainOOM(err, activationsAt("the u-net", x))
+	return eps, explainOOM(err, activationsAt("the u-net", x), u.dtype)
 }
 
 // oomDecoder is the device VAE decoder with explainOOM's errors.
-type oomDecoder struct{ ImageDecoder }
+type oomDecoder struct {
+	ImageDecoder
+	dtype string
+}
 
 // Decode implements ImageDecoder: latent [B, 4, h, w] to [B, 3, 8h, 8w].
 func (d oomDecoder) Decode(latent *nn.Tensor) (*nn.Tensor, error) {
 	img, err := d.ImageDecoder.Decode(latent) // [B, 3, 8h, 8w]
-	return img, explainOOM(err, activationsAt("the vae decoder", latent))
+	return img, explainOOM(err, activationsAt("the vae decoder", latent), d.dtype)
 }
 
 // oomTextEncoder is the device CLIP text encoder with explainOOM's errors.
-type oomTextEncoder struct{ TextEncoder }
+type oomTextEncoder struct {
+	TextEncoder
+	dtype string
+}
 
 // EncodeSkip implements TextEncoder: ids [B, L] to [B, L, D].
 func (e oomTextEncoder) EncodeSkip(ids [][]int, skip int) (*nn.Tensor, error) {
@@ -260,7 +271,7 @@ func (e oomTextEncoder) EncodeSkip(ids [][]int, skip int) (*nn.Tensor, error) {
 	if len(ids) > 0 {
 		l = len(ids[0])
 	}
-	return out, explainOOM(err, fmt.Sprintf("for the clip text encoder's activations at ids [%d %d]", len(ids), l))
+	return out, explainOOM(err, fmt.Sprintf("for the clip text encoder's activations at ids [%d %d]", len(ids), l), e.dtype)
 }
 
 // activationsAt names the activations of model run on latents x [N, C, h,

@@ -99,11 +99,12 @@ func TestGenerateOutOfGPUMemoryChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	mem := openFakeMem(t)
-	run := func(t *testing.T, size int, plugins bool, limit int64) (string, error) {
+	run := func(t *testing.T, size int, plugins bool, limit int64, extra ...string) (string, error) {
 		t.Helper()
 		args := []string{"--model", files.Checkpoint, "--clip-tokenizer", files.Dir, "--prompt", "a red fox",
 			"--negative", "blurry", "--steps", "1", "--sampler", "euler", "--seed", "5", "--device", "cuda",
 			"--width", fmt.Sprint(size), "--height", fmt.Sprint(size), "-o", filepath.Join(t.TempDir(), "o.png")}
+		args = append(args, extra...)
 		if plugins {
 			args = append(args, "--lora", files.LoRA+":0.8", "--controlnet", files.ControlNet, "--control-image", files.Hint,
 				"--ella", files.ELLA, "--t5", files.T5)
@@ -140,30 +141,28 @@ func TestGenerateOutOfGPUMemoryChild(t *testing.T) {
 	}
 	peak64 := mem.peak(1)
 	t.Logf("peak device memory at 64x64: %d bytes", peak64)
-	if log, err := run(t, 128, false, 200<<20); err != nil {
-		t.Fatalf("run under 200 MiB: %v\n%s", err, log)
-	}
-	t.Logf("peak device memory at 128x128: %d bytes", mem.peak(1))
 
 	for _, tc := range []struct {
 		name    string
 		size    int
 		plugins bool
 		limit   int64
+		dtype   string
 		want    []string
 	}{
-		{"weights", 64, false, 256 << 10, []string{"uploading the weights", "u-net", "tensor ["}},
-		{"activations", 128, false, int64(peak64), []string{"activations at latents [", "128x128 pixels"}},
-		{"activations with plugins", 128, true, int64(peak64), []string{"128x128"}},
+		{"weights", 64, false, 256 << 10, "f16", []string{"uploading the weights", "u-net", "tensor [", "already at --cuda-dtype f16"}},
+		{"weights in f32", 64, false, 256 << 10, "f32", []string{"uploading the weights", "u-net", "tensor [", "try --cuda-dtype f16"}},
+		{"activations", 128, false, int64(peak64), "f16", []string{"activations at latents [", "128x128 pixels"}},
+		{"activations with plugins", 128, true, int64(peak64), "f16", []string{"128x128"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			log, err := run(t, tc.size, tc.plugins, tc.limit)
+			log, err := run(t, tc.size, tc.plugins, tc.limit, "--cuda-dtype", tc.dtype)
 			if err == nil {
 				t.Fatalf("generate under a %d-byte limit succeeded\n%s", tc.limit, log)
 			}
 			msg := err.Error()
 			t.Logf("error: %s", msg)
-			for _, w := range append(tc.want, "out of GPU memory", "bytes", " free of ", "--device cpu", "--cuda-dtype f16") {
+			for _, w := range append(tc.want, "out of GPU memory", "bytes) requested", " free of ", "--device cpu") {
 				if !strings.Contains(msg, w) {
 					t.Errorf("error does not name %q: %s", w, msg)
 				}
