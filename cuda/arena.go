@@ -106,7 +106,7 @@ func (a *Arena) Alloc(n int) (*Buffer, error) {
 // tight runs take (an alloc or reserve of the pool, a.mu held) and, when
 // the driver is out of memory for a new block, tries again after giving
 // the empty blocks back, then with a block of only the size needed
-// (rounded to 2 MiB) instead of BlockSize: a card with little free memory
+// (rounded to ArenaAlign) instead of BlockSize: a card with little free memory
 // still fits what it can hold. The error of the last try is returned (an
 // *OutOfMemoryError when the memory is really not there).
 func (a *Arena) tight(take func() error) error {
@@ -120,9 +120,8 @@ func (a *Arena) tight(take func() error) error {
 			return err
 		}
 	}
-	blockSize := a.p.blockSize
-	a.p.blockSize = growAlign
-	defer func() { a.p.blockSize = blockSize }()
+	a.p.exact = true
+	defer func() { a.p.exact = false }()
 	return take()
 }
 

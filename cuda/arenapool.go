@@ -72,6 +72,7 @@ type poolBlock struct {
 // pool is a best-fit, size-class binned allocator over grown blocks.
 type pool struct {
 	blockSize int64                                  // minimum size of a new block
+	exact     bool                                   // round a new block to ArenaAlign only (a last try when memory is short)
 	limit     int64                                  // cap on reserved bytes (0: none)
 	grow      func(n int64) (base uint64, err error) // gets a new block
 	release   func(base uint64) error                // returns a block (Trim)
@@ -155,6 +156,9 @@ func (p *pool) find(size int64) *span {
 // addBlock grows the pool by a block of at least size bytes.
 func (p *pool) addBlock(size int64) (*span, error) {
 	n := max(p.blockSize, alignUp(size, growAlign))
+	if p.exact {
+		n = alignUp(size, ArenaAlign)
+	}
 	if p.limit > 0 && p.st.Reserved+n > p.limit {
 		n = p.limit - p.st.Reserved
 		if n < size {

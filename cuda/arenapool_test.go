@@ -403,3 +403,30 @@ func TestArenaPoolRandom(t *testing.T) {
 		t.Fatalf("random run: %+v", st)
 	}
 }
+
+// TestArenaPoolExactBlock checks the last try of a tight allocation: a new
+// block of just the size needed (ArenaAlign-rounded), not the 2 MiB-rounded
+// or BlockSize one, so a nearly full card still fits what it can.
+func TestArenaPoolExactBlock(t *testing.T) {
+	const n = 4_700_000 // bytes
+	for _, tc := range []struct {
+		name  string
+		exact bool
+		want  int64
+	}{
+		{"normal growth", false, 256 << 20},
+		{"exact last try", true, alignUp(n, ArenaAlign)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, f := newTestPool(256<<20, 0)
+			p.exact = tc.exact
+			if _, err := p.alloc(n); err != nil {
+				t.Fatal(err)
+			}
+			if len(f.grown) != 1 || f.grown[0] != tc.want {
+				t.Fatalf("blocks grown %v, want [%d]", f.grown, tc.want)
+			}
+			checkPool(t, p)
+		})
+	}
+}

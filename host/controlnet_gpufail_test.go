@@ -155,6 +155,9 @@ func TestControlNetPluginCrashOnDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if a := deviceArenaIDs(); len(a) <= len(arenas0) {
+		t.Fatalf("the source holds no device arenas (%v): not the device path", a)
+	}
 	if err := src.Close(); err != nil {
 		t.Fatal(err)
 	}
