@@ -43,11 +43,6 @@ func openFakeMem(t *testing.T) *fakeMem {
 	return &m
 }
 
-// used is the device memory in use now.
-func (m *fakeMem) used() uint64 {
-	return m.setLimit(-1) // back to the (unset) variable: no limit
-}
-
 // childPIDs lists the processes whose parent is this one.
 func childPIDs(t *testing.T) []int {
 	t.Helper()
