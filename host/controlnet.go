@@ -573,24 +573,5 @@ func (s *ControlNetSource) checkNotRestarted() error {
 // putInputs copies x and the context into the input arena, growing it when
 // they do not fit.
 func (s *ControlNetSource) putInputs(x, c *nn.Tensor) ([]*sdk.Tensor, error) {
-	names := []string{"x", "context"}
-	ts := []*nn.Tensor{x, c}
-	if s.inputs != nil {
-		refs, ok, err := s.inputs.put(names, ts)
-		if err != nil || ok {
-			return refs, err
-		}
-		s.inputs.close()
-		s.inputs = nil
-	}
-	in, err := newInputArena(2 * (len(x.Data) + len(c.Data) + 2*arenaAlign))
-	if err != nil {
-		return nil, err
-	}
-	s.inputs = in
-	refs, ok, err := in.put(names, ts)
-	if err == nil && !ok {
-		err = errors.New("controlnet: inputs do not fit a fresh arena")
-	}
-	return refs, err
+	return putInputs(&s.inputs, x, c, func() { s.inputs.close() })
 }

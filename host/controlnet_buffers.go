@@ -12,6 +12,7 @@
 package host
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 
@@ -206,6 +207,33 @@ func (b *residualBuffers) close() error {
 		b.dev = nil
 	}
 	return err
+}
+
+// putInputs copies x [N, C, H, W] and the context c [N, L, D] into *cur
+// (the inputs of a residual plugin's call), first replacing it with a fresh
+// arena with room to spare when they do not fit; drop frees the old one
+// (and has the plugin unmap it where that applies).
+func putInputs(cur **inputArena, x, c *nn.Tensor, drop func()) ([]*sdk.Tensor, error) {
+	names := []string{"x", "context"}
+	ts := []*nn.Tensor{x, c}
+	if *cur != nil {
+		refs, ok, err := (*cur).put(names, ts)
+		if err != nil || ok {
+			return refs, err
+		}
+		drop()
+		*cur = nil
+	}
+	in, err := newInputArena(2 * (len(x.Data) + len(c.Data) + 2*arenaAlign))
+	if err != nil {
+		return nil, err
+	}
+	*cur = in
+	refs, ok, err := in.put(names, ts)
+	if err == nil && !ok {
+		err = errors.New("residual inputs do not fit a fresh arena")
+	}
+	return refs, err
 }
 
 // inputArena is a read-only (for the plugin) arena the host refills with

@@ -119,25 +119,7 @@ func (s *PluginResidualSource) Residuals(ctx context.Context, x *nn.Tensor, t []
 // putInputs copies x and the context into the input arena (a larger one
 // when they do not fit).
 func (s *PluginResidualSource) putInputs(x, c *nn.Tensor) ([]*sdk.Tensor, error) {
-	names := []string{"x", "context"}
-	ts := []*nn.Tensor{x, c}
-	if s.inputs != nil {
-		refs, ok, err := s.inputs.put(names, ts)
-		if err != nil || ok {
-			return refs, err
-		}
-		s.closeInputs()
-	}
-	in, err := newInputArena(len(x.Data) + len(c.Data) + arenaAlign)
-	if err != nil {
-		return nil, err
-	}
-	s.inputs = in
-	refs, ok, err := in.put(names, ts)
-	if err == nil && !ok {
-		err = errors.New("inputs do not fit a fresh arena")
-	}
-	return refs, err
+	return putInputs(&s.inputs, x, c, func() { s.closeInputs() })
 }
 
 // Calls counts the plugin's Residuals calls so far.
