@@ -5,9 +5,9 @@
 // call on [uncond, cond] (batch 2B) combined as u + cfg*(c - u). The per-step
 // plugin hooks (a Conditioner that replaces the context, a ResidualSource
 // that adds named residuals) are consumed here, and ScheduleTimesteps
-// tells a ScheduleConditioner the timesteps ahead of sampling; on a GPU the residuals may
-// stay in device memory (cfg_device.go). It does not encode prompts or
-// draw noise.
+// tells a ScheduleConditioner the timesteps ahead of sampling; on a GPU the residuals
+// and a Conditioner's context may stay in device memory (cfg_device.go). It
+// does not encode prompts or draw noise.
 package host
 
 import (
@@ -74,39 +74,17 @@ func (c *CFGDenoiser) Denoise(x *nn.Tensor, sigma float64) (*nn.Tensor, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	b := x.Shape[0]
 	t := c.timestep(sigma)
-	cond, uncond, err := c.contexts(ctx, t, b)
-	if err != nil {
-		return nil, err
-	}
 	cIn := float32(1 / math.Sqrt(sigma*sigma+1))
 	scaled := x.Clone() // [B, C, H, W]
 	nn.Scale(scaled, cIn)
 
-	var epsU, epsC *nn.Tensor // [B, C, H, W]
-	switch {
-	case c.Scale == 1:
-		if epsC, err = c.eps(ctx, scaled, t, cond); err != nil {
-			return nil, err
-		}
-	case cond.Shape[1] == uncond.Shape[1]:
-		// One batched call: [uncond, cond] -> [2B, ...].
-		eps, err := c.eps(ctx, nn.Concat(0, scaled, scaled), t, nn.Concat(0, uncond, cond)) // [2B, C, H, W]
-		if err != nil {
-			return nil, err
-		}
-		half := len(eps.Data) / 2
-		epsU = nn.From(eps.Data[:half], x.Shape...)
-		epsC = nn.From(eps.Data[half:], x.Shape...)
-	default:
-		// Contexts of different lengths cannot share a batch.
-		if epsU, err = c.eps(ctx, scaled, t, uncond); err != nil {
-			return nil, err
-		}
-		if epsC, err = c.eps(ctx, scaled, t, cond); err != nil {
-			return nil, err
-		}
+	epsU, epsC, ok, err := c.guidedEpsDeviceContext(ctx, scaled, t) // [B, C, H, W] each
+	if !ok && err == nil {
+		epsU, epsC, err = c.guidedEps(ctx, scaled, t)
+	}
+	if err != nil {
+		return nil, err
 	}
 	out := nn.New(x.Shape...) // [B, C, H, W] denoised = x - sigma*eps
 	for i := range out.Data {
@@ -118,6 +96,41 @@ func (c *CFGDenoiser) Denoise(x *nn.Tensor, sigma float64) (*nn.Tensor, error) {
 		out.Data[i] = float32(float64(x.Data[i]) - sigma*e)
 	}
 	return out, nil
+}
+
+// guidedEps runs the model on the uncond and cond halves of scaled [B, C,
+// H, W] at timestep t with host contexts (epsU is nil when Scale is 1).
+func (c *CFGDenoiser) guidedEps(ctx context.Context, scaled *nn.Tensor, t float32) (epsU, epsC *nn.Tensor, err error) {
+	cond, uncond, err := c.contexts(ctx, t, scaled.Shape[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case c.Scale == 1:
+		epsC, err = c.eps(ctx, scaled, t, cond)
+	case cond.Shape[1] == uncond.Shape[1]:
+		// One batched call: [uncond, cond] -> [2B, ...].
+		var eps *nn.Tensor
+		if eps, err = c.eps(ctx, nn.Concat(0, scaled, scaled), t, nn.Concat(0, uncond, cond)); err == nil { // [2B, C, H, W]
+			epsU, epsC = splitHalves(eps, scaled.Shape)
+		}
+	default:
+		// Contexts of different lengths cannot share a batch.
+		if epsU, err = c.eps(ctx, scaled, t, uncond); err == nil {
+			epsC, err = c.eps(ctx, scaled, t, cond)
+		}
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return epsU, epsC, nil
+}
+
+// splitHalves splits eps [2B, C, H, W] into its [uncond, cond] halves of
+// shape (each [B, C, H, W], views).
+func splitHalves(eps *nn.Tensor, shape []int) (u, c *nn.Tensor) {
+	half := len(eps.Data) / 2
+	return nn.From(eps.Data[:half], shape...), nn.From(eps.Data[half:], shape...)
 }
 
 // timestep is the U-Net timestep of sigma (CompVisDenoiser's continuous

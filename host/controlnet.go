@@ -4,7 +4,9 @@
 // t and the context in shared arenas and the residuals written in place
 // into buffers the host allocated, then hands them to the U-Net unchanged
 // (no copy). With ControlNetOptions.GPU the buffers are device memory the
-// plugin writes on the GPU (ResidualsGPU hands them on as device tensors).
+// plugin writes on the GPU (ResidualsGPU hands them on as device tensors),
+// and the context may be a device tensor too (ResidualsGPUContext,
+// controlnet_devctx.go).
 //
 // Controls (spec controlnet.md sections 5-8):
 //   - Strength multiplies all 13 residuals; several nets are summed (the
@@ -118,6 +120,7 @@ type ControlNetSource struct {
 
 	bufs   *residualBuffers
 	inputs *inputArena
+	devCtx *deviceContext // staging of device contexts (controlnet_devctx.go)
 
 	// split-CFG row tracking: the last B-row call was uncond at lastT
 	lastUncond bool
@@ -174,7 +177,7 @@ func NewControlNetSource(ctx context.Context, p ResidualPlugin, opt ControlNetOp
 		params := s.params(u, "", false, controlnet.OpLoad)
 		if _, err := p.Residuals(ctx, &sdk.ResidualsRequest{Params: params}); err != nil {
 			s.Close()
-			return nil, fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err)
+			return nil, explainPluginOOM(fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err), opt.GPU)
 		}
 	}
 	if rc, ok := p.(restartCounter); ok {
@@ -293,6 +296,7 @@ func (s *ControlNetSource) Close() error {
 		errs = append(errs, s.inputs.close())
 		s.inputs = nil
 	}
+	errs = append(errs, s.closeDeviceContext())
 	return errors.Join(errs...)
 }
 
@@ -371,17 +375,19 @@ func (s *ControlNetSource) condRows(n int, t float32) ([]bool, error) {
 // run is one plugin call over rows [r0, r1).
 type run struct {
 	r0, r1 int
-	ctx    *nn.Tensor // [r1-r0, L, D]
+	ctx    cnContext // [r1-r0, L, D]
 }
 
 // runs splits the rows a unit controls into plugin calls: one call when all
 // its rows share the U-Net context layout, else one per CFG half.
-func (u *cnUnit) runs(cond []bool, uctx *nn.Tensor) ([]run, error) {
+func (u *cnUnit) runs(cond []bool, uctx cnContext) ([]run, error) {
 	var out []run
 	n := len(cond)
-	perCtx := shapeNumel(uctx.Shape[1:])
-	rowsCtx := func(r0, r1 int) *nn.Tensor {
-		return nn.From(uctx.Data[r0*perCtx:r1*perCtx], r1-r0, uctx.Shape[1], uctx.Shape[2]) // [r1-r0, L, D]
+	var rowsErr error
+	rowsCtx := func(r0, r1 int) cnContext {
+		c, err := uctx.rows(r0, r1) // [r1-r0, L, D]
+		rowsErr = errors.Join(rowsErr, err)
+		return c
 	}
 	for r0 := 0; r0 < n; {
 		r1 := r0 + 1
@@ -395,7 +401,7 @@ func (u *cnUnit) runs(cond []bool, uctx *nn.Tensor) ([]run, error) {
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, run{r0, r1, c})
+			out = append(out, run{r0, r1, cnContext{host: c}})
 		default:
 			out = append(out, run{r0, r1, rowsCtx(r0, r1)})
 		}
@@ -405,13 +411,16 @@ func (u *cnUnit) runs(cond []bool, uctx *nn.Tensor) ([]run, error) {
 	if len(out) == 2 && u.Context == nil && out[0].r1 == out[1].r0 {
 		out = []run{{out[0].r0, out[1].r1, rowsCtx(out[0].r0, out[1].r1)}}
 	}
+	if rowsErr != nil {
+		return nil, fmt.Errorf("context rows: %w", rowsErr)
+	}
 	return out, nil
 }
 
 // Residuals implements ResidualSource. With ControlNetOptions.GPU the
 // residuals are downloaded from the device buffers (ResidualsGPU does not).
 func (s *ControlNetSource) Residuals(ctx context.Context, x *nn.Tensor, t []float32, uctx *nn.Tensor) (models.Residuals, error) {
-	wrote, err := s.compute(ctx, x, t, uctx)
+	wrote, err := s.compute(ctx, x, t, cnContext{host: uctx})
 	if err != nil || !wrote {
 		return nil, err
 	}
@@ -425,7 +434,7 @@ func (s *ControlNetSource) ResidualsGPU(ctx context.Context, x *nn.Tensor, t []f
 	if s.opt.GPU == nil {
 		return nil, errors.New("controlnet: ResidualsGPU without ControlNetOptions.GPU")
 	}
-	wrote, err := s.compute(ctx, x, t, uctx)
+	wrote, err := s.compute(ctx, x, t, cnContext{host: uctx})
 	if err != nil || !wrote {
 		return nil, err
 	}
@@ -434,9 +443,9 @@ func (s *ControlNetSource) ResidualsGPU(ctx context.Context, x *nn.Tensor, t []f
 
 // compute runs the active nets of this call into the buffers; wrote is
 // false when none ran.
-func (s *ControlNetSource) compute(ctx context.Context, x *nn.Tensor, t []float32, uctx *nn.Tensor) (bool, error) {
-	if len(x.Shape) != 4 || len(t) != x.Shape[0] || uctx == nil || len(uctx.Shape) != 3 || uctx.Shape[0] != x.Shape[0] {
-		return false, fmt.Errorf("controlnet: x %v, %d timesteps, context %v do not form one batch", x.Shape, len(t), shapeOfT(uctx))
+func (s *ControlNetSource) compute(ctx context.Context, x *nn.Tensor, t []float32, uctx cnContext) (bool, error) {
+	if cs := uctx.shape(); len(x.Shape) != 4 || len(t) != x.Shape[0] || len(cs) != 3 || cs[0] != x.Shape[0] {
+		return false, fmt.Errorf("controlnet: x %v, %d timesteps, context %v do not form one batch", x.Shape, len(t), cs)
 	}
 	n, h, w := x.Shape[0], x.Shape[2], x.Shape[3]
 	cond, err := s.condRows(n, t[0])
@@ -519,7 +528,13 @@ func (s *ControlNetSource) call(ctx context.Context, u *cnUnit, x *nn.Tensor, t 
 	}
 	per := shapeNumel(x.Shape[1:])
 	xr := nn.From(x.Data[r.r0*per:r.r1*per], r.r1-r.r0, x.Shape[1], x.Shape[2], x.Shape[3]) // [rows, C, h, w]
-	refs, err := s.putInputs(xr, r.ctx)
+	// x alone when the context is on the device (staged separately).
+	refs, err := s.putInputs(xr, r.ctx.host)
+	if err == nil && r.ctx.dev != nil {
+		var c *sdk.Tensor
+		c, err = s.deviceContextRef(r.ctx.dev)
+		refs = append(refs, c)
+	}
 	if err != nil {
 		return err
 	}
@@ -545,7 +560,7 @@ func (s *ControlNetSource) call(ctx context.Context, u *cnUnit, x *nn.Tensor, t 
 		err = s.checkNotRestarted()
 	}
 	if err != nil {
-		return fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err)
+		return explainPluginOOM(fmt.Errorf("controlnet %d (%s): %w", u.index, u.Path, err), s.opt.GPU)
 	}
 	for i := r.r0; i < r.r1; i++ {
 		written[i] = true

@@ -212,10 +212,17 @@ func (b *residualBuffers) close() error {
 // putInputs copies x [N, C, H, W] and the context c [N, L, D] into *cur
 // (the inputs of a residual plugin's call), first replacing it with a fresh
 // arena with room to spare when they do not fit; drop frees the old one
-// (and has the plugin unmap it where that applies).
+// (and has the plugin unmap it where that applies). A nil c (a context on
+// the device) puts x alone.
 func putInputs(cur **inputArena, x, c *nn.Tensor, drop func()) ([]*sdk.Tensor, error) {
 	names := []string{"x", "context"}
 	ts := []*nn.Tensor{x, c}
+	floats := len(x.Data) + 2*arenaAlign
+	if c == nil {
+		names, ts = names[:1], ts[:1]
+	} else {
+		floats += len(c.Data)
+	}
 	if *cur != nil {
 		refs, ok, err := (*cur).put(names, ts)
 		if err != nil || ok {
@@ -224,7 +231,7 @@ func putInputs(cur **inputArena, x, c *nn.Tensor, drop func()) ([]*sdk.Tensor, e
 		drop()
 		*cur = nil
 	}
-	in, err := newInputArena(2 * (len(x.Data) + len(c.Data) + 2*arenaAlign))
+	in, err := newInputArena(2 * floats)
 	if err != nil {
 		return nil, err
 	}

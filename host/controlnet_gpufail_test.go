@@ -193,7 +193,8 @@ func TestControlNetPluginCrashOnDevice(t *testing.T) {
 // TestControlNetPluginOutOfGPUMemory starts the controlnet plugin with a
 // 1 MiB device (SDBRIDGE_FAKE_CUDA_MEM_LIMIT in its environment only): the
 // generation fails with the plugin's name and its out-of-memory message
-// (bytes asked for, free and total), the host's device memory and arenas
+// (bytes asked for, free and total) followed by the host's out-of-memory
+// hint for the pipeline's dtype (f16), the host's device memory and arenas
 // come back to their level, and a plugin with room generates.
 func TestControlNetPluginOutOfGPUMemory(t *testing.T) {
 	fx := loadCNFixture(t)
@@ -257,7 +258,7 @@ func TestControlNetPluginOutOfGPUMemory(t *testing.T) {
 				t.Fatal("generation with a 1 MiB plugin device succeeded")
 			}
 			t.Logf("error: %.700s", err)
-			for _, w := range []string{`plugin "controlnet"`, "out of GPU memory", "bytes", " free of 1.0 MiB"} {
+			for _, w := range []string{`plugin "controlnet"`, "out of GPU memory", "bytes", " free of 1.0 MiB", "; " + oomHint(DTypeF16)} {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error does not name %q: %v", w, err)
 				}

@@ -264,10 +264,11 @@ type deviceOOMError struct {
 }
 
 func (e *deviceOOMError) Error() string {
-	hint := "try --cuda-dtype f16 (half the bytes of f32), a smaller --width/--height or --batch, or --device cpu"
-	if e.dtype != DTypeF32 {
-		hint = "try a smaller --width/--height or --batch, or --device cpu (already at --cuda-dtype f16)"
+	dt := e.dtype
+	if dt != DTypeF32 {
+		dt = DTypeF16 // the default dtype
 	}
+	hint := oomHint(dt)
 	return fmt.Sprintf("out of GPU memory %s: %s requested, %s free of %s; %s (%v)",
 		e.what, cuda.FormatBytes(e.oom.Requested), cuda.FormatBytes(e.oom.Free), cuda.FormatBytes(e.oom.Total), hint, e.err)
 }

@@ -221,7 +221,7 @@ func (e *ELLAConditioner) newHalf(ctx context.Context, text string, cond bool) (
 	resp, err := e.plugin.EncodePrompt(ctx, &sdk.EncodePromptRequest{Text: t5Text, Params: e.params})
 	e.stats.EncodeTime += time.Since(t0)
 	if err != nil {
-		return nil, fmt.Errorf("ella: %s: %w", what, err)
+		return nil, explainPluginOOM(fmt.Errorf("ella: %s: %w", what, err), e.opt.GPU)
 	}
 	h := &ellaHalf{handle: resp.Handle, t5Text: t5Text, shape: resp.ContextShape, starts: e.pluginStarts()}
 	s := resp.ContextShape
@@ -369,7 +369,7 @@ func (e *ELLAConditioner) conditioning(ctx context.Context, h *ellaHalf, ts []fl
 	} else {
 		e.stats.StepCalls++
 	}
-	return err
+	return explainPluginOOM(err, e.opt.GPU) // the plugin's T5 and connector run on the GPU
 }
 
 // pluginStarts is the plugin's process start count, or -1 if the plugin
@@ -388,7 +388,7 @@ func (e *ELLAConditioner) reencode(ctx context.Context, h *ellaHalf) error {
 	resp, err := e.plugin.EncodePrompt(ctx, &sdk.EncodePromptRequest{Text: h.t5Text, Params: e.params})
 	e.stats.EncodeTime += time.Since(t0)
 	if err != nil {
-		return fmt.Errorf("re-encoding after a plugin restart: %w", err)
+		return explainPluginOOM(fmt.Errorf("re-encoding after a plugin restart: %w", err), e.opt.GPU)
 	}
 	if !slices.Equal(resp.ContextShape, h.shape) {
 		e.plugin.ReleasePrompt(ctx, resp.Handle)

@@ -246,6 +246,12 @@ func (u oomUNet) forwardGPUResiduals(x *nn.Tensor, ts []float32, ctx *nn.Tensor,
 	return eps, explainOOM(err, activationsAt("the u-net", x), u.dtype)
 }
 
+// forwardGPUContext implements gpuContextModel (cfg_device.go).
+func (u oomUNet) forwardGPUContext(x *nn.Tensor, ts []float32, ctx *nn.GPUTensor, res models.GPUResiduals) (*nn.Tensor, error) {
+	eps, err := u.deviceUNet.forwardGPUContext(x, ts, ctx, res) // [N, C, H, W]
+	return eps, explainOOM(err, activationsAt("the u-net", x), u.dtype)
+}
+
 // oomDecoder is the device VAE decoder with explainOOM's errors.
 type oomDecoder struct {
 	ImageDecoder

@@ -5,7 +5,8 @@
 // straight into the host's buffers: ForwardEncodedGPU fills them directly
 // when every scale is 1 without accumulation or pooling, else the raw
 // residuals are scaled into them (cuda/kernels/plugins.cu). x and the
-// context may be device tensors (read in place) or host tensors (uploaded);
+// context may each be a device tensor (read in place) or a host tensor
+// (uploaded);
 // encoded hints are cached on the device like the CPU cache. The SDK
 // synchronises the device before the reply.
 //
@@ -179,48 +180,30 @@ func (p *Plugin) residualsGPU(req *sdk.ResidualsRequest, key netKey, ln *loadedN
 }
 
 // gpuStepInputs returns x [B, 4, h, w] and the context [B, L, D] on g:
-// views of device inputs (the first 4 channels copied out of a 9-channel
-// inpainting input) or uploads of host inputs; new tensors go to tmp.
+// views of device inputs or uploads of host inputs, each on its own (the
+// host keeps x in host memory and may grant the context on the device, so
+// a context already on the GPU never crosses to the host), the first 4
+// channels copied out of a 9-channel inpainting input; new tensors go to
+// tmp.
 func gpuStepInputs(g *nn.GPU, req *sdk.ResidualsRequest, tmp *[]*nn.GPUTensor) (x, cx *nn.GPUTensor, err error) {
 	if req.X == nil || req.Context == nil {
 		return nil, nil, fmt.Errorf("residuals need x and context tensors")
-	}
-	if !req.X.OnDevice() || !req.Context.OnDevice() {
-		xh, _, cxh, err := stepInputs(req)
-		if err != nil {
-			return nil, nil, err
-		}
-		if req.X.OnDevice() || req.Context.OnDevice() {
-			return nil, nil, fmt.Errorf("x and context must both be on the device or both in host memory")
-		}
-		if x, err = g.Upload(xh); err != nil {
-			return nil, nil, err
-		}
-		*tmp = append(*tmp, x)
-		if cx, err = g.Upload(cxh); err != nil {
-			return nil, nil, err
-		}
-		*tmp = append(*tmp, cx)
-		return x, cx, nil
 	}
 	s := req.X.Shape
 	if len(s) != 4 || (s[1] != 4 && s[1] != 9) {
 		return nil, nil, fmt.Errorf("x has shape %v, want [B, 4, h, w] (or 9 channels for inpainting)", s)
 	}
-	if x, err = req.X.GPUTensor(); err != nil {
+	if len(req.Timesteps) != s[0] {
+		return nil, nil, fmt.Errorf("%d timesteps for a batch of %d", len(req.Timesteps), s[0])
+	}
+	if x, err = gpuInput(g, req.X, tmp); err != nil {
 		return nil, nil, err
 	}
-	if cx, err = req.Context.GPUTensor(); err != nil {
+	if cx, err = gpuInput(g, req.Context, tmp); err != nil {
 		return nil, nil, err
-	}
-	if x.DType != g.DType || cx.DType != g.DType {
-		return nil, nil, fmt.Errorf("x is %s and context %s, the outputs %s: one dtype on the device", req.X.DType, req.Context.DType, g.DType)
 	}
 	if len(cx.Shape) != 3 || cx.Shape[0] != s[0] {
 		return nil, nil, fmt.Errorf("context has shape %v, want [%d, L, D]", cx.Shape, s[0])
-	}
-	if len(req.Timesteps) != s[0] {
-		return nil, nil, fmt.Errorf("%d timesteps for a batch of %d", len(req.Timesteps), s[0])
 	}
 	if s[1] == 9 {
 		lead, err := g.Empty(s[0], 4, s[2], s[3]) // [B, 4, h, w]
@@ -235,6 +218,31 @@ func gpuStepInputs(g *nn.GPU, req *sdk.ResidualsRequest, tmp *[]*nn.GPUTensor) (
 		x = lead
 	}
 	return x, cx, nil
+}
+
+// gpuInput is input tensor t on g: a view when it is on the device (in
+// g's dtype), else an upload in g's dtype (added to tmp).
+func gpuInput(g *nn.GPU, t *sdk.Tensor, tmp *[]*nn.GPUTensor) (*nn.GPUTensor, error) {
+	if t.OnDevice() {
+		v, err := t.GPUTensor()
+		if err != nil {
+			return nil, err
+		}
+		if v.DType != g.DType {
+			return nil, fmt.Errorf("input %q is %s, the outputs %s: one dtype on the device", t.Name, t.DType, g.DType)
+		}
+		return v, nil
+	}
+	data, err := t.Float32()
+	if err != nil {
+		return nil, err
+	}
+	up, err := g.Upload(nn.From(data, t.Shape...)) // read only: copied to the device
+	if err != nil {
+		return nil, fmt.Errorf("uploading input %q: %w", t.Name, err)
+	}
+	*tmp = append(*tmp, up)
+	return up, nil
 }
 
 // encodedHint is loadedNet.encodedHint on the device; an encoding without
