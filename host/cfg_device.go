@@ -67,26 +67,12 @@ type deviceUNet struct {
 // forwardGPUResiduals implements gpuResidualModel: x [N, C, H, W] and ctx
 // [N, L, D] are uploaded in the GPU's dtype, the residuals used in place.
 func (u deviceUNet) forwardGPUResiduals(x *nn.Tensor, ts []float32, ctx *nn.Tensor, res models.GPUResiduals) (*nn.Tensor, error) {
-	dx, err := u.g.Upload(x) // [N, C, H, W]
-	if err != nil {
-		return nil, fmt.Errorf("unet (cuda): uploading x: %w", err)
-	}
-	defer dx.Free()
 	dctx, err := u.g.Upload(ctx) // [N, L, D]
 	if err != nil {
 		return nil, fmt.Errorf("unet (cuda): uploading the context: %w", err)
 	}
 	defer dctx.Free()
-	y, err := u.ForwardGPU(dx, ts, dctx, res) // [N, C, H, W]
-	if err != nil {
-		return nil, err
-	}
-	defer y.Free()
-	out, err := y.Download()
-	if err != nil {
-		return nil, fmt.Errorf("unet (cuda): downloading eps: %w", err)
-	}
-	return out, nil
+	return u.forward(x, ts, dctx, res)
 }
 
 // gpuConditioner is a Conditioner whose contexts live in device memory.
@@ -241,6 +227,12 @@ func (u deviceUNet) forwardGPUContext(x *nn.Tensor, ts []float32, ctx *nn.GPUTen
 	if ctx.DType != u.g.DType || ctx.Buf.Device() != u.g.Dev {
 		return nil, fmt.Errorf("unet (cuda): the context is %s on %s, the u-net runs in %s on %s", ctx.DType, ctx.Buf.Device(), u.g.DType, u.g.Dev)
 	}
+	return u.forward(x, ts, ctx, res)
+}
+
+// forward uploads x [N, C, H, W], runs the U-Net on the device context
+// [N, L, D] and residuals, and downloads eps [N, C, H, W].
+func (u deviceUNet) forward(x *nn.Tensor, ts []float32, ctx *nn.GPUTensor, res models.GPUResiduals) (*nn.Tensor, error) {
 	dx, err := u.g.Upload(x) // [N, C, H, W]
 	if err != nil {
 		return nil, fmt.Errorf("unet (cuda): uploading x: %w", err)

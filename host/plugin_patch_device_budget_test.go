@@ -15,14 +15,12 @@ import (
 	"context"
 	"math"
 	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/sdbridge/sdbridge/cuda"
 	"github.com/sdbridge/sdbridge/cuda/cudatest"
 	"github.com/sdbridge/sdbridge/nn"
-	"github.com/sdbridge/sdbridge/plugins/sdk"
 )
 
 func TestLoRADeviceSwapBudget(t *testing.T) {
@@ -37,43 +35,8 @@ func TestLoRADeviceSwapBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dev.Close()
-	dir := t.TempDir()
-	ms := sd15AttentionModules(32)
-	loraA, loraB := filepath.Join(dir, "a.safetensors"), filepath.Join(dir, "b.safetensors")
-	writeBenchLoRA(t, loraA, ms, 8, 1)
-	writeBenchLoRA(t, loraB, ms, 8, 2)
-	ckpt, orig := writeBenchCheckpoint(t, filepath.Join(dir, "model.safetensors"), ms)
-	t.Cleanup(func() { orig.Close(); ckpt.Close() })
-	pool := NewArenaPool("budget-test", 4<<20, true)
-	t.Cleanup(func() { pool.Close() })
-	hostTargets, _ := benchTargets(t, pool, ckpt, orig, false)
-	hostW, err := NewWeightPatch(hostTargets)
-	if err != nil {
-		t.Fatal(err)
-	}
-	originals := snapshotTargets(hostTargets)
-	p := loraTestPlugin(t)
-	p.SetDevice("cuda:0")
-	params := []sdk.Params{
-		{{Name: "lora", Value: loraA}, {Name: "unet", Value: "0.8"}, {Name: "te", Value: "0.5"}},
-		{{Name: "lora", Value: loraB}, {Name: "unet", Value: "0.6"}},
-	}
-	var want [2]map[string][]float32
-	for i, ps := range params {
-		if _, err := hostW.Apply(ctx, p, ps); err != nil {
-			t.Fatal(err)
-		}
-		want[i] = snapshotTargets(hostTargets)
-	}
-	if err := hostW.Reset(); err != nil {
-		t.Fatal(err)
-	}
-	var pristine []*PatchTarget
-	for _, ht := range hostTargets {
-		c := *ht
-		c.Data = originals[ht.Name]
-		pristine = append(pristine, &c)
-	}
+	f := newDeviceSwapFixture(t, "budget-test")
+	p, params, hostTargets, originals, want, pristine := f.p, f.params, f.hostTargets, f.originals, f.want, f.pristine
 	// pluginCounters is the plugin process's dump (as of its last sync;
 	// zero before it synchronised).
 	pluginCounters := func() cudatest.Counters {
