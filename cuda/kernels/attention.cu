@@ -77,6 +77,51 @@ __device__ __forceinline__ bool fa_visible(const T* kmask, int b, int Lk, int qi
     return true;
 }
 
+// fa_scale_mask turns one warp's 16 x 8NJ score tile s (mma C fragments:
+// lane group g holds rows q0+g and q0+g+8, keys k0+8j+2t..) into log2
+// units with the bias added, invisible keys at -inf.
+template <int NJ>
+__device__ __forceinline__ void fa_scale_mask(float (&s)[NJ][4], int q0, int k0, int g, int t, const half_t* kmask,
+                                              const half_t* bb, int b, int Lq, int Lk, int causal, float sl2) {
+    for (int j = 0; j < NJ; j++)
+        for (int e = 0; e < 4; e++) {
+            int qi = q0 + g + 8 * (e >> 1), kj = k0 + j * 8 + 2 * t + (e & 1);
+            bool ok = fa_visible(kmask, b, Lk, qi, kj, causal);
+            float x = s[j][e] * sl2;
+            if (ok && bb && qi < Lq) x += h2f(bb[(long long)qi * Lk + kj]) * FA_LOG2E;
+            s[j][e] = ok ? x : neg_inf();
+        }
+}
+
+// fa_online_softmax advances the online softmax of the tile's two rows
+// (the 4 lanes of a group share a row): new running max mrow, sum lrow,
+// the output accumulators oacc rescaled, and s replaced by P = 2^(s - max).
+template <int NJ, int NO>
+__device__ __forceinline__ void fa_online_softmax(float (&s)[NJ][4], float (&oacc)[NO][4], float mrow[2], float lrow[2]) {
+    for (int rh = 0; rh < 2; rh++) {
+        float mt = neg_inf();
+        for (int j = 0; j < NJ; j++) mt = fmaxf(mt, fmaxf(s[j][2 * rh], s[j][2 * rh + 1]));
+        mt = fmaxf(mt, __shfl_xor_sync(SDB_FULL_MASK, mt, 1));
+        mt = fmaxf(mt, __shfl_xor_sync(SDB_FULL_MASK, mt, 2));
+        float mn = fmaxf(mrow[rh], mt);
+        float mu = mn == neg_inf() ? 0.0f : mn;
+        float alpha = exp2f(mrow[rh] - mu);
+        mrow[rh] = mn;
+        float ls = 0.0f;
+        for (int j = 0; j < NJ; j++)
+            for (int e = 2 * rh; e < 2 * rh + 2; e++) {
+                float p = exp2f(s[j][e] - mu);
+                s[j][e] = p;
+                ls += p;
+            }
+        lrow[rh] = lrow[rh] * alpha + ls;
+        for (int n = 0; n < NO; n++) {
+            oacc[n][2 * rh] *= alpha;
+            oacc[n][2 * rh + 1] *= alpha;
+        }
+    }
+}
+
 // ---- fp32 SIMT kernel ----
 
 #define FA_SIMT_ROWS 8  // query rows per block: 4 warps x 2
@@ -255,38 +300,10 @@ __device__ void flash_mma(FA_PARAMS(half_t)) {
                 mma_m16n8k16(s[j], qa[kk], bf, s[j]);
             }
         }
-        // Scale, bias and masks, in log2 units.
-        for (int j = 0; j < FA_BK / 8; j++)
-            for (int e = 0; e < 4; e++) {
-                int qi = q0 + g + 8 * (e >> 1), kj = k0 + j * 8 + 2 * t + (e & 1);
-                bool ok = fa_visible(kmask, b, Lk, qi, kj, causal);
-                float x = s[j][e] * sl2;
-                if (ok && bb && qi < Lq) x += h2f(bb[(long long)qi * Lk + kj]) * FA_LOG2E;
-                s[j][e] = ok ? x : neg_inf();
-            }
-        // Online softmax per row (the 4 lanes of a group share a row).
-        for (int rh = 0; rh < 2; rh++) {
-            float mt = neg_inf();
-            for (int j = 0; j < FA_BK / 8; j++) mt = fmaxf(mt, fmaxf(s[j][2 * rh], s[j][2 * rh + 1]));
-            mt = fmaxf(mt, __shfl_xor_sync(SDB_FULL_MASK, mt, 1));
-            mt = fmaxf(mt, __shfl_xor_sync(SDB_FULL_MASK, mt, 2));
-            float mn = fmaxf(mrow[rh], mt);
-            float mu = mn == neg_inf() ? 0.0f : mn;
-            float alpha = exp2f(mrow[rh] - mu);
-            mrow[rh] = mn;
-            float ls = 0.0f;
-            for (int j = 0; j < FA_BK / 8; j++)
-                for (int e = 2 * rh; e < 2 * rh + 2; e++) {
-                    float p = exp2f(s[j][e] - mu);
-                    s[j][e] = p;
-                    ls += p;
-                }
-            lrow[rh] = lrow[rh] * alpha + ls;
-            for (int n = 0; n < ND; n++) {
-                oacc[n][2 * rh] *= alpha;
-                oacc[n][2 * rh + 1] *= alpha;
-            }
-        }
+        // Scale, bias and masks in log2 units, then the online softmax
+        // per row (the 4 lanes of a group share a row).
+        fa_scale_mask(s, q0, k0, g, t, kmask, bb, b, Lq, Lk, causal, sl2);
+        fa_online_softmax(s, oacc, mrow, lrow);
         // O += P V, P taken from the S accumulators as A fragments.
         for (int kk = 0; kk < FA_BK / 16; kk++) {
             unsigned pa[4] = {pack_h2(f2h(s[2 * kk][0]), f2h(s[2 * kk][1])), pack_h2(f2h(s[2 * kk][2]), f2h(s[2 * kk][3])),
@@ -427,36 +444,8 @@ __device__ void flash_mma_wide(FA_PARAMS(half_t)) {
         }
         // Scale, bias and masks in log2 units, then the online softmax
         // (the same in every warp: same sums in the same order).
-        for (int j = 0; j < FA_WKEYS / 8; j++)
-            for (int e = 0; e < 4; e++) {
-                int qi = q0 + g + 8 * (e >> 1), kj = k0 + j * 8 + 2 * t + (e & 1);
-                bool ok = fa_visible(kmask, b, Lk, qi, kj, causal);
-                float x = s[j][e] * sl2;
-                if (ok && bb && qi < Lq) x += h2f(bb[(long long)qi * Lk + kj]) * FA_LOG2E;
-                s[j][e] = ok ? x : neg_inf();
-            }
-        for (int rh = 0; rh < 2; rh++) {
-            float mt = neg_inf();
-            for (int j = 0; j < FA_WKEYS / 8; j++) mt = fmaxf(mt, fmaxf(s[j][2 * rh], s[j][2 * rh + 1]));
-            mt = fmaxf(mt, __shfl_xor_sync(SDB_FULL_MASK, mt, 1));
-            mt = fmaxf(mt, __shfl_xor_sync(SDB_FULL_MASK, mt, 2));
-            float mn = fmaxf(mrow[rh], mt);
-            float mu = mn == neg_inf() ? 0.0f : mn;
-            float alpha = exp2f(mrow[rh] - mu);
-            mrow[rh] = mn;
-            float ls = 0.0f;
-            for (int j = 0; j < FA_WKEYS / 8; j++)
-                for (int e = 2 * rh; e < 2 * rh + 2; e++) {
-                    float p = exp2f(s[j][e] - mu);
-                    s[j][e] = p;
-                    ls += p;
-                }
-            lrow[rh] = lrow[rh] * alpha + ls;
-            for (int n = 0; n < FA_WCOLS / 8; n++) {
-                oacc[n][2 * rh] *= alpha;
-                oacc[n][2 * rh + 1] *= alpha;
-            }
-        }
+        fa_scale_mask(s, q0, k0, g, t, kmask, bb, b, Lq, Lk, causal, sl2);
+        fa_online_softmax(s, oacc, mrow, lrow);
         __syncthreads(); // V^T is in place
         for (int kk = 0; kk < FA_WKEYS / 16; kk++) {
             unsigned pa[4] = {pack_h2(f2h(s[2 * kk][0]), f2h(s[2 * kk][1])), pack_h2(f2h(s[2 * kk][2]), f2h(s[2 * kk][3])),
