@@ -3,7 +3,7 @@
 // cuda.OutOfMemoryError reaches the host as text only (the plugin protocol
 // carries messages, not Go errors), so explainPluginOOM recognises its
 // message and appends the hint the host gives for its own allocations
-// (explainOOM, device.go); the plugin's message, with the bytes asked for
+// (oomHint, device.go); the plugin's message, with the bytes asked for
 // and the free and total memory of its device, stays as it was.
 //
 // It does not recognise other plugins' wording of an out-of-memory error,
@@ -20,19 +20,6 @@ import (
 // pluginOOMText is the start of cuda.OutOfMemoryError's message, as a
 // plugin's error text carries it.
 const pluginOOMText = "out of GPU memory"
-
-// oomHint is what to try after running out of GPU memory with activations
-// of dtype (DTypeF16 or DTypeF32; "" when unknown). The f16 and f32 texts
-// are deviceOOMError's (device.go; TestPluginOOMHint keeps them equal).
-func oomHint(dtype string) string {
-	switch dtype {
-	case DTypeF32:
-		return "try --cuda-dtype f16 (half the bytes of f32), a smaller --width/--height or --batch, or --device cpu"
-	case DTypeF16:
-		return "try a smaller --width/--height or --batch, or --device cpu (already at --cuda-dtype f16)"
-	}
-	return "try a smaller --width/--height or --batch, or --device cpu"
-}
 
 // pluginOOMError is a plugin's out-of-GPU-memory error with the host's
 // hint; errors.Is and errors.As see the plugin's error through it.

@@ -263,6 +263,20 @@ type deviceOOMError struct {
 	err         error // the whole chain, from the caller's wrapping to the driver
 }
 
+// oomHint is what to try after running out of GPU memory with activations
+// of dtype (DTypeF16 or DTypeF32; "" when unknown): deviceOOMError's
+// advice, and what explainPluginOOM (controlnet_oom.go) appends to a
+// plugin's out-of-memory error.
+func oomHint(dtype string) string {
+	switch dtype {
+	case DTypeF32:
+		return "try --cuda-dtype f16 (half the bytes of f32), a smaller --width/--height or --batch, or --device cpu"
+	case DTypeF16:
+		return "try a smaller --width/--height or --batch, or --device cpu (already at --cuda-dtype f16)"
+	}
+	return "try a smaller --width/--height or --batch, or --device cpu"
+}
+
 func (e *deviceOOMError) Error() string {
 	dt := e.dtype
 	if dt != DTypeF32 {
